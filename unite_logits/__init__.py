@@ -1,0 +1,13 @@
+"""unite-logits: union top-k ensembling of language models with different tokenizers.
+
+Use :class:`UniTEProcessor` as a logits processor of the primary model's ``generate``;
+each auxiliary is a :class:`Member` with its own tokenizer.
+"""
+
+from .member import Member
+from .processor import UniTEProcessor
+from .token_bytes import TokenBytes, token_bytes_view
+from .trace import StepRecord
+
+__all__ = ["Member", "UniTEProcessor", "StepRecord", "TokenBytes", "token_bytes_view"]
+__version__ = "0.1.0"

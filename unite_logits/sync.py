@@ -1,0 +1,172 @@
+"""An auxiliary's own token ids for a text that grows at its end.
+
+The primary model writes text token by token; each auxiliary must hold *its own*
+tokenization of the same text. Re-encoding the whole text every step costs time linear in
+its length, so :class:`TokenSync` re-encodes only a short tail window:
+
+1. Complete UTF-8 text is appended; a trailing fragment of a character is held back
+   (:mod:`unite_logits.utf8`) and the auxiliary abstains until it completes.
+2. The window starts at a word boundary a few tokens back (a token that begins with
+   whitespace after one that does not), so the tokenizer sees a clean word start.
+3. The window is accepted only if re-encoding it reproduces the old tokens up to the
+   current word: proof that the boundary is stable for this tokenizer. Otherwise the
+   window widens; in the worst case the text after the frozen prefix is re-encoded in full.
+4. Bytes that can never be valid UTF-8 are fed through the tokenizer's single-byte token
+   if it has one (byte-level or byte-fallback vocabularies), else skipped. They freeze
+   everything before them.
+
+Cost per pushed token: one encode of a window of about two words (bounded by ``window``
+tokens), independent of the text length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .token_bytes import TokenBytes
+from .utf8 import split_utf8
+
+__all__ = ["IdSync", "TokenSync"]
+
+_WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
+
+
+class _Ids:
+    """Ids that change at their end, with a record of where they last changed."""
+
+    ids: list[int]
+    changed_from: int
+
+    def take_changed_from(self) -> int:
+        """Index of the first id changed since the last call (ids before it are unchanged)."""
+        changed, self.changed_from = self.changed_from, len(self.ids)
+        return changed
+
+
+class IdSync(_Ids):
+    """An auxiliary with the primary's own vocabulary: the primary's ids are used as they are.
+
+    Re-encoding the primary's text could give other, equally valid ids than the ones the
+    primary emitted (non-canonical sequences), so they are passed through instead.
+    """
+
+    ready = True
+
+    def __init__(self, prompt_ids: Sequence[int]) -> None:
+        self.ids = [int(i) for i in prompt_ids]
+        self.changed_from = 0
+
+    def push_token(self, token_id: int, data: bytes | None) -> None:
+        self.ids.append(token_id)
+
+
+class TokenSync(_Ids):
+    """Token ids of one auxiliary for one batch row.
+
+    Args:
+        view: the auxiliary tokenizer's byte view.
+        prompt_ids: the auxiliary's prompt ids.
+        frozen: how many leading ids are never re-tokenized (special tokens, a prompt given as
+            ids). Everything after them must be plain text of ``view``.
+        window: at most this many tokens are re-encoded per step before falling back to a
+            full re-encode of the unfrozen text.
+    """
+
+    def __init__(self, view: TokenBytes, prompt_ids: Sequence[int], frozen: int, window: int = 32) -> None:
+        self.view = view
+        self.ids: list[int] = [int(i) for i in prompt_ids]
+        self.frozen = min(frozen, len(self.ids))
+        self.window = window
+        self.pending = b""
+        self.changed_from = 0
+        self._lossy_text: list[str] | None = None
+
+    @classmethod
+    def from_text(cls, view: TokenBytes, text: str, add_special_tokens: bool = True) -> "TokenSync":
+        """Start from a prompt text; only its leading special tokens are frozen."""
+        ids = view.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        frozen = 0
+        for index, token in enumerate(ids):
+            if view.bytes_of(token) is None:
+                frozen = index + 1
+        return cls(view, ids, frozen)
+
+    @classmethod
+    def from_ids(cls, view: TokenBytes, ids: Sequence[int]) -> "TokenSync":
+        """Start from prompt ids given verbatim (e.g. a chat template): all of them frozen."""
+        return cls(view, ids, len(ids))
+
+    @property
+    def ready(self) -> bool:
+        """False while the text ends inside an incomplete character: the auxiliary abstains."""
+        return not self.pending
+
+    def push(self, data: bytes) -> None:
+        """Append the bytes of the primary's newest token."""
+        split = split_utf8(self.pending + data)
+        for piece in split.pieces:
+            if isinstance(piece, str):
+                self._append_text(piece)
+            else:
+                self._append_raw_byte(piece)
+        self.pending = split.pending
+
+    def push_token(self, token_id: int, data: bytes | None) -> None:
+        """The primary emitted ``token_id`` standing for ``data`` (None: no text, ignored)."""
+        if data:
+            self.push(data)
+
+    # -- internals ------------------------------------------------------------------------
+    def _replace_from(self, start: int, new_ids: list[int]) -> None:
+        self.ids[start:] = new_ids
+        self.changed_from = min(self.changed_from, start)
+
+    def _append_raw_byte(self, byte: int) -> None:
+        token = self.view.byte_ids.get(bytes([byte]))
+        if token is not None:
+            self.ids.append(token)
+            self.changed_from = min(self.changed_from, len(self.ids) - 1)
+        self.frozen = len(self.ids)
+        self._lossy_text = None
+
+    def _append_text(self, text: str) -> None:
+        if self._lossy_text is None:
+            for start, keep in self._window_attempts():
+                tail = self.view.join(self.ids[start:]).decode("utf-8") + text
+                new_ids = self.view.encode_text(tail)
+                if new_ids is not None and new_ids[:keep] == self.ids[start : start + keep]:
+                    self._replace_from(start, new_ids)
+                    return
+            full = self.view.join(self.ids[self.frozen :]).decode("utf-8") + text
+            new_ids = self.view.encode_text(full)
+            if new_ids is not None:
+                self._replace_from(self.frozen, new_ids)
+                return
+            # This tokenizer cannot spell the text exactly (no byte fallback, lossy
+            # normalisation): from now on keep the text itself and re-encode it in full.
+            self._lossy_text = [full[: -len(text)] if text else full]
+        self._lossy_text.append(text)
+        whole = "".join(self._lossy_text)
+        self._replace_from(self.frozen, self.view.tokenizer(whole, add_special_tokens=False)["input_ids"])
+
+    def _window_attempts(self) -> list[tuple[int, int]]:
+        """(start, keep) pairs: re-encode from ``start``; its first ``keep`` ids must not change."""
+        lowest = max(self.frozen, len(self.ids) - self.window)
+        boundaries = [p for p in range(len(self.ids) - 1, lowest, -1) if self._is_word_start(p)]
+        if len(boundaries) < 2:
+            boundaries = [
+                p for p in range(len(self.ids) - 3, lowest, -1) if self._is_char_start(p)
+            ][::2]
+        if len(boundaries) < 2:
+            return []
+        anchor = boundaries[0]
+        return [(start, anchor - start) for start in boundaries[1:4]]
+
+    def _is_char_start(self, position: int) -> bool:
+        data = self.view.bytes_of(self.ids[position])
+        return bool(data) and not (0x80 <= data[0] < 0xC0)
+
+    def _is_word_start(self, position: int) -> bool:
+        data = self.view.bytes_of(self.ids[position])
+        before = self.view.bytes_of(self.ids[position - 1])
+        return bool(data) and bool(before) and data[0] in _WHITESPACE and before[-1] not in _WHITESPACE
