@@ -11,7 +11,9 @@ its length, so :class:`TokenSync` re-encodes only a short tail window:
 3. The window is accepted only if re-encoding it reproduces the old tokens up to the
    current word: proof that the boundary is stable for this tokenizer. Otherwise the
    window widens; in the worst case the text after the frozen prefix is re-encoded in full.
-4. Bytes that can never be valid UTF-8 are fed through the tokenizer's single-byte token
+4. A tokenizer that cannot write the text exactly (lossy normalisation, a dummy-prefix
+   space after a barrier) gets its closest spelling of the new text, frozen at once.
+5. Bytes that can never be valid UTF-8 are fed through the tokenizer's single-byte token
    if it has one (byte-level or byte-fallback vocabularies), else skipped. They freeze
    everything before them.
 
@@ -79,7 +81,6 @@ class TokenSync(_Ids):
         self.window = window
         self.pending = b""
         self.changed_from = 0
-        self._lossy_text: list[str] | None = None
 
     @classmethod
     def from_text(cls, view: TokenBytes, text: str, add_special_tokens: bool = True) -> "TokenSync":
@@ -127,27 +128,25 @@ class TokenSync(_Ids):
             self.ids.append(token)
             self.changed_from = min(self.changed_from, len(self.ids) - 1)
         self.frozen = len(self.ids)
-        self._lossy_text = None
 
     def _append_text(self, text: str) -> None:
-        if self._lossy_text is None:
-            for start, keep in self._window_attempts():
-                tail = self.view.join(self.ids[start:]).decode("utf-8") + text
-                new_ids = self.view.encode_text(tail)
-                if new_ids is not None and new_ids[:keep] == self.ids[start : start + keep]:
-                    self._replace_from(start, new_ids)
-                    return
-            full = self.view.join(self.ids[self.frozen :]).decode("utf-8") + text
-            new_ids = self.view.encode_text(full)
-            if new_ids is not None:
-                self._replace_from(self.frozen, new_ids)
+        for start, keep in self._window_attempts():
+            tail = self.view.join(self.ids[start:]).decode("utf-8") + text
+            new_ids = self.view.encode_text(tail)
+            if new_ids is not None and new_ids[:keep] == self.ids[start : start + keep]:
+                self._replace_from(start, new_ids)
                 return
-            # This tokenizer cannot spell the text exactly (no byte fallback, lossy
-            # normalisation): from now on keep the text itself and re-encode it in full.
-            self._lossy_text = [full[: -len(text)] if text else full]
-        self._lossy_text.append(text)
-        whole = "".join(self._lossy_text)
-        self._replace_from(self.frozen, self.view.tokenizer(whole, add_special_tokens=False)["input_ids"])
+        unfrozen = self.view.join(self.ids[self.frozen :]).decode("utf-8", errors="replace") + text
+        new_ids = self.view.encode_text(unfrozen)
+        if new_ids is None:
+            # This tokenizer cannot write the text exactly (lossy normalisation, or a dummy
+            # prefix space at a mid-word start after a barrier). Take its closest spelling of
+            # the new text and freeze it, so the approximation costs nothing later.
+            self.ids.extend(self.view.encode_approximately(text))
+            self.changed_from = min(self.changed_from, len(self.ids))
+            self.frozen = len(self.ids)
+            return
+        self._replace_from(self.frozen, new_ids)
 
     def _window_attempts(self) -> list[tuple[int, int]]:
         """(start, keep) pairs: re-encode from ``start``; its first ``keep`` ids must not change."""

@@ -170,6 +170,12 @@ class TokenBytes:
         self._encoder.encode_special_tokens = True
         self._rules = _DecoderRules(json.loads(backend.to_str()).get("decoder"))
         self.id_bytes: list[bytes | None] = self._build_id_bytes()
+        # How each token is *written* when it turns up inside encoded text: special tokens by
+        # their literal string (a tokenizer may spell the text "<|im_end|>" with that token).
+        self._spelling: list[bytes] = [
+            data if data is not None else (token or "").encode("utf-8")
+            for data, token in zip(self.id_bytes, tokenizer.convert_ids_to_tokens(list(range(self.size))))
+        ]
         self.byte_ids: dict[bytes, int] = self._build_reverse()
         self._first_piece: dict[bytes, int | None] = {}
         self.adds_leading_space = self._detect_leading_space()
@@ -238,8 +244,8 @@ class TokenBytes:
         return None
 
     def join(self, ids: Sequence[int]) -> bytes:
-        """Bytes of a token sequence, special tokens skipped."""
-        return b"".join(self.id_bytes[i] or b"" for i in ids if 0 <= i < self.size)
+        """The text a token sequence writes (special tokens as their literal strings)."""
+        return b"".join(self._spelling[i] for i in ids if 0 <= i < self.size)
 
     def encode_text(self, text: str) -> list[int] | None:
         """Ids whose bytes are exactly ``text``, or None if this tokenizer cannot say it alone.
@@ -261,6 +267,16 @@ class TokenBytes:
             if self.join(ids) == target and not self._has_unknown(ids):
                 return ids
         return None
+
+    def encode_approximately(self, text: str) -> list[int]:
+        """This tokenizer's closest spelling of ``text`` when it has no exact one.
+
+        A leading bare-space token invented by a dummy prefix is dropped.
+        """
+        ids = [i for i in self._encoder.encode(text, add_special_tokens=False).ids]
+        if len(ids) > 1 and self.bytes_of(ids[0]) == b" " and not text.startswith(" "):
+            ids = ids[1:]
+        return ids
 
     def _has_unknown(self, ids: Sequence[int]) -> bool:
         return self.unk_id is not None and self.unk_id in ids
