@@ -3,8 +3,8 @@
 Four deliberately different tokenizers trained on the same small text:
 
 * ``byte_bpe``: byte-level BPE (GPT-2 style byte table, merges within words), no BOS;
-* ``sp_bpe``: SentencePiece-style BPE with a space marker, byte fallback, a BOS, and *no*
-  pre-tokenizer, so merges may cross spaces;
+* ``sp_bpe``: SentencePiece-style BPE with a space marker, byte fallback and a BOS, no dummy
+  prefix;
 * ``unigram``: Unigram with a metaspace pre-tokenizer (dummy prefix) and byte fallback;
 * ``wordpiece``: WordPiece, lossy (drops whitespace runs, unknown characters).
 """
@@ -15,7 +15,7 @@ import json
 from functools import lru_cache
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CORPUS = (
@@ -68,7 +68,7 @@ def byte_bpe() -> PreTrainedTokenizerFast:
 @lru_cache(maxsize=None)
 def sp_bpe() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never")
     tok.decoder = decoders.Sequence(
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     )

@@ -177,6 +177,7 @@ class TokenBytes:
             for data, token in zip(self.id_bytes, tokenizer.convert_ids_to_tokens(list(range(self.size))))
         ]
         self.byte_ids: dict[bytes, int] = self._build_reverse()
+        self._longest_token = max((len(b) for b in self.byte_ids), default=0)
         self._first_piece: dict[bytes, int | None] = {}
         self.adds_leading_space = self._detect_leading_space()
 
@@ -273,7 +274,7 @@ class TokenBytes:
 
         A leading bare-space token invented by a dummy prefix is dropped.
         """
-        ids = [i for i in self._encoder.encode(text, add_special_tokens=False).ids]
+        ids = self._encoder.encode(text, add_special_tokens=False).ids
         if len(ids) > 1 and self.bytes_of(ids[0]) == b" " and not text.startswith(" "):
             ids = ids[1:]
         return ids
@@ -287,8 +288,9 @@ class TokenBytes:
         This is how a candidate that is not one token of this vocabulary is scored: through
         the first token this tokenizer would use to write it. A first piece that is only a
         space is skipped when more pieces follow, so " 你好" is scored by "你好" rather than by
-        a bare space. Bytes that are not valid UTF-8 are spelled through their longest valid
-        prefix, or through this vocabulary's single-byte token. Results are cached.
+        a bare space. What the tokenizer cannot write exactly (bytes that are not UTF-8, a
+        mid-word start for a tokenizer that prepends a space) is scored through the longest
+        vocabulary token that writes a prefix of it. Results are cached.
         """
         if data in self._first_piece:
             return self._first_piece[data]
@@ -302,25 +304,23 @@ class TokenBytes:
         direct = self.byte_ids.get(data)
         if direct is not None:
             return direct
-        text = _longest_valid_prefix(data)
-        if not text:
-            return self.byte_ids.get(data[:1])
-        ids = self.encode_text(text)
-        if ids is None:
-            ids = self._encoder.encode(text, add_special_tokens=False).ids
-        ids = [i for i in ids if self.bytes_of(i)]
-        if len(ids) > 1 and self.bytes_of(ids[0]) == b" ":
-            ids = ids[1:]
-        if not ids or ids[0] == self.unk_id:
-            return None
-        return ids[0]
+        try:
+            ids = self.encode_text(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            ids = None
+        if ids:
+            if len(ids) > 1 and self.bytes_of(ids[0]) == b" ":
+                ids = ids[1:]
+            return ids[0]
+        return self._longest_token_prefix(data)
 
-
-def _longest_valid_prefix(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return data[: error.start].decode("utf-8")
+    def _longest_token_prefix(self, data: bytes) -> int | None:
+        """The longest token that writes a prefix of ``data`` (for what encode cannot write)."""
+        for end in range(min(len(data), self._longest_token), 0, -1):
+            token = self.byte_ids.get(data[:end])
+            if token is not None:
+                return token
+        return None
 
 
 _VIEWS: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[frozenset[int], TokenBytes]]" = (
