@@ -7,9 +7,14 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import tiny
-from unite_logits.alignment import EOS, Proposal, aligned_probabilities, build_union, candidate_key, primary_ids
+from unite_logits.alignment import EOS, Aligned, Proposal, aligned_probabilities, build_union, candidate_key, primary_ids
 from unite_logits.combine import combine
 from unite_logits.token_bytes import token_bytes_view
+
+
+def distinct(values) -> Aligned:
+    """Aligned probabilities, each from a different token of the model."""
+    return Aligned(list(values), list(range(len(values))))
 
 
 def proposal(view, probs: dict[int, float], top_k=3, weight=1.0, primary=False) -> Proposal:
@@ -42,14 +47,14 @@ def test_end_of_sequence_matches_by_role_and_specials_do_not_leak(views):
     assert union.count(EOS) == 1
     assert all(not (isinstance(c, bytes) and b"im_end" in c) for c in union)
     assert primary_ids(byte_level, [EOS]) == [byte_level.eos_id]
-    assert aligned_probabilities(b, [EOS])[0] == pytest.approx(b.logprobs[sentencepiece.eos_id].exp().item())
+    assert aligned_probabilities(b, [EOS]).probs[0] == pytest.approx(b.logprobs[sentencepiece.eos_id].exp().item())
 
 
 def test_rule_in_vocabulary_but_not_in_top_k(views):
     byte_level, sentencepiece, _ = views
     the = sentencepiece.byte_ids[b" the"]
     b = proposal(sentencepiece, {the: 0.01, sentencepiece.byte_ids[b"a"]: 0.9}, top_k=1)
-    assert aligned_probabilities(b, [b" the"])[0] == pytest.approx(math.exp(b.logprobs[the].item()))
+    assert aligned_probabilities(b, [b" the"]).probs[0] == pytest.approx(math.exp(b.logprobs[the].item()))
 
 
 def test_rule_missing_candidate_scored_through_its_first_piece(views):
@@ -58,28 +63,34 @@ def test_rule_missing_candidate_scored_through_its_first_piece(views):
     assert text not in sentencepiece.byte_ids
     piece = sentencepiece.first_piece(text)
     b = proposal(sentencepiece, {piece: 0.3, 7: 0.7})
-    assert aligned_probabilities(b, [text])[0] == pytest.approx(0.3, rel=1e-3)
+    assert aligned_probabilities(b, [text]).probs[0] == pytest.approx(0.3, rel=1e-3)
 
 
 def test_candidate_not_writable_scores_zero(views):
     wordpiece = token_bytes_view(tiny.wordpiece())
     b = proposal(wordpiece, {5: 0.9})
-    assert aligned_probabilities(b, ["\u2603".encode()]) == [0.0]
+    assert aligned_probabilities(b, ["\u2603".encode()]).probs == [0.0]
 
 
-def test_collision_merge_rule_adds_probabilities(views):
-    """Two candidates the primary can only start with the same piece merge by adding."""
+def test_collision_merge_rule_adds_distinct_tokens_once(views):
+    """Candidates the primary can only start with the same piece merge: each model adds the
+    probabilities of its *distinct* tokens, so a token never counts twice."""
     byte_level, sentencepiece, _ = views
     a_id = byte_level.byte_ids[b" the"]
-    # candidates the primary cannot write as one token, both starting with its " the" ...
     union = [b" the", b" the\xf0\x9f\x99\x82", b" the\xe6\x9d\xb1"]
     emit = primary_ids(byte_level, union)
     assert emit == [a_id, a_id, a_id]
-    result = combine([[0.2, 0.3, 0.1]], [1.0], emit, [True] * 3)
-    assert result.probs == {a_id: pytest.approx(1.0)}
     other = byte_level.byte_ids[b"a"]
-    result = combine([[0.2, 0.3, 0.5]], [1.0], [a_id, a_id, other], [True] * 3)
-    assert result.probs[a_id] == pytest.approx(0.5) and result.probs[other] == pytest.approx(0.5)
+    # the primary scores all three through its one " the" token: counted once
+    primary = Aligned([0.4, 0.4, 0.4, 0.2], [a_id, a_id, a_id, other])
+    # an auxiliary with three distinct tokens: their probabilities add up
+    auxiliary = Aligned([0.1, 0.2, 0.1, 0.6], [11, 12, 13, 14])
+    emit = emit + [other]
+    alone = combine([primary], [1.0], emit, [True] * 4)
+    assert alone.probs == {a_id: pytest.approx(2 / 3), other: pytest.approx(1 / 3)}
+    both = combine([primary, auxiliary], [1.0, 1.0], emit, [True] * 4)
+    assert both.probs[a_id] == pytest.approx((2 / 3 + 0.4) / 2)
+    assert both.probs[other] == pytest.approx((1 / 3 + 0.6) / 2)
 
 
 # --- properties ----------------------------------------------------------------------
@@ -100,7 +111,7 @@ def test_union_holds_every_top1_and_ensemble_sums_to_one(views, p0, p1, p2, k, w
             assert key in union
     emit = primary_ids(views[0], union)
     aligned = [aligned_probabilities(p, union) for p in proposals]
-    assert all(0.0 <= value <= 1.0 + 1e-6 for row in aligned for value in row)
+    assert all(0.0 <= value <= 1.0 + 1e-6 for row in aligned for value in row.probs)
     result = combine(aligned, weights, emit, [True] * len(union))
     if result.probs:
         assert sum(result.probs.values()) == pytest.approx(1.0)
@@ -113,6 +124,7 @@ def test_union_holds_every_top1_and_ensemble_sums_to_one(views, p0, p1, p2, k, w
 def test_weights_matter_only_through_their_ratios(aligned, scale, data):
     weights = data.draw(st.lists(st.floats(0.1, 3.0), min_size=len(aligned), max_size=len(aligned)))
     emit = [0, 1, 2, 3, 4]
+    aligned = [distinct(a) for a in aligned]
     one = combine(aligned, weights, emit, [True] * 5)
     two = combine(aligned, [w * scale for w in weights], emit, [True] * 5)
     assert one.probs.keys() == two.probs.keys()
@@ -125,6 +137,7 @@ def test_weights_matter_only_through_their_ratios(aligned, scale, data):
        masked=st.lists(st.booleans(), min_size=5, max_size=5))
 def test_masked_candidates_stay_impossible_and_zero_weight_models_do_nothing(aligned, masked):
     emit = [0, 1, 2, 3, 4]
+    aligned = [distinct(a) for a in aligned]
     allowed = [not m for m in masked]
     result = combine(aligned, [1.0] * len(aligned), emit, allowed)
     assert all(allowed[c] for c in result.probs)
@@ -134,12 +147,12 @@ def test_masked_candidates_stay_impossible_and_zero_weight_models_do_nothing(ali
 
 
 def test_model_with_no_mass_on_the_union_abstains():
-    result = combine([[0.5, 0.5], [0.0, 0.0]], [1.0, 1.0], [0, 1], [True, True])
+    result = combine([distinct([0.5, 0.5]), distinct([0.0, 0.0])], [1.0, 1.0], [0, 1], [True, True])
     assert result.participants == (0,)
     assert result.probs == {0: pytest.approx(0.5), 1: pytest.approx(0.5)}
 
 
 def test_equal_weights_average_renormalised_distributions():
-    result = combine([[0.6, 0.2], [0.1, 0.1]], [1.0, 1.0], [0, 1], [True, True])
+    result = combine([distinct([0.6, 0.2]), distinct([0.1, 0.1])], [1.0, 1.0], [0, 1], [True, True])
     # model 0 renormalised: .75/.25, model 1: .5/.5
     assert result.probs[0] == pytest.approx(0.625) and result.probs[1] == pytest.approx(0.375)

@@ -29,7 +29,7 @@ import torch
 
 from .token_bytes import TokenBytes
 
-__all__ = ["EOS", "Proposal", "candidate_key", "build_union", "aligned_probabilities", "primary_ids"]
+__all__ = ["EOS", "Aligned", "Proposal", "candidate_key", "build_union", "aligned_probabilities", "primary_ids"]
 
 
 class _Eos:
@@ -109,20 +109,34 @@ def primary_ids(view: TokenBytes, union: Sequence[Candidate]) -> list[int | None
     return [token_for(view, candidate, True) for candidate in union]
 
 
-def aligned_probabilities(proposal: Proposal, union: Sequence[Candidate]) -> list[float]:
+@dataclass(frozen=True)
+class Aligned:
+    """One model's probability for each union candidate, and the token that gave it.
+
+    ``sources[c]`` is the model's token id whose probability ``probs[c]`` is (``"eos"`` for the
+    summed end-of-sequence ids, None if the model cannot write the candidate): when several
+    candidates fall on one primary id, a model's token is counted once, not once per candidate.
+    """
+
+    probs: list[float]
+    sources: list[Hashable]
+
+
+def aligned_probabilities(proposal: Proposal, union: Sequence[Candidate]) -> Aligned:
     """The model's probability for each union candidate (rules in the module docstring)."""
-    from_top_k: dict[Candidate, float] = {}
+    from_top_k: dict[Candidate, tuple[int, float]] = {}
     for token_id, prob in zip(proposal.top_ids, proposal.top_probs):
         key = candidate_key(proposal.view, token_id, proposal.is_primary)
-        if key is not None and key is not EOS:
-            from_top_k[key] = max(prob, from_top_k.get(key, 0.0))
-    out = [0.0] * len(union)
+        if key is not None and key is not EOS and prob > from_top_k.get(key, (0, -1.0))[1]:
+            from_top_k[key] = (token_id, prob)
+    probs = [0.0] * len(union)
+    sources: list[Hashable] = [None] * len(union)
     lookup_positions: list[int] = []
     lookup_ids: list[int] = []
     eos_positions: list[int] = []
     for position, candidate in enumerate(union):
         if candidate in from_top_k:
-            out[position] = from_top_k[candidate]
+            sources[position], probs[position] = from_top_k[candidate]
         elif candidate is EOS:
             eos_positions.append(position)
         else:
@@ -133,14 +147,13 @@ def aligned_probabilities(proposal: Proposal, union: Sequence[Candidate]) -> lis
     if eos_positions:
         lookup_ids.extend(sorted(proposal.view.eos_ids))
     if lookup_ids:
+        size = proposal.logprobs.shape[-1]
         index = torch.tensor(lookup_ids, dtype=torch.long, device=proposal.logprobs.device)
-        inside = index < proposal.logprobs.shape[-1]
-        gathered = torch.where(inside, proposal.logprobs[index.clamp(max=proposal.logprobs.shape[-1] - 1)].exp(), 0.0)
+        gathered = torch.where(index < size, proposal.logprobs[index.clamp(max=size - 1)].exp(), 0.0)
         values = gathered.tolist()
-        for position, value in zip(lookup_positions, values):
-            out[position] = value
-        if eos_positions:
-            eos_total = sum(values[len(lookup_positions) :])
-            for position in eos_positions:
-                out[position] = eos_total
-    return out
+        for position, token_id, value in zip(lookup_positions, lookup_ids, values):
+            sources[position], probs[position] = token_id, value
+        eos_total = sum(values[len(lookup_positions) :])
+        for position in eos_positions:
+            sources[position], probs[position] = "eos", eos_total
+    return Aligned(probs, sources)
