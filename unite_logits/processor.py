@@ -17,13 +17,15 @@ processors). Beam search works: states are keyed by each beam's token prefix, no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from .alignment import EOS, Proposal, aligned_probabilities, build_union, candidate_key, primary_ids
+from .chat import chat_prompt_ids, validate_messages
 from .combine import combine
 from .member import Member, check_weight
 from .member_state import MemberRow, MemberRunner
@@ -153,6 +155,24 @@ class UniTEProcessor(LogitsProcessor):
             out[index, ids] = values.log().to(scores.dtype)
         return out
 
+    @classmethod
+    def from_messages(
+        cls,
+        messages: Sequence[Mapping[str, str]],
+        primary_tokenizer: PreTrainedTokenizerBase,
+        members: Sequence[Member] = (),
+        **kwargs: Any,
+    ) -> "UniTEProcessor":
+        """A processor for one conversation: each member formats it with its own chat template.
+
+        Format the primary's side the usual way (``tokenizer.apply_chat_template`` or a
+        ``text-generation`` pipeline given the messages). Members without a template fall
+        back to the plain text of the messages, with a warning.
+        """
+        validate_messages(messages)
+        prompts = [chat_prompt_ids(member.tokenizer, messages) for member in members]
+        return cls(primary_tokenizer, members, member_prompts=prompts, **kwargs)
+
     def reset(self) -> None:
         """Forget the current generation (a new ``generate`` call is also detected by itself)."""
         self._session = None
@@ -267,12 +287,22 @@ class UniTEProcessor(LogitsProcessor):
             taking_part.append(j + 1)
         union = build_union(proposals)
         emit = primary_ids(self.primary_view, union)
+        if EOS in union:
+            emit[union.index(EOS)] = self._likeliest_eos(primary_scores)
         allowed = _allowed(emit, primary_scores)
         aligned = [aligned_probabilities(proposal, union) for proposal in proposals]
         combined = combine(aligned, [p.weight for p in proposals], emit, allowed)
         if self.record_trace and combined.probs:
             self._record(index, row, proposals, taking_part, union, emit, combined.probs, combined.participants)
         return combined.probs
+
+    def _likeliest_eos(self, primary_scores: torch.Tensor) -> int:
+        """The primary's end-of-sequence id that its own scores prefer at this step."""
+        ids = sorted(i for i in self.primary_view.eos_ids if i < primary_scores.shape[-1])
+        if not ids:
+            return self.primary_view.eos_id
+        best = int(primary_scores[torch.tensor(ids, device=primary_scores.device)].argmax())
+        return ids[best]
 
     def _record(
         self,

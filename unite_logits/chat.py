@@ -1,0 +1,48 @@
+"""Each model formats a conversation with its own chat template.
+
+Chat templates differ between model families (markers, system prompts, BOS handling), so
+a conversation is rendered separately for every member. A tokenizer without a template
+falls back to the plain text of the messages, with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+__all__ = ["chat_prompt_ids", "plain_text", "validate_messages"]
+
+Message = Mapping[str, str]
+
+
+def validate_messages(messages: Sequence[Message]) -> None:
+    """Raise a clear error unless ``messages`` is a non-empty list of role/content dicts."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise TypeError("`messages` has to be a non-empty list of {'role': ..., 'content': ...} dicts")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) or not isinstance(
+            message.get("content"), str
+        ):
+            raise TypeError(f"`messages[{index}]` has to be a dict with string 'role' and 'content'")
+
+
+def plain_text(messages: Sequence[Message]) -> str:
+    """The fallback rendering: the messages' contents, one paragraph each."""
+    return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> list[int]:
+    """Prompt ids of ``messages`` in ``tokenizer``'s own chat template, ready for a reply."""
+    validate_messages(messages)
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return [int(i) for i in ids]
+    warnings.warn(
+        f"tokenizer {tokenizer.name_or_path!r} has no chat template; using the plain text of the messages",
+        stacklevel=2,
+    )
+    return list(tokenizer(plain_text(messages))["input_ids"])
