@@ -56,6 +56,7 @@ def test_free_mode_stops_at_stop_string_and_eos(members, data_dir, tmp_path) -> 
     # "\n\n" is the task's stop string: two forced newlines end the answer.
     assert all(r["tokens"]["ensemble"] == 2 and r["outputs"]["ensemble"] == "" for r in records)
     assert all(r["answers"]["ensemble"] is None and not r["correct"]["ensemble"] for r in records)
+    assert "| ensemble | 0 / 6 | 0.0 | [0.0, 39.0] | 6 |" in (tmp_path / "nl" / "arc.summary.md").read_text()
     assert all(1 <= r["tokens"]["a"] <= 6 for r in records)
     evaluate("arc", members, out_dir=tmp_path / "eos", mode="free", data_dir=data_dir, limit=2,
              make_processor=lambda p: ForceText(tok, "<eos>"), max_new_tokens=6, progress=False)
@@ -71,6 +72,7 @@ def test_gsm_free_mode_scores_numbers(members, data_dir, tmp_path) -> None:
     assert [r["gold"] for r in records] == [0.0, 2.0, 4.0]
     assert [r["answers"]["ensemble"] for r in records] == [222.0] * 3
     assert summary.modes["free"].system("ensemble").correct == 0
+    assert summary.modes["free"].system("ensemble").no_answer == 0
 
 
 def test_deterministic_greedy(members, data_dir, tmp_path) -> None:

@@ -9,6 +9,7 @@ choice calls it once on the primary's prompt logits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,8 @@ def _answer(
     if mode == "constrained":
         choice = choose(member.model, member.tokenizer, item.prompt, item.letters, processor)
         return {"answer": choice.letter, "tokens": 0, "seconds": choice.seconds,
-                "output": {k: round(v, 4) for k, v in choice.scores.items()}}
+                "output": {k: round(v, 4) if math.isfinite(v) else None  # JSON has no -inf
+                           for k, v in choice.scores.items()}}
     gen = generate(member.model, member.tokenizer, item.prompt, max_new_tokens=max_new_tokens,
                    stop_strings=task.stop_strings, processor=processor)
     return {"answer": task.extract(gen.text, item), "tokens": gen.tokens,

@@ -31,6 +31,7 @@ class SystemResult:
     ci_high: float
     mean_tokens: float
     mean_seconds: float
+    no_answer: int = 0  # responses with no readable answer (counted wrong)
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,12 @@ class Summary:
         parts = []
         for mode, s in self.modes.items():
             parts.append(f"### {s.task} ({mode}): {s.n} items, {s.n_skipped} skipped as unscorable\n")
-            parts.append("| system | correct / n | accuracy | 95% CI (Wilson) | mean tokens | mean s/item |")
-            parts.append("|---|---|---|---|---|---|")
+            parts.append("| system | correct / n | accuracy | 95% CI (Wilson) | no answer | mean tokens | mean s/item |")
+            parts.append("|---|---|---|---|---|---|---|")
             for r in s.systems:
                 parts.append(
                     f"| {r.name} | {r.correct} / {r.n} | {100 * r.accuracy:.1f} | "
-                    f"[{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}] | {r.mean_tokens:.1f} | {r.mean_seconds:.2f} |"
+                    f"[{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}] | {r.no_answer} | {r.mean_tokens:.1f} | {r.mean_seconds:.2f} |"
                 )
             if s.gain is not None:
                 g = s.gain
@@ -108,6 +109,7 @@ def summarize(
             name, p.correct, p.n, p.value, p.low, p.high,
             _mean([r["tokens"][name] for r in records]),
             _mean([r["seconds"][name] for r in records]),
+            sum(r["answers"][name] is None for r in records),
         ))
     members = [s for s in systems if s.name != ENSEMBLE]
     best = max(members, key=lambda s: s.accuracy).name if members else None  # ties: first
