@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from _eval_tiny import tiny_members, tiny_tokenizer, write_data
 from unite_logits.evaluation.runner import EvalMember
 from unite_logits.evaluation.select import (
