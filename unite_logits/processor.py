@@ -147,8 +147,8 @@ class UniTEProcessor(LogitsProcessor):
                 out[index] = scores[index]
                 continue
             probs = self._ensemble_row(index, row, primary_logprobs[index], scores[index, :vocab])
-            if not probs:
-                out[index] = scores[index]
+            if not probs:  # no model gives any allowed candidate mass: the primary alone decides
+                out[index, :vocab] = primary_logprobs[index].to(scores.dtype)
                 continue
             ids = torch.tensor(list(probs), dtype=torch.long, device=scores.device)
             values = torch.tensor(list(probs.values()), dtype=torch.float32, device=scores.device)
