@@ -126,3 +126,24 @@ def test_cached_distribution_equals_fresh_forward(name, text, cuts):
     fresh = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
     assert row.fed == row.sync.ids
     torch.testing.assert_close(row.logprobs, fresh, atol=1e-4, rtol=1e-4)
+
+
+def test_sliding_window_model_rolls_back_past_its_window():
+    """Rollback deep into a text longer than a sliding window keeps the exact distribution."""
+    tokenizer = tiny.sp_bpe()
+    view = token_bytes_view(tokenizer)
+    model = tiny.tiny_gemma3(tokenizer, sliding_window=8)
+    runner = MemberRunner(model, view.size)
+    row = MemberRow.prefill(runner, TokenSync.from_text(view, "The quick brown fox jumps over the lazy dog"))
+    for word in [" Muff", "ins", " and", " pan", "cakes", " are", " baked", " in", " the", " morn", "ing", "."] * 3:
+        row.push_token(0, word.encode())
+        row.refresh(runner)
+    assert len(row.fed) > 3 * 8
+    fresh = torch.log_softmax(model(input_ids=torch.tensor([row.sync.ids])).logits[0, -1].float(), -1)
+    torch.testing.assert_close(row.logprobs, fresh, atol=1e-4, rtol=1e-4)
+    # and a rollback several tokens deep, then forward again
+    row.cache.crop(-5)
+    del row.fed[-5:]
+    row.sync.changed_from = len(row.fed)
+    row.refresh(runner)
+    torch.testing.assert_close(row.logprobs, fresh, atol=1e-4, rtol=1e-4)

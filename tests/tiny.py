@@ -131,3 +131,18 @@ def tiny_gpt2(tokenizer: PreTrainedTokenizerFast, seed: int = 1) -> GPT2LMHeadMo
     model = GPT2LMHeadModel(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def tiny_gemma3(tokenizer: PreTrainedTokenizerFast, seed: int = 2, sliding_window: int = 8):
+    """A random Gemma 3 text model whose sliding-window layers see only ``sliding_window`` tokens."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=sliding_window,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return Gemma3ForCausalLM(config).eval()
