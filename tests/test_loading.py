@@ -214,3 +214,12 @@ class _Obj:
 def test_eos_token_ids_merge_config_and_tokenizer(configured, tokenizer_eos, expected):
     model = _Obj(generation_config=_Obj(eos_token_id=configured))
     assert eos_token_ids(model, _Obj(eos_token_id=tokenizer_eos)) == expected
+
+
+def test_catalogue_eos_tokens_extend_the_generation_config():
+    model = _Obj(generation_config=_Obj(eos_token_id=151645))
+    tokenizer = _Obj(get_vocab=lambda: {"<|im_end|>": 151645, "<|endoftext|>": 151643})
+    loading._add_eos_tokens(model, tokenizer, ("<|endoftext|>", "<|im_end|>"))
+    assert model.generation_config.eos_token_id == [151645, 151643]
+    with pytest.raises(loading.ModelLoadError, match="<nope>"):
+        loading._add_eos_tokens(model, tokenizer, ("<nope>",))

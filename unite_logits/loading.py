@@ -83,6 +83,19 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return [int(i) for i in dict.fromkeys(ids)]
 
 
+def _add_eos_tokens(model: Any, tokenizer: Any, tokens: tuple[str, ...]) -> None:
+    """Extend the generation config's EOS ids with ``tokens`` (catalogue data)."""
+    if not tokens:
+        return
+    vocab = tokenizer.get_vocab()
+    missing = [token for token in tokens if token not in vocab]
+    if missing:
+        raise ModelLoadError(f"catalogue EOS tokens {missing} are not in the tokenizer's vocabulary")
+    configured = model.generation_config.eos_token_id
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    model.generation_config.eos_token_id = list(dict.fromkeys([*ids, *(vocab[t] for t in tokens)]))
+
+
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf")
 
@@ -231,6 +244,8 @@ def load_model(
         where = source.spec
     say(f"loading {source.name}", progress)
     model, tokenizer = _from_pretrained(where, device=device, dtype=dtype)
+    if source.entry is not None:
+        _add_eos_tokens(model, tokenizer, source.entry.extra_eos_tokens)
     say(f"loaded {source.name} in {time.perf_counter() - started:.1f} s", progress)
     return LoadedModel(model, tokenizer, source.name)
 
