@@ -13,6 +13,8 @@ import copy
 import gc
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import torch
 
 from .model_errors import ModelLoadError
 
-__all__ = ["convert_gguf", "say"]
+__all__ = ["convert_gguf", "say", "transformers_progress"]
 
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 1, 2, 3"
 _MAX_LOGIT_DRIFT = 1e-4
@@ -30,6 +32,21 @@ def say(message: str, enabled: bool = True) -> None:
     """A stage message on stderr, so stdout stays clean for generated text."""
     if enabled:
         print(f"[unite-logits] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def transformers_progress(enabled: bool) -> Iterator[None]:
+    """Silence transformers' own progress bars unless ``enabled`` (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _import_transformers():
@@ -71,6 +88,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool = True) -> di
             the saved folder does not reproduce the GGUF model's logits.
     """
     transformers = _import_transformers()
+    with transformers_progress(progress):
+        return _convert(transformers, gguf_path, out_dir, progress=progress)
+
+
+def _convert(transformers: Any, gguf_path: Path, out_dir: Path, *, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     folder, filename = str(gguf_path.parent), gguf_path.name
     say(f"converting {filename} to a cached fp32 folder (one time; tens of seconds)", progress)

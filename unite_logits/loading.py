@@ -20,7 +20,7 @@ import torch
 
 from . import cache
 from .catalogue import CatalogueEntry, catalogue_names, get_entry, is_catalogue_name, part_paths
-from .conversion import convert_gguf, say
+from .conversion import convert_gguf, say, transformers_progress
 from .gguf_files import materialize_gguf, sha256_file
 from .memory import check_memory, conversion_estimate, load_estimate
 from .model_errors import ModelLoadError, UnknownModelError
@@ -203,12 +203,13 @@ def _convert_into_cache(source: ModelSource, *, progress: bool) -> Path:
     return target
 
 
-def _from_pretrained(where: str | Path, *, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _from_pretrained(where: str | Path, *, device: str, dtype: torch.dtype, progress: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        with transformers_progress(progress):
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load a causal LM from {str(where)!r}: {error}") from error
     return model.to(device).eval(), tokenizer
@@ -243,7 +244,7 @@ def load_model(
     else:
         where = source.spec
     say(f"loading {source.name}", progress)
-    model, tokenizer = _from_pretrained(where, device=device, dtype=dtype)
+    model, tokenizer = _from_pretrained(where, device=device, dtype=dtype, progress=progress)
     if source.entry is not None:
         _add_eos_tokens(model, tokenizer, source.entry.extra_eos_tokens)
     say(f"loaded {source.name} in {time.perf_counter() - started:.1f} s", progress)
