@@ -197,6 +197,19 @@ def test_resolve_rejects_unknown_specs(spec):
         resolve(spec)
 
 
+def test_gguf_file_of_a_catalogue_model_shares_its_cache(cache_dir, tmp_path, monkeypatch):
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF", b"data"])
+    (tmp_path / "copy.gguf").write_bytes(b"GGUFdata")
+    (tmp_path / "other.gguf").write_bytes(b"GGUFother")
+    source = resolve(str(tmp_path / "copy.gguf"))
+    assert (source.kind, source.name, source.entry) == ("gguf", entry.name, entry)
+    with cache.atomic_directory(cache.entry_dir(f"{entry.name}-{entry.sha256[:12]}"), {}):
+        pass
+    assert loading.cached_dir(str(tmp_path / "copy.gguf")) == loading.cached_dir(entry.name) is not None
+    assert loading.cached_dir(str(tmp_path / "other.gguf")) is None
+    assert resolve(str(tmp_path / "other.gguf")).name == "other"
+
+
 def test_unknown_plain_name_lists_catalogue():
     with pytest.raises(UnknownModelError, match="smollm2-135m-instruct, gemma3-270m"):
         resolve("gemma")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from . import cache
-from .catalogue import CatalogueEntry, catalogue_names, get_entry, is_catalogue_name, part_paths
+from .catalogue import CATALOGUE, CatalogueEntry, catalogue_names, get_entry, is_catalogue_name, part_paths
 from .conversion import convert_gguf, say, transformers_progress
 from .gguf_files import materialize_gguf, sha256_file
 from .memory import check_memory, conversion_estimate, load_estimate
@@ -48,6 +48,7 @@ class ModelSource:
     name: str
     path: Path | None = None
     entry: CatalogueEntry | None = None
+    sha256: str | None = None
 
 
 class LoadedModel(tuple):
@@ -100,6 +101,13 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf")
 
 
+def _gguf_source(spec: str, path: Path) -> ModelSource:
+    """A local GGUF file; one with a catalogue model's digest shares that model's cache entry."""
+    digest = sha256_file(path)
+    entry = next((e for e in CATALOGUE.values() if e.sha256 == digest), None)
+    return ModelSource(spec, "gguf", entry.name if entry else path.stem, path=path, entry=entry, sha256=digest)
+
+
 def resolve(spec: str | os.PathLike[str]) -> ModelSource:
     """Classify ``spec``: catalogue name, ``.gguf`` file, HF folder, or (``org/name``) hub id.
 
@@ -114,7 +122,7 @@ def resolve(spec: str | os.PathLike[str]) -> ModelSource:
         return source_for_entry(entry)
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return ModelSource(text, "gguf", path.stem, path=path.resolve())
+        return _gguf_source(text, path.resolve())
     if path.is_dir():
         return ModelSource(text, "folder", path.resolve().name, path=path.resolve())
     if _looks_like_path(text):
@@ -128,8 +136,8 @@ def resolve(spec: str | os.PathLike[str]) -> ModelSource:
 def _cache_key(source: ModelSource) -> str:
     if source.entry is not None:
         return f"{source.entry.name}-{source.entry.sha256[:12]}"
-    assert source.path is not None
-    return f"{source.path.stem}-{sha256_file(source.path)[:12]}"
+    assert source.path is not None and source.sha256 is not None
+    return f"{source.path.stem}-{source.sha256[:12]}"
 
 
 def source_for_entry(entry: CatalogueEntry) -> ModelSource:
@@ -194,11 +202,11 @@ def _convert_into_cache(source: ModelSource, *, progress: bool) -> Path:
         marker.update(catalogue_name=source.entry.name, sha256=source.entry.sha256)
     with cache.atomic_directory(target, marker) as staging:
         with tempfile.TemporaryDirectory(dir=staging, prefix="gguf-") as workdir:  # gone before rename
-            if source.entry is not None:
-                gguf_path = materialize_gguf(source.entry, Path(workdir), progress=progress)
-            else:
-                assert source.path is not None
+            if source.path is not None:
                 gguf_path = source.path
+            else:
+                assert source.entry is not None
+                gguf_path = materialize_gguf(source.entry, Path(workdir), progress=progress)
             marker.update(convert_gguf(gguf_path, staging, progress=progress))
     return target
 
