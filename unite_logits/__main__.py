@@ -1,0 +1,7 @@
+"""``python -m unite_logits`` runs the ``unite-logits`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,211 @@
+"""One path from model names and a prompt to ensembled text, shared by the CLI and Python users.
+
+``generate(["smollm2-135m-instruct", "gemma3-270m"], "Hello")`` loads the models, formats
+the prompt for each (its own chat template with ``chat=True``), builds the
+:class:`~unite_logits.UniTEProcessor` and runs the primary's ``generate``. :class:`Ensemble`
+keeps the loaded models for several calls (the CLI's ``--compare`` reuses them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+
+from .loading import LoadedModel, load_model
+
+__all__ = ["Prompt", "GenerationResult", "Ensemble", "generate", "check_prompt", "check_weights", "check_top_k"]
+
+Prompt = Union[str, Sequence[Mapping[str, str]]]
+
+
+def check_prompt(prompt: Prompt) -> None:
+    """A prompt is non-blank text or a non-empty list of chat messages."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("the prompt is empty")
+        return
+    if not prompt or not all(isinstance(m, Mapping) and "role" in m and "content" in m for m in prompt):
+        raise ValueError("a chat prompt has to be a non-empty list of {'role': ..., 'content': ...} messages")
+
+
+def check_weights(weights: Sequence[float] | None, n_models: int) -> list[float]:
+    """One finite non-negative weight per model (primary first), not all zero."""
+    if weights is None:
+        return [1.0] * n_models
+    weights = [float(w) for w in weights]
+    if len(weights) != n_models:
+        raise ValueError(f"got {len(weights)} weights for {n_models} models (give one per model, primary first)")
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise ValueError(f"weights have to be finite and non-negative, got {weights}")
+    if not any(weights):
+        raise ValueError("the weights are all zero; at least one has to be positive")
+    return weights
+
+
+def check_top_k(top_k: int) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top-k has to be a positive integer, got {top_k!r}")
+    return top_k
+
+
+def _messages(prompt: Prompt) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+
+
+def _plain_text(prompt: Prompt) -> str:
+    return prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
+
+
+def encode_prompt(loaded: LoadedModel, prompt: Prompt, *, chat: bool) -> list[int]:
+    """Token ids of ``prompt`` as this model expects them.
+
+    With ``chat`` the model's own chat template is applied (generation prompt added); a model
+    without one gets the plain text, with a warning. Without ``chat`` the text is encoded
+    as the tokenizer does by default (with BOS where the tokenizer adds one).
+    """
+    tokenizer = loaded.tokenizer
+    if chat and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(_messages(prompt), add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+    if chat:
+        warnings.warn(f"{loaded.name} has no chat template; it gets the plain prompt", stacklevel=2)
+    return list(tokenizer(_plain_text(prompt))["input_ids"])
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Generated text and how long it took."""
+
+    text: str
+    new_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else float("inf")
+
+
+class Ensemble:
+    """Loaded models (primary first) with their weights and ``top_k``.
+
+    Use :meth:`load` to build one from names; a spec given twice is loaded once.
+    """
+
+    def __init__(self, models: Sequence[LoadedModel], *, weights: Sequence[float] | None = None, top_k: int = 10):
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        self.models = list(models)
+        self.weights = check_weights(weights, len(self.models))
+        self.top_k = check_top_k(top_k)
+
+    @classmethod
+    def load(
+        cls,
+        specs: Sequence[str],
+        *,
+        weights: Sequence[float] | None = None,
+        top_k: int = 10,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        progress: bool = True,
+    ) -> "Ensemble":
+        """Check the options, then load each distinct spec once (primary first)."""
+        check_weights(weights, len(specs))
+        check_top_k(top_k)
+        loaded: dict[str, LoadedModel] = {}
+        for spec in specs:
+            if spec not in loaded:
+                loaded[spec] = load_model(spec, device=device, dtype=dtype, progress=progress)
+        return cls([loaded[spec] for spec in specs], weights=weights, top_k=top_k)
+
+    @property
+    def primary(self) -> LoadedModel:
+        return self.models[0]
+
+    def _run(
+        self, loaded: LoadedModel, ids: list[int], streamer: Any, processors: list[Any], generate_kwargs: dict[str, Any]
+    ) -> GenerationResult:
+        model, tokenizer = loaded
+        input_ids = torch.tensor([ids], device=model.device)
+        pad = tokenizer.pad_token_id
+        kwargs: dict[str, Any] = {
+            "do_sample": False,
+            "max_new_tokens": 64,
+            "eos_token_id": loaded.eos_token_ids or None,
+            "pad_token_id": pad if pad is not None else next(iter(loaded.eos_token_ids), None),
+        }
+        kwargs.update(generate_kwargs)
+        started = time.perf_counter()
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            logits_processor=processors,
+            streamer=streamer,
+            **kwargs,
+        )
+        seconds = time.perf_counter() - started
+        new = output[0, input_ids.shape[1] :]
+        return GenerationResult(tokenizer.decode(new, skip_special_tokens=True), int(new.numel()), seconds)
+
+    def processor(self, prompt: Prompt, *, chat: bool = False, trace: bool = False) -> Any:
+        """The :class:`~unite_logits.UniTEProcessor` for this ensemble and prompt."""
+        from . import Member, UniTEProcessor
+
+        auxiliaries = self.models[1:]
+        members = [Member(m.model, m.tokenizer, weight=w, name=m.name) for m, w in zip(auxiliaries, self.weights[1:])]
+        member_prompts = [encode_prompt(m, prompt, chat=True) for m in auxiliaries] if chat else None
+        return UniTEProcessor(
+            primary_tokenizer=self.primary.tokenizer,
+            members=members,
+            top_k=self.top_k,
+            primary_weight=self.weights[0],
+            member_prompts=member_prompts,
+            trace=trace,
+        )
+
+    def generate(
+        self, prompt: Prompt, *, chat: bool = False, streamer: Any = None, trace: bool = False, **generate_kwargs: Any
+    ) -> GenerationResult:
+        """Ensembled continuation of ``prompt`` (a list of messages implies ``chat``)."""
+        check_prompt(prompt)
+        chat = chat or not isinstance(prompt, str)
+        processor = self.processor(prompt, chat=chat, trace=trace)
+        ids = encode_prompt(self.primary, prompt, chat=chat)
+        return self._run(self.primary, ids, streamer, [processor], generate_kwargs)
+
+    def generate_alone(
+        self, index: int, prompt: Prompt, *, chat: bool = False, streamer: Any = None, **generate_kwargs: Any
+    ) -> GenerationResult:
+        """What model ``index`` generates by itself (for comparison with the ensemble)."""
+        check_prompt(prompt)
+        loaded = self.models[index]
+        ids = encode_prompt(loaded, prompt, chat=chat or not isinstance(prompt, str))
+        return self._run(loaded, ids, streamer, [], generate_kwargs)
+
+
+def generate(
+    models: Sequence[str],
+    prompt: Prompt,
+    *,
+    weights: Sequence[float] | None = None,
+    top_k: int = 10,
+    chat: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    streamer: Any = None,
+    **generate_kwargs: Any,
+) -> str:
+    """Load ``models`` (primary first), ensemble them on ``prompt`` and return the new text.
+
+    ``generate_kwargs`` go to ``model.generate`` (``max_new_tokens``, ``do_sample``, ...);
+    greedy with 64 new tokens by default.
+    """
+    check_prompt(prompt)
+    ensemble = Ensemble.load(models, weights=weights, top_k=top_k, device=device, dtype=dtype)
+    return ensemble.generate(prompt, chat=chat, streamer=streamer, **generate_kwargs).text

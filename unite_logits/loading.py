@@ -1,0 +1,264 @@
+"""``load_model``: one call from a name or path to a ready ``(model, tokenizer)`` pair.
+
+A spec is resolved first (cheap: no weights touched) so that a typo or a missing package is
+reported before minutes of loading. GGUF sources are converted once into the cache
+(:mod:`unite_logits.cache`) and loaded from there ever after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from . import cache
+from .catalogue import CATALOGUE, CatalogueEntry, catalogue_names, get_entry, is_catalogue_name, part_paths
+from .conversion import convert_gguf, say, transformers_progress
+from .gguf_files import materialize_gguf, sha256_file
+from .memory import check_memory, conversion_estimate, load_estimate
+from .model_errors import ModelLoadError, UnknownModelError
+
+__all__ = [
+    "ModelSource",
+    "LoadedModel",
+    "resolve",
+    "load_model",
+    "estimate_memory_bytes",
+    "cached_dir",
+    "source_for_entry",
+    "eos_token_ids",
+]
+
+SourceKind = Literal["catalogue", "gguf", "folder", "hub"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a spec names, found without loading anything."""
+
+    spec: str
+    kind: SourceKind
+    name: str
+    path: Path | None = None
+    entry: CatalogueEntry | None = None
+    sha256: str | None = None
+
+
+class LoadedModel(tuple):
+    """``(model, tokenizer)`` that also carries ``name`` and ``eos_token_ids``.
+
+    A tuple so that ``model, tokenizer = load_model(...)`` works.
+    """
+
+    name: str
+    eos_token_ids: list[int]
+
+    def __new__(cls, model: Any, tokenizer: Any, name: str) -> "LoadedModel":
+        self = super().__new__(cls, (model, tokenizer))
+        self.name = name
+        self.eos_token_ids = eos_token_ids(model, tokenizer)
+        return self
+
+    @property
+    def model(self) -> Any:
+        return self[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self[1]
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Ids that end generation: the generation config's, then the tokenizer's EOS."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return [int(i) for i in dict.fromkeys(ids)]
+
+
+def _add_eos_tokens(model: Any, tokenizer: Any, tokens: tuple[str, ...]) -> None:
+    """Extend the generation config's EOS ids with ``tokens`` (catalogue data)."""
+    if not tokens:
+        return
+    vocab = tokenizer.get_vocab()
+    missing = [token for token in tokens if token not in vocab]
+    if missing:
+        raise ModelLoadError(f"catalogue EOS tokens {missing} are not in the tokenizer's vocabulary")
+    configured = model.generation_config.eos_token_id
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    model.generation_config.eos_token_id = list(dict.fromkeys([*ids, *(vocab[t] for t in tokens)]))
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf")
+
+
+def _gguf_source(spec: str, path: Path) -> ModelSource:
+    """A local GGUF file; one with a catalogue model's digest shares that model's cache entry."""
+    digest = sha256_file(path)
+    entry = next((e for e in CATALOGUE.values() if e.sha256 == digest), None)
+    return ModelSource(spec, "gguf", entry.name if entry else path.stem, path=path, entry=entry, sha256=digest)
+
+
+def resolve(spec: str | os.PathLike[str]) -> ModelSource:
+    """Classify ``spec``: catalogue name, ``.gguf`` file, HF folder, or (``org/name``) hub id.
+
+    Raises:
+        UnknownModelError: neither a known name nor an existing path.
+        ModelNotInstalledError: a catalogue model whose package is missing.
+    """
+    text = os.fspath(spec)
+    if is_catalogue_name(text):
+        entry = get_entry(text)
+        part_paths(entry)  # raises with the pip command if not installed
+        return source_for_entry(entry)
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _gguf_source(text, path.resolve())
+    if path.is_dir():
+        return ModelSource(text, "folder", path.resolve().name, path=path.resolve())
+    if _looks_like_path(text):
+        raise UnknownModelError(f"no model file or folder at {text!r}")
+    if "/" in text:
+        return ModelSource(text, "hub", text)
+    get_entry(text)  # raises UnknownModelError listing the known names
+    raise AssertionError("unreachable")
+
+
+def _cache_key(source: ModelSource) -> str:
+    if source.entry is not None:
+        return f"{source.entry.name}-{source.entry.sha256[:12]}"
+    assert source.path is not None and source.sha256 is not None
+    return f"{source.path.stem}-{source.sha256[:12]}"
+
+
+def source_for_entry(entry: CatalogueEntry) -> ModelSource:
+    """The source of a catalogue entry, whether or not its package is installed."""
+    return ModelSource(entry.name, "catalogue", entry.name, entry=entry)
+
+
+def cached_dir(spec: str | ModelSource) -> Path | None:
+    """The complete cache folder of a GGUF-backed spec, or None if it is not converted yet."""
+    source = spec if isinstance(spec, ModelSource) else resolve(spec)
+    if source.kind not in ("catalogue", "gguf"):
+        return None
+    directory = cache.entry_dir(_cache_key(source))
+    return directory if cache.is_complete(directory) else None
+
+
+def _params_in_folder(folder: Path) -> int | None:
+    """Parameter count from safetensors headers (no tensor is read)."""
+    total = 0
+    files = list(folder.glob("*.safetensors"))
+    for file in files:
+        with open(file, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(length))
+        for key, info in header.items():
+            if key != "__metadata__":
+                total += int(torch.Size(info["shape"]).numel())
+    return total or None
+
+
+def _params_in_gguf(path: Path) -> int:
+    from gguf import GGUFReader
+
+    return sum(int(tensor.n_elements) for tensor in GGUFReader(path).tensors)
+
+
+def estimate_memory_bytes(spec: str | ModelSource, *, dtype: torch.dtype = torch.float32) -> int | None:
+    """Peak RAM that :func:`load_model` would need now (None when it cannot be known, e.g. a hub id).
+
+    Converting a GGUF model the first time costs about three times its fp32 size; loading
+    the converted folder costs about its size in ``dtype``.
+    """
+    source = spec if isinstance(spec, ModelSource) else resolve(spec)
+    bytes_per_param = torch.empty((), dtype=dtype).element_size()
+    if source.kind == "folder":
+        assert source.path is not None
+        n_params = _params_in_folder(source.path)
+        return None if n_params is None else load_estimate(n_params, bytes_per_param)
+    if source.kind == "hub":
+        return None
+    n_params = source.entry.n_params if source.entry is not None else _params_in_gguf(source.path)
+    if cached_dir(source) is not None:
+        return load_estimate(n_params, bytes_per_param)
+    return max(conversion_estimate(n_params), load_estimate(n_params, bytes_per_param))
+
+
+def _convert_into_cache(source: ModelSource, *, progress: bool) -> Path:
+    """Convert a GGUF-backed source into its cache folder (atomically) and return the folder."""
+    target = cache.entry_dir(_cache_key(source))
+    marker: dict[str, Any] = {"spec": source.spec, "kind": source.kind}
+    if source.entry is not None:
+        marker.update(catalogue_name=source.entry.name, sha256=source.entry.sha256)
+    with cache.atomic_directory(target, marker) as staging:
+        with tempfile.TemporaryDirectory(dir=staging, prefix="gguf-") as workdir:  # gone before rename
+            if source.path is not None:
+                gguf_path = source.path
+            else:
+                assert source.entry is not None
+                gguf_path = materialize_gguf(source.entry, Path(workdir), progress=progress)
+            marker.update(convert_gguf(gguf_path, staging, progress=progress))
+    return target
+
+
+def _from_pretrained(where: str | Path, *, device: str, dtype: torch.dtype, progress: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with transformers_progress(progress):
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load a causal LM from {str(where)!r}: {error}") from error
+    return model.to(device).eval(), tokenizer
+
+
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    check_ram: bool = True,
+) -> LoadedModel:
+    """Load ``spec`` (catalogue name, HF folder, ``.gguf`` file, or hub id) as ``(model, tokenizer)``.
+
+    fp32 by default so the ensemble sees the same logits the model would give alone.
+
+    Raises:
+        UnknownModelError, ModelNotInstalledError, ModelIntegrityError,
+        InsufficientMemoryError, ModelLoadError: each with a message meant for the user.
+    """
+    source = resolve(spec)
+    if check_ram:
+        check_memory(estimate_memory_bytes(source, dtype=dtype), f"loading {source.name}")
+    started = time.perf_counter()
+    where: str | Path
+    if source.kind in ("catalogue", "gguf"):
+        where = cached_dir(source) or _convert_into_cache(source, progress=progress)
+    elif source.kind == "folder":
+        assert source.path is not None
+        where = source.path
+    else:
+        where = source.spec
+    say(f"loading {source.name}", progress)
+    model, tokenizer = _from_pretrained(where, device=device, dtype=dtype, progress=progress)
+    if source.entry is not None:
+        _add_eos_tokens(model, tokenizer, source.entry.extra_eos_tokens)
+    say(f"loaded {source.name} in {time.perf_counter() - started:.1f} s", progress)
+    return LoadedModel(model, tokenizer, source.name)
+
+
+if __name__ == "__main__":  # python -m unite_logits.loading NAME...: convert into the cache
+    for name in sys.argv[1:] or catalogue_names():
+        load_model(name)
