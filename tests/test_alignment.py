@@ -156,3 +156,16 @@ def test_equal_weights_average_renormalised_distributions():
     result = combine([distinct([0.6, 0.2]), distinct([0.1, 0.1])], [1.0, 1.0], [0, 1], [True, True])
     # model 0 renormalised: .75/.25, model 1: .5/.5
     assert result.probs[0] == pytest.approx(0.625) and result.probs[1] == pytest.approx(0.375)
+
+
+def test_primary_emits_the_space_it_would_write_first(views):
+    """A candidate the primary writes as a bare space then a word is emitted as the space:
+    skipping it (as scoring does) would drop the space from the text."""
+    byte_level = views[0]
+    text = " zebra"  # the tiny byte-level tokenizer writes it as a bare space, then letters
+    pieces = byte_level.encode_text(text)
+    assume_space_first = byte_level.bytes_of(pieces[0]) == b" " and len(pieces) > 1
+    assert assume_space_first
+    (emitted,) = primary_ids(byte_level, [text.encode()])
+    assert byte_level.bytes_of(emitted) == b" "
+    assert byte_level.first_piece(text.encode()) == pieces[1]

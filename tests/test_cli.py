@@ -87,7 +87,10 @@ def test_help_exits_0(capsys):
 
 
 def test_subcommands_come_from_small_registrars():
-    assert [f.__name__ for f in cli.SUBCOMMANDS] == ["_add_models_parser", "_add_generate_parser"]
+    assert [f.__name__ for f in cli.SUBCOMMANDS] == [
+        "_add_models_parser", "_add_generate_parser", "add_eval_parser", "add_select_parser"]
+    evaluation = cli.build_parser().parse_args(["eval", "--task", "arc", "--limit", "5"])
+    assert evaluation.handler.__name__ == "run_eval" and evaluation.limit == 5
     args = cli.build_parser().parse_args(["generate", "hi"])
     assert args.primary == "smollm2-135m-instruct" and args.aux is None and args.top_k == 10
     assert args.max_new_tokens == 64 and args.dtype == "float32" and not args.sample
@@ -169,3 +172,8 @@ def test_temperature_without_sample_warns_in_one_line(fake_ensemble, capsys):
     assert code == 0
     assert fake_ensemble.calls[0][3] == {"max_new_tokens": 64, "do_sample": False}
     assert err.strip() == "unite-logits: warning: --temperature and --top-p only apply with --sample; ignored"
+
+
+def test_eval_usage_errors_are_one_line(capsys):
+    code, _, err = run(["eval", "--task", "gsm8k", "--mode", "constrained"], capsys)
+    assert_one_line_error(code, err, "multiple-choice")

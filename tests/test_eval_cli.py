@@ -36,11 +36,11 @@ def loader():
     return load
 
 
-def test_eval_defaults_and_func() -> None:
+def test_eval_defaults_and_handler() -> None:
     args = parse(["eval", "--task", "arc"])
     assert args.members == list(DEFAULT_MEMBERS) and args.mode == "free" and args.limit is None
-    assert args.func is run_eval
-    assert parse(["select", "--task", "gsm8k", "--candidates", "x", "y"]).func is run_select
+    assert args.handler is run_eval
+    assert parse(["select", "--task", "gsm8k", "--candidates", "x", "y"]).handler is run_select
     with pytest.raises(SystemExit):
         parse(["eval", "--task", "nope"])
     with pytest.raises(SystemExit):

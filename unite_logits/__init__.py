@@ -4,10 +4,21 @@ Use :class:`UniTEProcessor` as a logits processor of the primary model's ``gener
 each auxiliary is a :class:`Member` with its own tokenizer.
 """
 
+from .api import Ensemble, generate
+from .loading import load_model
 from .member import Member
 from .processor import UniTEProcessor
 from .token_bytes import TokenBytes, token_bytes_view
 from .trace import StepRecord
 
-__all__ = ["Member", "UniTEProcessor", "StepRecord", "TokenBytes", "token_bytes_view"]
+__all__ = [
+    "Ensemble",
+    "Member",
+    "StepRecord",
+    "TokenBytes",
+    "UniTEProcessor",
+    "generate",
+    "load_model",
+    "token_bytes_view",
+]
 __version__ = "0.1.0"

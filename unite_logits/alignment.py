@@ -93,20 +93,24 @@ def build_union(proposals: Sequence[Proposal]) -> list[Candidate]:
     return list(seen)
 
 
-def token_for(view: TokenBytes, candidate: Candidate, is_primary: bool) -> int | None:
-    """The id through which ``view``'s model scores (or, for the primary, emits) a candidate."""
+def token_for(view: TokenBytes, candidate: Candidate, is_primary: bool, emitting: bool = False) -> int | None:
+    """The id through which ``view``'s model scores (or, ``emitting``, writes) a candidate.
+
+    Scoring skips a bare-space first piece (rule 3); emitting never does, or the primary would
+    write a word without its space.
+    """
     if candidate is EOS:
         return view.eos_id
     if isinstance(candidate, bytes):
-        return view.first_piece(candidate)
+        return view.first_piece(candidate, skip_bare_space=not emitting)
     if is_primary and isinstance(candidate, tuple):
         return int(candidate[1])
     return None
 
 
 def primary_ids(view: TokenBytes, union: Sequence[Candidate]) -> list[int | None]:
-    """For each candidate, the primary id that emits it (its whole text or its first piece)."""
-    return [token_for(view, candidate, True) for candidate in union]
+    """For each candidate, the primary id that writes its start (its whole text or first piece)."""
+    return [token_for(view, candidate, True, emitting=True) for candidate in union]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any, Union
 
 import torch
 
+from .chat import chat_prompt_ids, plain_text
 from .loading import LoadedModel, load_model
 
 __all__ = ["Prompt", "GenerationResult", "Ensemble", "generate", "check_prompt", "check_weights", "check_top_k"]
@@ -58,24 +59,18 @@ def _messages(prompt: Prompt) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
 
 
-def _plain_text(prompt: Prompt) -> str:
-    return prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
-
-
 def encode_prompt(loaded: LoadedModel, prompt: Prompt, *, chat: bool) -> list[int]:
     """Token ids of ``prompt`` as this model expects them.
 
     With ``chat`` the model's own chat template is applied (generation prompt added); a model
-    without one gets the plain text, with a warning. Without ``chat`` the text is encoded
-    as the tokenizer does by default (with BOS where the tokenizer adds one).
+    without one gets the plain text, with a warning (:func:`unite_logits.chat.chat_prompt_ids`).
+    Without ``chat`` the text is encoded as the tokenizer does by default (with BOS where the
+    tokenizer adds one).
     """
-    tokenizer = loaded.tokenizer
-    if chat and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(_messages(prompt), add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
     if chat:
-        warnings.warn(f"{loaded.name} has no chat template; it gets the plain prompt", stacklevel=2)
-    return list(tokenizer(_plain_text(prompt))["input_ids"])
+        return chat_prompt_ids(loaded.tokenizer, _messages(prompt))
+    text = prompt if isinstance(prompt, str) else plain_text(prompt)
+    return list(loaded.tokenizer(text)["input_ids"])
 
 
 @dataclass(frozen=True)
@@ -166,7 +161,9 @@ class Ensemble:
             top_k=self.top_k,
             primary_weight=self.weights[0],
             member_prompts=member_prompts,
+            primary_eos_token_ids=self.primary.eos_token_ids,
             trace=trace,
+            primary_name=self.primary.name,
         )
 
     def generate(

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .catalogue import CATALOGUE, is_installed
+from .evaluation.cli import add_eval_parser, add_select_parser
+from .evaluation.errors import EvalUsageError
 from .memory import format_bytes
 from .model_errors import InsufficientMemoryError, ModelError, ModelNotInstalledError, UnknownModelError
 
@@ -213,8 +215,12 @@ def _as_json(ensemble: Any, result: Any, alone: dict[str, Any], args: argparse.N
 
 
 # -- wiring -------------------------------------------------------------------------------
-SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_models_parser, _add_generate_parser)
-# colleagues: append _add_eval_parser, _add_select_parser (each sets `handler` via set_defaults)
+SUBCOMMANDS: tuple[Callable[[Any], Any], ...] = (
+    _add_models_parser,
+    _add_generate_parser,
+    add_eval_parser,
+    add_select_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.handler(args))
     except UsageError as error:
         print(error, file=sys.stderr)
+    except EvalUsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
     except _USER_ERRORS as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
     except ModelError as error:

@@ -178,7 +178,7 @@ class TokenBytes:
         ]
         self.byte_ids: dict[bytes, int] = self._build_reverse()
         self._longest_token = max((len(b) for b in self.byte_ids), default=0)
-        self._first_piece: dict[bytes, int | None] = {}
+        self._first_piece: dict[tuple[bytes, bool], int | None] = {}
         self.adds_leading_space = self._detect_leading_space()
 
     # -- construction -------------------------------------------------------------------
@@ -282,7 +282,7 @@ class TokenBytes:
     def _has_unknown(self, ids: Sequence[int]) -> bool:
         return self.unk_id is not None and self.unk_id in ids
 
-    def first_piece(self, data: bytes) -> int | None:
+    def first_piece(self, data: bytes, skip_bare_space: bool = True) -> int | None:
         """The id that starts this tokenizer's spelling of ``data`` (None if it has none).
 
         This is how a candidate that is not one token of this vocabulary is scored: through
@@ -291,16 +291,20 @@ class TokenBytes:
         a bare space. What the tokenizer cannot write exactly (bytes that are not UTF-8, a
         mid-word start for a tokenizer that prepends a space) is scored through the longest
         vocabulary token that writes a prefix of it. Results are cached.
+
+        With ``skip_bare_space=False`` the bare space is kept: that is the token a model must
+        *emit* to start writing ``data``.
         """
-        if data in self._first_piece:
-            return self._first_piece[data]
-        piece = self._compute_first_piece(data)
+        key = (data, skip_bare_space)
+        if key in self._first_piece:
+            return self._first_piece[key]
+        piece = self._compute_first_piece(data, skip_bare_space)
         if len(self._first_piece) >= _FIRST_PIECE_CACHE_SIZE:
             self._first_piece.clear()
-        self._first_piece[data] = piece
+        self._first_piece[key] = piece
         return piece
 
-    def _compute_first_piece(self, data: bytes) -> int | None:
+    def _compute_first_piece(self, data: bytes, skip_bare_space: bool) -> int | None:
         direct = self.byte_ids.get(data)
         if direct is not None:
             return direct
@@ -309,7 +313,7 @@ class TokenBytes:
         except UnicodeDecodeError:
             ids = None
         if ids:
-            if len(ids) > 1 and self.bytes_of(ids[0]) == b" ":
+            if skip_bare_space and len(ids) > 1 and self.bytes_of(ids[0]) == b" ":
                 ids = ids[1:]
             return ids[0]
         return self._longest_token_prefix(data)

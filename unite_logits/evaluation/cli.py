@@ -2,7 +2,7 @@
 
 The project's main CLI registers these with ``add_eval_parser(subparsers)`` and
 ``add_select_parser(subparsers)``; each sets ``func`` so the caller runs
-``args.func(args)``. User errors raise ``EvalUsageError`` (a ``ValueError``) with a
+``args.handler(args)``. User errors raise ``EvalUsageError`` (a ``ValueError``) with a
 message fit to print. Models are resolved by ``unite_logits.loading.load_model``,
 imported only when a command runs so argument parsing stays fast.
 """
@@ -56,7 +56,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="model specs, primary first (default: %(default)s)")
     parser.add_argument("--mode", choices=MODES, default="free",
                         help="free generation, constrained letter choice (multiple-choice tasks), or both")
-    parser.set_defaults(func=run_eval)
+    parser.set_defaults(handler=run_eval)
     return parser
 
 
@@ -73,7 +73,7 @@ def add_select_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--min-vocab-overlap", type=float, default=None, help="optional gate, 0..1")
     parser.add_argument("--min-top-k-agreement", type=float, default=None, help="optional gate, 0..1")
     parser.add_argument("--no-heatmap", action="store_true", help="skip the PNG heatmap")
-    parser.set_defaults(func=run_select)
+    parser.set_defaults(handler=run_select)
     return parser
 
 
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_select_parser(subparsers)
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        return args.handler(args)
     except EvalUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
