@@ -10,6 +10,7 @@ import torch
 from _real_models import REAL_MODEL_NAMES, load_real, load_real_tokenizer, real_model  # noqa: F401
 
 from unite_logits.api import Ensemble, encode_prompt
+from unite_logits.chat import plain_text
 from unite_logits.cache import read_marker
 from unite_logits.catalogue import get_entry
 from unite_logits.loading import cached_dir, source_for_entry
@@ -72,7 +73,7 @@ def test_chat_prompt_uses_the_models_own_template(real_model):
     if not HAS_CHAT_TEMPLATE[real_model.name]:
         with pytest.warns(UserWarning, match="no chat template"):
             ids = encode_prompt(real_model, "Hi", chat=True)
-        assert ids == real_model.tokenizer("Hi")["input_ids"]
+        assert ids == real_model.tokenizer(plain_text([{"role": "user", "content": "Hi"}]))["input_ids"]
         return
     ids = encode_prompt(real_model, [{"role": "user", "content": "Hi"}], chat=True)
     text = real_model.tokenizer.decode(ids)

@@ -68,7 +68,7 @@ def encode_prompt(loaded: LoadedModel, prompt: Prompt, *, chat: bool) -> list[in
     tokenizer adds one).
     """
     if chat:
-        return chat_prompt_ids(loaded.tokenizer, _messages(prompt))
+        return chat_prompt_ids(loaded.tokenizer, _messages(prompt), name=loaded.name)
     text = prompt if isinstance(prompt, str) else plain_text(prompt)
     return list(loaded.tokenizer(text)["input_ids"])
 

@@ -33,8 +33,13 @@ def plain_text(messages: Sequence[Message]) -> str:
     return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
 
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> list[int]:
-    """Prompt ids of ``messages`` in ``tokenizer``'s own chat template, ready for a reply."""
+def chat_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], name: str | None = None
+) -> list[int]:
+    """Prompt ids of ``messages`` in ``tokenizer``'s own chat template, ready for a reply.
+
+    ``name`` labels the model in the warning given when it has no template.
+    """
     validate_messages(messages)
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(
@@ -42,7 +47,7 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Messa
         )
         return [int(i) for i in ids]
     warnings.warn(
-        f"tokenizer {tokenizer.name_or_path!r} has no chat template; using the plain text of the messages",
+        f"{name or repr(tokenizer.name_or_path)} has no chat template; using the plain text of the messages",
         stacklevel=2,
     )
     return list(tokenizer(plain_text(messages))["input_ids"])

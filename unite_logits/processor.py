@@ -170,7 +170,7 @@ class UniTEProcessor(LogitsProcessor):
         back to the plain text of the messages, with a warning.
         """
         validate_messages(messages)
-        prompts = [chat_prompt_ids(member.tokenizer, messages) for member in members]
+        prompts = [chat_prompt_ids(member.tokenizer, messages, name=member.name) for member in members]
         return cls(primary_tokenizer, members, member_prompts=prompts, **kwargs)
 
     def reset(self) -> None:
