@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import LogitsProcessorList, MinNewTokensLengthLogitsProcessor
+from transformers import LogitsProcessorList
 
 import tiny
 from unite_logits import Member, UniTEProcessor

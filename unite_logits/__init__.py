@@ -1,7 +1,7 @@
 """unite-logits: union top-k ensembling of language models with different tokenizers.
 
-Use :class:`UniTEProcessor` as a logits processor of the primary model's ``generate``;
-each auxiliary is a :class:`Member` with its own tokenizer.
+Use `UniTEProcessor` as a logits processor of the primary model's ``generate``;
+each auxiliary is a `Member` with its own tokenizer.
 """
 
 from .api import Ensemble, generate

@@ -3,19 +3,19 @@
 A *candidate* is identified by what it means, never by an id:
 
 * a text token by the bytes it stands for (``b" muffins"``);
-* end-of-sequence by its role (:data:`EOS`), whatever each vocabulary calls it;
+* end-of-sequence by its role (`EOS`), whatever each vocabulary calls it;
 * a special token of the primary (``<pad>``, a chat marker) by ``("special", id)``: the
   primary may still emit it, but no other model can vote for it.
 
 Special tokens of auxiliaries other than EOS never enter the union: they have no text.
 
-A model's probability for a candidate (:func:`aligned_probabilities`):
+A model's probability for a candidate (`aligned_probabilities`):
 
 1. the candidate is in the model's top-k: that probability;
 2. the candidate's bytes are one token of the model's vocabulary: the model's probability
    of that token;
 3. otherwise: the probability of the first piece of the model's own spelling of the bytes
-   (see :meth:`TokenBytes.first_piece`), or 0 if it has none.
+   (see `TokenBytes.first_piece`), or 0 if it has none.
 
 Cost per step: O(k x models) dictionary lookups and one gather per model.
 """

@@ -2,7 +2,7 @@
 
 ``generate(["smollm2-135m-instruct", "gemma3-270m"], "Hello")`` loads the models, formats
 the prompt for each (its own chat template with ``chat=True``), builds the
-:class:`~unite_logits.UniTEProcessor` and runs the primary's ``generate``. :class:`Ensemble`
+`UniTEProcessor` and runs the primary's ``generate``. `Ensemble`
 keeps the loaded models for several calls (the CLI's ``--compare`` reuses them).
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -63,7 +62,7 @@ def encode_prompt(loaded: LoadedModel, prompt: Prompt, *, chat: bool) -> list[in
     """Token ids of ``prompt`` as this model expects them.
 
     With ``chat`` the model's own chat template is applied (generation prompt added); a model
-    without one gets the plain text, with a warning (:func:`unite_logits.chat.chat_prompt_ids`).
+    without one gets the plain text, with a warning (`unite_logits.chat.chat_prompt_ids`).
     Without ``chat`` the text is encoded as the tokenizer does by default (with BOS where the
     tokenizer adds one).
     """
@@ -89,7 +88,7 @@ class GenerationResult:
 class Ensemble:
     """Loaded models (primary first) with their weights and ``top_k``.
 
-    Use :meth:`load` to build one from names; a spec given twice is loaded once.
+    Use `load` to build one from names; a spec given twice is loaded once.
     """
 
     def __init__(self, models: Sequence[LoadedModel], *, weights: Sequence[float] | None = None, top_k: int = 10):
@@ -149,7 +148,7 @@ class Ensemble:
         return GenerationResult(tokenizer.decode(new, skip_special_tokens=True), int(new.numel()), seconds)
 
     def processor(self, prompt: Prompt, *, chat: bool = False, trace: bool = False) -> Any:
-        """The :class:`~unite_logits.UniTEProcessor` for this ensemble and prompt."""
+        """The `UniTEProcessor` for this ensemble and prompt."""
         from . import Member, UniTEProcessor
 
         auxiliaries = self.models[1:]

@@ -84,7 +84,7 @@ def _remove_abandoned(parent: Path, name: str) -> None:
 def atomic_directory(target: Path, marker: dict[str, Any]) -> Iterator[Path]:
     """Yield an empty temporary directory that becomes ``target`` if the block succeeds.
 
-    ``marker`` is written into it as :data:`MARKER` last. On an exception the temporary
+    ``marker`` is written into it as `MARKER` last. On an exception the temporary
     directory is removed and ``target`` is left untouched. If another process completed
     ``target`` meanwhile, its entry is kept and ours discarded.
     """

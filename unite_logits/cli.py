@@ -1,7 +1,7 @@
-"""The ``unite-logits`` command: a thin shell over :mod:`unite_logits.api`.
+"""The ``unite-logits`` command: a thin shell over `unite_logits.api`.
 
 Each subcommand is registered by a small ``_add_<name>_parser(subparsers)`` function listed
-in :data:`SUBCOMMANDS`; add ``eval`` / ``select`` the same way. Mistakes a user can make
+in `SUBCOMMANDS`; add ``eval`` / ``select`` the same way. Mistakes a user can make
 (unknown model, missing package, bad option, empty prompt, too little memory) end with one
 line on stderr and exit status 2, never a traceback.
 """

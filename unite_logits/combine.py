@@ -40,7 +40,7 @@ def combine(
     """Combine per-model aligned probabilities into one distribution over primary ids.
 
     Args:
-        aligned: one :class:`Aligned` per model, over the same union.
+        aligned: one `Aligned` per model, over the same union.
         weights: one non-negative weight per model.
         emit_ids: the primary id of each candidate (None: the primary cannot emit it).
         allowed: False for candidates the primary's processors masked out.

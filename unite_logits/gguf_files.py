@@ -52,7 +52,7 @@ def sha256_file(path: str | os.PathLike[str], *, progress: bool = False) -> str:
 
 
 def verify_sha256(path: str | os.PathLike[str], expected: str, *, progress: bool = False) -> Path:
-    """Return ``path`` if its sha256 is ``expected``; :class:`ModelIntegrityError` otherwise."""
+    """Return ``path`` if its sha256 is ``expected``; `ModelIntegrityError` otherwise."""
     _check_digest(sha256_file(path, progress=progress), expected, str(path))
     return Path(path)
 

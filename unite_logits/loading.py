@@ -2,7 +2,7 @@
 
 A spec is resolved first (cheap: no weights touched) so that a typo or a missing package is
 reported before minutes of loading. GGUF sources are converted once into the cache
-(:mod:`unite_logits.cache`) and loaded from there ever after.
+(`unite_logits.cache`) and loaded from there ever after.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def _params_in_gguf(path: Path) -> int:
 
 
 def estimate_memory_bytes(spec: str | ModelSource, *, dtype: torch.dtype = torch.float32) -> int | None:
-    """Peak RAM that :func:`load_model` would need now (None when it cannot be known, e.g. a hub id).
+    """Peak RAM that `load_model` would need now (None when it cannot be known, e.g. a hub id).
 
     Converting a GGUF model the first time costs about three times its fp32 size; loading
     the converted folder costs about its size in ``dtype``.

@@ -1,6 +1,6 @@
 """An auxiliary model's KV cache kept in step with its token ids, one batch row at a time.
 
-Each row owns a :class:`MemberRow`: its :class:`~unite_logits.sync.TokenSync` (what the
+Each row owns a `MemberRow`: its `TokenSync` (what the
 ids should be) and a KV cache over the ids already fed (what the model has seen). A refresh
 rolls the cache back to the longest common prefix of the two and feeds only the rest, so a
 step costs one forward pass over the one or few tokens that changed.

@@ -68,7 +68,7 @@ def format_bytes(count: float) -> str:
 
 
 def check_memory(needed: int | None, what: str, *, available: int | None = None) -> None:
-    """Raise :class:`InsufficientMemoryError` if ``needed`` bytes exceed what is available.
+    """Raise `InsufficientMemoryError` if ``needed`` bytes exceed what is available.
 
     Unknown quantities (``None``) pass: better to try than to refuse on a guess.
     """

@@ -1,6 +1,6 @@
 """Errors raised while finding, verifying and loading models.
 
-They all derive from :class:`ModelError`, so a caller (the CLI above all) can turn any of
+They all derive from `ModelError`, so a caller (the CLI above all) can turn any of
 them into one clear line for the user instead of a traceback.
 """
 

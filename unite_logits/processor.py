@@ -3,11 +3,11 @@
 The primary model runs the ordinary generation loop. At every step this processor
 
 1. brings each auxiliary up to date with the text generated so far (its own ids, its own
-   KV cache; :mod:`unite_logits.member_state`),
+   KV cache; `unite_logits.member_state`),
 2. takes every model's top-k and forms their union across vocabularies
-   (:mod:`unite_logits.alignment`),
+   (`unite_logits.alignment`),
 3. averages the models' renormalised probabilities over the union
-   (:mod:`unite_logits.combine`),
+   (`unite_logits.combine`),
 4. returns the log of the ensembled distribution at the primary's ids, ``-inf`` elsewhere.
 
 Greedy search then emits the ensemble's best candidate; sampling draws from the ensembled
@@ -63,7 +63,7 @@ class UniTEProcessor(LogitsProcessor):
 
     Args:
         primary_tokenizer: tokenizer of the model whose ``generate`` runs.
-        members: the auxiliary models (see :class:`Member`); may be empty.
+        members: the auxiliary models (see `Member`); may be empty.
         top_k: candidates each model proposes per step.
         primary_weight: weight of the primary in the average (only ratios matter).
         member_prompts: optional, one entry per member, overriding the default auxiliary prompt
@@ -72,7 +72,7 @@ class UniTEProcessor(LogitsProcessor):
             template's output), a list of token ids, a list of those (one per batch row), or
             None for the default.
         primary_eos_token_ids: ids that end the primary's sequence besides its tokenizer's EOS.
-        trace: record a :class:`StepRecord` per step and row in :attr:`trace`.
+        trace: record a `StepRecord` per step and row in `trace`.
         primary_name: label of the primary in traces.
 
     Raises:

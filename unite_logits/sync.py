@@ -2,10 +2,10 @@
 
 The primary model writes text token by token; each auxiliary must hold *its own*
 tokenization of the same text. Re-encoding the whole text every step costs time linear in
-its length, so :class:`TokenSync` re-encodes only a short tail window:
+its length, so `TokenSync` re-encodes only a short tail window:
 
 1. Complete UTF-8 text is appended; a trailing fragment of a character is held back
-   (:mod:`unite_logits.utf8`) and the auxiliary abstains until it completes.
+   (`unite_logits.utf8`) and the auxiliary abstains until it completes.
 2. The window starts at a word boundary a few tokens back (a token that begins with
    whitespace after one that does not), so the tokenizer sees a clean word start.
 3. The window is accepted only if re-encoding it reproduces the old tokens up to the
@@ -17,8 +17,9 @@ its length, so :class:`TokenSync` re-encodes only a short tail window:
    if it has one (byte-level or byte-fallback vocabularies), else skipped. They freeze
    everything before them.
 
-Cost per pushed token: one encode of a window of about two words (bounded by ``window``
-tokens), independent of the text length.
+Cost per pushed token: usually one encode of a window of about two words, at most three
+window sizes (bounded by ``window`` tokens), independent of the text length; only when no
+window verifies is the unfrozen text re-encoded in full (rare; tested on real tokenizers).
 """
 
 from __future__ import annotations

@@ -336,7 +336,7 @@ _VIEWS_LOCK = threading.Lock()
 def token_bytes_view(
     tokenizer: PreTrainedTokenizerBase, eos_token_ids: Iterable[int] = ()
 ) -> TokenBytes:
-    """The shared, lazily built :class:`TokenBytes` of ``tokenizer`` (cached per tokenizer)."""
+    """The shared, lazily built `TokenBytes` of ``tokenizer`` (cached per tokenizer)."""
     key = frozenset(int(i) for i in eos_token_ids)
     with _VIEWS_LOCK:
         per_tokenizer = _VIEWS.setdefault(tokenizer, {})

@@ -19,7 +19,8 @@ class StepRecord:
         winner: the ensembled best candidate's text.
         proposers: the models whose top-k contained the winner.
         prob: the ensembled probability of the winner.
-        abstained: models that took no part in this step (incomplete character, no mass).
+        abstained: models that took no part in this step: waiting for an incomplete
+            character, no mass on the union, or weight 0.
     """
 
     step: int

@@ -16,7 +16,7 @@ __all__ = ["Utf8Split", "split_utf8"]
 
 @dataclass(frozen=True)
 class Utf8Split:
-    """Result of :func:`split_utf8`.
+    """Result of `split_utf8`.
 
     Attributes:
         pieces: in order, either complete text (``str``) or one byte that is not valid UTF-8

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from unite_logits.evaluation.runner import EvalMember, as_members, evaluate, load_items
-from unite_logits.evaluation.summary import ModeSummary
+from unite_logits.evaluation.summary import ModeSummary, save_report
 from unite_logits.evaluation.tasks import get_task
 
 __all__ = [
@@ -118,12 +118,8 @@ class SelectReport:
         return "\n".join(lines) + "\n"
 
     def save(self, out_dir: Path) -> tuple[Path, Path]:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        js, md = out_dir / f"{self.task}.select.json", out_dir / f"{self.task}.select.md"
-        js.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        md.write_text(self.to_markdown(), encoding="utf-8")
-        return js, md
+        """Write ``<task>.select.json`` and ``<task>.select.md`` into ``out_dir``."""
+        return save_report(out_dir, f"{self.task}.select", self.to_dict(), self.to_markdown())
 
 
 def answer_style(text: str) -> str:

@@ -79,13 +79,18 @@ class Summary:
         return "\n".join(parts)
 
     def save(self, out_dir: Path) -> tuple[Path, Path]:
-        """Write ``summary.json`` and ``summary.md`` (for this task) into ``out_dir``."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        json_path, md_path = out_dir / f"{self.task}.summary.json", out_dir / f"{self.task}.summary.md"
-        json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        md_path.write_text(self.to_markdown(), encoding="utf-8")
-        return json_path, md_path
+        """Write ``<task>.summary.json`` and ``<task>.summary.md`` into ``out_dir``."""
+        return save_report(out_dir, f"{self.task}.summary", self.to_dict(), self.to_markdown())
+
+
+def save_report(out_dir: Path, stem: str, data: dict, markdown: str) -> tuple[Path, Path]:
+    """Write a report as ``<stem>.json`` and ``<stem>.md`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(markdown, encoding="utf-8")
+    return json_path, md_path
 
 
 def _mean(values: Sequence[float]) -> float:
