@@ -236,8 +236,8 @@ def load_model(
     fp32 by default so the ensemble sees the same logits the model would give alone.
 
     Raises:
-        UnknownModelError, ModelNotInstalledError, ModelIntegrityError,
-        InsufficientMemoryError, ModelLoadError: each with a message meant for the user.
+        ModelError: a subclass (unknown model, package not installed, digest mismatch, not
+            enough memory, load failure), each with a message meant for the user.
     """
     source = resolve(spec)
     if check_ram:
