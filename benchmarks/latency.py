@@ -100,6 +100,27 @@ def measure(members, prompt_name: str, prompt: str, new_tokens: int, top_k: int,
     return Row(prompt_name, new_tokens, prompt_tokens, alone, ensemble, ensemble / sum(alone.values()))
 
 
+def marginal_costs(rows: list[Row]) -> dict[str, dict[str, float]]:
+    """ms per token between consecutive lengths: fixed costs (prefill, set-up) cancel out.
+
+    ``(T(n2) - T(n1)) / (n2 - n1)`` for the ensemble and for the sum of the members alone.
+    """
+    rows = sorted(rows, key=lambda r: r.new_tokens)
+    out = {}
+    for short, long in zip(rows, rows[1:]):
+        span = long.new_tokens - short.new_tokens
+
+        def slope(before: float, after: float) -> float:
+            return (after * long.new_tokens - before * short.new_tokens) / span
+
+        ensemble = slope(short.ensemble_ms_per_token, long.ensemble_ms_per_token)
+        members = sum(slope(short.members_ms_per_token[n], long.members_ms_per_token[n])
+                      for n in short.members_ms_per_token)
+        out[f"{short.new_tokens}-{long.new_tokens}"] = {"ensemble": ensemble, "members": members,
+                                                          "ratio": ensemble / members}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", choices=["tiny", "real"], default="tiny")
@@ -130,18 +151,23 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         cells = "".join(f"{row.members_ms_per_token[n]:>24.1f}" for n in names)
         print(f"{row.setting:<7}{row.new_tokens:>7}{row.prompt_tokens:>11}{cells}{row.ensemble_ms_per_token:>10.1f}{row.ratio:>7.2f}")
-    flat = {}
+    flat, marginal = {}, {}
     for name in args.prompts:
         per = {r.new_tokens: r.ensemble_ms_per_token for r in rows if r.setting == name}
         lengths = sorted(per)
         flat[name] = per[lengths[-1]] / per[lengths[0]]
         print(f"flatness ({name}): ms/token at {lengths[-1]} / at {lengths[0]} = {flat[name]:.2f}")
+        marginal[name] = marginal_costs([r for r in rows if r.setting == name])
+        for span, cost in marginal[name].items():
+            print(f"  steady state ({name}, tokens {span}): ensemble {cost['ensemble']:.1f} ms/token, "
+                  f"members {cost['members']:.1f}, ratio {cost['ratio']:.2f}")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of this run: {peak_mb:.0f} MB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "suite": args.suite, "members": names, "top_k": args.top_k, "threads": torch.get_num_threads(),
         "machine": platform.platform(), "rows": [asdict(r) for r in rows], "flatness": flat,
+        "steady_state": marginal,
         "peak_rss_mb": peak_mb,
     }, indent=2))
     print(f"wrote {args.out}")

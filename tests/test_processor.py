@@ -278,3 +278,28 @@ def test_non_tensor_input(primary):
         proc([[1, 2]], torch.zeros(1, 5))
     with pytest.raises(ValueError, match="shape"):
         proc(torch.zeros(2, 3, dtype=torch.long), torch.zeros(1, 5))
+
+
+def test_top_k_larger_than_any_vocabulary(primary, auxiliaries):
+    model, tok = primary
+    huge = UniTEProcessor(tok, [], top_k=10**6)
+    assert torch.equal(generate(model, tok, PROMPTS, huge, max_new_tokens=6), generate(model, tok, PROMPTS, max_new_tokens=6))
+    both = UniTEProcessor(tok, [Member(m, t) for m, t in auxiliaries], top_k=10**6)
+    enc = tok([PROMPTS[0]], return_tensors="pt")
+    with torch.no_grad():
+        scores = model(**enc).logits[:, -1, :]
+    out = both(enc["input_ids"], scores)
+    assert out[0].exp().sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_primary_generation_config_defaults_are_respected(primary, auxiliaries):
+    model, tok = primary
+    saved = model.generation_config.max_new_tokens
+    model.generation_config.max_new_tokens = 5
+    try:
+        enc = tok([PROMPTS[0]], return_tensors="pt")
+        out = model.generate(**enc, logits_processor=[UniTEProcessor(tok, [Member(m, t) for m, t in auxiliaries])],
+                             do_sample=False, min_new_tokens=5)
+        assert out.shape[1] - enc["input_ids"].shape[1] == 5
+    finally:
+        model.generation_config.max_new_tokens = saved
