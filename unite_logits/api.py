@@ -8,7 +8,6 @@ keeps the loaded models for several calls (the CLI's ``--compare`` reuses them).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +17,9 @@ import torch
 
 from .chat import chat_prompt_ids, plain_text
 from .loading import LoadedModel, load_model
+from .member import check_top_k, check_weight
 
-__all__ = ["Prompt", "GenerationResult", "Ensemble", "generate", "check_prompt", "check_weights", "check_top_k"]
+__all__ = ["Prompt", "GenerationResult", "Ensemble", "generate", "check_prompt", "check_weights"]
 
 Prompt = Union[str, Sequence[Mapping[str, str]]]
 
@@ -38,20 +38,12 @@ def check_weights(weights: Sequence[float] | None, n_models: int) -> list[float]
     """One finite non-negative weight per model (primary first), not all zero."""
     if weights is None:
         return [1.0] * n_models
-    weights = [float(w) for w in weights]
     if len(weights) != n_models:
         raise ValueError(f"got {len(weights)} weights for {n_models} models (give one per model, primary first)")
-    if any(not math.isfinite(w) or w < 0 for w in weights):
-        raise ValueError(f"weights have to be finite and non-negative, got {weights}")
-    if not any(weights):
+    checked = [check_weight(f"weights[{i}]", w) for i, w in enumerate(weights)]
+    if not any(checked):
         raise ValueError("the weights are all zero; at least one has to be positive")
-    return weights
-
-
-def check_top_k(top_k: int) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top-k has to be a positive integer, got {top_k!r}")
-    return top_k
+    return checked
 
 
 def _messages(prompt: Prompt) -> list[dict[str, str]]:

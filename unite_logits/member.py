@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["Member", "check_weight"]
+__all__ = ["Member", "check_top_k", "check_weight"]
 
 
 def check_weight(name: str, weight: object) -> float:
@@ -18,6 +18,13 @@ def check_weight(name: str, weight: object) -> float:
     if not math.isfinite(weight) or weight < 0:
         raise ValueError(f"`{name}` has to be a finite non-negative number, but is {weight}")
     return float(weight)
+
+
+def check_top_k(top_k: object) -> int:
+    """``top_k`` must be a positive integer (any size: it is capped at each vocabulary)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"`top_k` has to be a positive integer, but is {top_k!r}")
+    return top_k
 
 
 @dataclass

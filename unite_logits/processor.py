@@ -27,7 +27,7 @@ from transformers import LogitsProcessor, PreTrainedTokenizerBase
 from .alignment import EOS, Proposal, aligned_probabilities, build_union, candidate_key, primary_ids
 from .chat import chat_prompt_ids, validate_messages
 from .combine import combine
-from .member import Member, check_weight
+from .member import Member, check_top_k, check_weight
 from .member_state import MemberRow, MemberRunner
 from .sync import IdSync, TokenSync
 from .token_bytes import TokenBytes, token_bytes_view
@@ -99,8 +99,7 @@ class UniTEProcessor(LogitsProcessor):
         trace: bool = False,
         primary_name: str = "primary",
     ) -> None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"`top_k` has to be a positive integer, but is {top_k!r}")
+        check_top_k(top_k)
         if not isinstance(members, (list, tuple)):
             raise TypeError(f"`members` has to be a list of Member, but is {type(members).__name__}")
         for index, member in enumerate(members):
