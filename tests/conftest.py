@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny tokenizers and models built in-process (see tests/tiny.py)."""
+"""Shared fixtures: tiny tokenizers and models built in-process (see testkit/tiny.py).
+
+Helper modules (tiny models, strategies, real-model loaders, fakes) live in ``testkit/``,
+beside ``tests/``, and are imported by their module names.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "testkit"))
 
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
