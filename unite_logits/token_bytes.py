@@ -169,20 +169,21 @@ class TokenBytes:
         self._encoder = backend.__class__.from_str(backend.to_str())
         self._encoder.encode_special_tokens = True
         self._rules = _DecoderRules(json.loads(backend.to_str()).get("decoder"))
-        self.id_bytes: list[bytes | None] = self._build_id_bytes()
+        strings = tokenizer.convert_ids_to_tokens(list(range(self.size)))
+        self.id_bytes: list[bytes | None] = self._build_id_bytes(strings)
         # How each token is *written* when it turns up inside encoded text: special tokens by
         # their literal string (a tokenizer may spell the text "<|im_end|>" with that token).
         self._spelling: list[bytes] = [
             data if data is not None else (token or "").encode("utf-8")
-            for data, token in zip(self.id_bytes, tokenizer.convert_ids_to_tokens(list(range(self.size))))
+            for data, token in zip(self.id_bytes, strings)
         ]
-        self.byte_ids: dict[bytes, int] = self._build_reverse()
+        self.byte_ids: dict[bytes, int] = self._build_reverse(strings)
         self._longest_token = max((len(b) for b in self.byte_ids), default=0)
         self._first_piece: dict[tuple[bytes, bool], int | None] = {}
         self.adds_leading_space = self._detect_leading_space()
 
     # -- construction -------------------------------------------------------------------
-    def _build_id_bytes(self) -> list[bytes | None]:
+    def _build_id_bytes(self, strings: list[str | None]) -> list[bytes | None]:
         tok = self.tokenizer
         specials = set(tok.all_special_ids) | set(self.eos_ids)
         if self.unk_id is not None:
@@ -191,7 +192,6 @@ class TokenBytes:
             idx: (token.content, bool(token.special))
             for idx, token in tok.added_tokens_decoder.items()
         }
-        strings = tok.convert_ids_to_tokens(list(range(self.size)))
         out: list[bytes | None] = []
         for idx, token in enumerate(strings):
             if idx in specials or token is None:
@@ -216,10 +216,9 @@ class TokenBytes:
             return None
         return text[len(base):].encode("utf-8")
 
-    def _build_reverse(self) -> dict[bytes, int]:
+    def _build_reverse(self, strings: list[str | None]) -> dict[bytes, int]:
         """bytes -> id, preferring an ordinary token over a byte-fallback one."""
         reverse: dict[bytes, int] = {}
-        strings = self.tokenizer.convert_ids_to_tokens(list(range(self.size)))
         for idx, data in enumerate(self.id_bytes):
             if not data:
                 continue
