@@ -5,9 +5,11 @@ ids should be) and a KV cache over the ids already fed (what the model has seen)
 rolls the cache back to the longest common prefix of the two and feeds only the rest, so a
 step costs one forward pass over the one or few tokens that changed.
 
-Caches are plain full-attention ``DynamicCache`` objects: rollback must work at any depth,
-and a sliding-window layer that has dropped old states cannot be rolled back past them.
-Sliding-window models still attend only within their window through their attention mask.
+Caches have the layers ``generate`` would give the model, with sliding-window layers that
+keep a margin of older states (`unite_logits.kv_cache`): a sliding-window model attends over
+its window only, as it does alone, and the usual rollback of a few tokens stays exact. A
+rollback deeper than what the cache holds refills it from the ids (rare; counted in
+`MemberRunner.refills`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from .kv_cache import DEFAULT_MARGIN, can_drop, rollback_cache
 from .sync import IdSync, TokenSync
 
 Sync = IdSync | TokenSync
@@ -32,18 +35,21 @@ class MemberRunner:
     Args:
         model: the auxiliary causal LM.
         vocab_size: ids at or past this (padding rows of the embedding) never count.
+        cache_margin: states kept past a sliding window, so rollbacks this deep stay cheap.
     """
 
-    def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
+    def __init__(self, model: PreTrainedModel, vocab_size: int, cache_margin: int = DEFAULT_MARGIN) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.vocab_size = vocab_size
+        self.cache_margin = cache_margin
         parameters = inspect.signature(model.forward).parameters
         self._cache_keyword = "cache" if "cache" in parameters else "past_key_values"
         self.forward_passes = 0
+        self.refills = 0
 
     def new_cache(self) -> DynamicCache:
-        return DynamicCache()
+        return rollback_cache(self.model.config, self.cache_margin)
 
     @torch.no_grad()
     def forward(self, ids: Sequence[int], cache: DynamicCache) -> torch.Tensor:
@@ -105,6 +111,9 @@ class MemberRow:
         if common == len(ids):
             common -= 1
         drop = len(self.fed) - common
+        if drop and not can_drop(self.cache, drop):
+            self.cache, common, drop = runner.new_cache(), 0, 0
+            runner.refills += 1
         if drop:
             self.cache.crop(-drop)
         self.logprobs = runner.forward(ids[common:], self.cache)
