@@ -5,6 +5,9 @@ ms/token of every member generating alone and of the ensemble (primary + auxilia
 UniTEProcessor), all greedy with exactly N new tokens, and reports
 
     ratio = ensemble ms/token / sum of the members' ms/token
+    step ratio = the same for the median decoding step (prefill and set-up excluded)
+
+Each repeat runs the members alone and then the ensemble back to back; rows give medians.
 
 Targets (issue: core processor): ratio <= 1.05 and ms/token at the longest length <= 1.1 x
 that at the shortest (per-token cost flat in generated length). Ratios, not absolute times,
@@ -23,12 +26,14 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessor
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,6 +52,31 @@ class Row:
     members_ms_per_token: dict[str, float]
     ensemble_ms_per_token: float
     ratio: float
+    members_step_ms: dict[str, float]
+    ensemble_step_ms: float
+    step_ratio: float
+    repeat_ratios: list[float]
+    repeat_step_ratios: list[float]
+    auxiliary_refills: int
+
+
+class StepClock(LogitsProcessor):
+    """Last in the processor list: the time of every decoding step, prefill excluded.
+
+    Consecutive calls are one step apart (the primary's forward pass, every processor,
+    the token choice), so their median gap is the steady-state cost per token.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.times.append(time.perf_counter())
+        return scores
+
+    def median_step_ms(self) -> float:
+        gaps = [b - a for a, b in zip(self.times, self.times[1:])]
+        return 1000 * statistics.median(gaps) if gaps else float("nan")
 
 
 def gsm_prompt(shots: int = 4) -> str:
@@ -73,52 +103,49 @@ def load_suite(suite: str, names: list[str]) -> list[tuple[str, torch.nn.Module,
 
 
 @torch.no_grad()
-def time_generate(model, tokenizer, prompt: str, new_tokens: int, processors=(), repeats: int = 1) -> tuple[float, int]:
-    """Best-of-``repeats`` seconds to generate exactly ``new_tokens`` tokens, and prompt length."""
+def time_generate(model, tokenizer, prompt: str, new_tokens: int, processors=()) -> tuple[float, float, int]:
+    """Seconds to generate exactly ``new_tokens`` tokens, median step ms, and prompt length."""
     enc = tokenizer(prompt, return_tensors="pt")
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = model.generate(
-            **enc, logits_processor=list(processors), do_sample=False,
-            max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id,
-        )
-        best = min(best, time.perf_counter() - start)
-        assert out.shape[1] - enc["input_ids"].shape[1] == new_tokens
-    return best, int(enc["input_ids"].shape[1])
+    clock = StepClock()
+    start = time.perf_counter()
+    out = model.generate(
+        **enc, logits_processor=[*processors, clock], do_sample=False,
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id,
+    )
+    seconds = time.perf_counter() - start
+    assert out.shape[1] - enc["input_ids"].shape[1] == new_tokens
+    return seconds, clock.median_step_ms(), int(enc["input_ids"].shape[1])
 
 
 def measure(members, prompt_name: str, prompt: str, new_tokens: int, top_k: int, repeats: int) -> Row:
-    alone: dict[str, float] = {}
-    for name, model, tokenizer in members:
-        seconds, _ = time_generate(model, tokenizer, prompt, new_tokens, repeats=repeats)
-        alone[name] = 1000 * seconds / new_tokens
-    (_, primary, primary_tok), auxiliaries = members[0], members[1:]
-    processor = UniTEProcessor(primary_tok, [Member(m, t, name=n) for n, m, t in auxiliaries], top_k=top_k)
-    seconds, prompt_tokens = time_generate(primary, primary_tok, prompt, new_tokens, [processor], repeats=repeats)
-    ensemble = 1000 * seconds / new_tokens
-    return Row(prompt_name, new_tokens, prompt_tokens, alone, ensemble, ensemble / sum(alone.values()))
+    """Each repeat runs every member alone, then the ensemble, back to back.
 
-
-def marginal_costs(rows: list[Row]) -> dict[str, dict[str, float]]:
-    """ms per token between consecutive lengths: fixed costs (prefill, set-up) cancel out.
-
-    ``(T(n2) - T(n1)) / (n2 - n1)`` for the ensemble and for the sum of the members alone.
+    Interleaving keeps slow drift of a shared machine from favouring one side; each
+    repeat gives a ratio, and the row reports the medians.
     """
-    rows = sorted(rows, key=lambda r: r.new_tokens)
-    out = {}
-    for short, long in zip(rows, rows[1:]):
-        span = long.new_tokens - short.new_tokens
-
-        def slope(before: float, after: float) -> float:
-            return (after * long.new_tokens - before * short.new_tokens) / span
-
-        ensemble = slope(short.ensemble_ms_per_token, long.ensemble_ms_per_token)
-        members = sum(slope(short.members_ms_per_token[n], long.members_ms_per_token[n])
-                      for n in short.members_ms_per_token)
-        out[f"{short.new_tokens}-{long.new_tokens}"] = {"ensemble": ensemble, "members": members,
-                                                          "ratio": ensemble / members}
-    return out
+    (_, primary, primary_tok), auxiliaries = members[0], members[1:]
+    alone: dict[str, list[float]] = {name: [] for name, _, _ in members}
+    alone_step: dict[str, list[float]] = {name: [] for name, _, _ in members}
+    ensemble, ensemble_step, ratios, step_ratios, refills = [], [], [], [], 0
+    for _ in range(repeats):
+        for name, model, tokenizer in members:
+            seconds, step, _ = time_generate(model, tokenizer, prompt, new_tokens)
+            alone[name].append(1000 * seconds / new_tokens)
+            alone_step[name].append(step)
+        processor = UniTEProcessor(primary_tok, [Member(m, t, name=n) for n, m, t in auxiliaries], top_k=top_k)
+        seconds, step, prompt_tokens = time_generate(primary, primary_tok, prompt, new_tokens, [processor])
+        refills += sum(runner.refills for runner in processor.runners)
+        ensemble.append(1000 * seconds / new_tokens)
+        ensemble_step.append(step)
+        ratios.append(ensemble[-1] / sum(times[-1] for times in alone.values()))
+        step_ratios.append(step / sum(steps[-1] for steps in alone_step.values()))
+    median = statistics.median
+    return Row(
+        prompt_name, new_tokens, prompt_tokens,
+        {name: median(times) for name, times in alone.items()}, median(ensemble), median(ratios),
+        {name: median(steps) for name, steps in alone_step.items()}, median(ensemble_step), median(step_ratios),
+        ratios, step_ratios, refills,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,30 +172,33 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.new_tokens
     ]
     names = [m[0] for m in members]
-    header = f"{'prompt':<7}{'tokens':>7}{'prompt_len':>11}" + "".join(f"{n[:22]:>24}" for n in names) + f"{'ensemble':>10}{'ratio':>7}"
-    print(f"ms/token, {args.suite} suite, top_k={args.top_k}, torch threads={torch.get_num_threads()}")
-    print(header)
+    print(f"ms/token, {args.suite} suite, top_k={args.top_k}, torch threads={torch.get_num_threads()}, "
+          f"median of {args.repeats} interleaved repeat(s)")
+    print(f"{'prompt':<7}{'tokens':>7}{'prompt_len':>11}" + "".join(f"{n[:22]:>24}" for n in names)
+          + f"{'ensemble':>10}{'ratio':>7}{'step ratio':>12}{'refills':>9}")
     for row in rows:
         cells = "".join(f"{row.members_ms_per_token[n]:>24.1f}" for n in names)
-        print(f"{row.setting:<7}{row.new_tokens:>7}{row.prompt_tokens:>11}{cells}{row.ensemble_ms_per_token:>10.1f}{row.ratio:>7.2f}")
-    flat, marginal = {}, {}
+        print(f"{row.setting:<7}{row.new_tokens:>7}{row.prompt_tokens:>11}{cells}"
+              f"{row.ensemble_ms_per_token:>10.1f}{row.ratio:>7.2f}{row.step_ratio:>12.2f}{row.auxiliary_refills:>9}")
+    print("ratio: ensemble ms/token over the sum of the members'; step ratio: the same for the median "
+          "decoding step (prefill excluded)")
+    flat = {}
     for name in args.prompts:
-        per = {r.new_tokens: r.ensemble_ms_per_token for r in rows if r.setting == name}
-        lengths = sorted(per)
-        flat[name] = per[lengths[-1]] / per[lengths[0]]
-        print(f"flatness ({name}): ms/token at {lengths[-1]} / at {lengths[0]} = {flat[name]:.2f}")
-        marginal[name] = marginal_costs([r for r in rows if r.setting == name])
-        for span, cost in marginal[name].items():
-            print(f"  steady state ({name}, tokens {span}): ensemble {cost['ensemble']:.1f} ms/token, "
-                  f"members {cost['members']:.1f}, ratio {cost['ratio']:.2f}")
+        per = {r.new_tokens: r for r in rows if r.setting == name}
+        shortest, longest = per[min(per)], per[max(per)]
+        flat[name] = {
+            "ms_per_token": longest.ensemble_ms_per_token / shortest.ensemble_ms_per_token,
+            "step_ms": longest.ensemble_step_ms / shortest.ensemble_step_ms,
+        }
+        print(f"flatness ({name}): ensemble at {longest.new_tokens} / at {shortest.new_tokens} tokens = "
+              f"{flat[name]['ms_per_token']:.2f} (ms/token), {flat[name]['step_ms']:.2f} (median step)")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of this run: {peak_mb:.0f} MB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "suite": args.suite, "members": names, "top_k": args.top_k, "threads": torch.get_num_threads(),
-        "machine": platform.platform(), "rows": [asdict(r) for r in rows], "flatness": flat,
-        "steady_state": marginal,
-        "peak_rss_mb": peak_mb,
+        "repeats": args.repeats, "machine": platform.platform(), "rows": [asdict(r) for r in rows],
+        "flatness": flat, "peak_rss_mb": peak_mb,
     }, indent=2))
     print(f"wrote {args.out}")
     return 0
