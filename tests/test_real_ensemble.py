@@ -5,6 +5,7 @@ import torch
 
 from _real_models import load_real
 from unite_logits import Member, UniTEProcessor
+from unite_logits.kv_cache import RollbackSlidingWindowLayer
 from unite_logits.member_state import MemberRow, MemberRunner
 from unite_logits.sync import TokenSync
 from unite_logits.token_bytes import token_bytes_view
@@ -60,3 +61,9 @@ def test_gemma_rollback_on_a_prompt_longer_than_its_sliding_window(pair):
     with torch.no_grad():
         fresh = torch.log_softmax(aux(input_ids=torch.tensor([row.sync.ids])).logits[0, -1].float(), -1)
     torch.testing.assert_close(row.logprobs, fresh, atol=2e-3, rtol=1e-3)
+    # rollbacks took no refill, and the sliding-window layers hold their window, not the text
+    assert runner.refills == 0
+    sliding = [layer for layer in row.cache.layers if isinstance(layer, RollbackSlidingWindowLayer)]
+    assert sliding and all(
+        layer.keys.shape[-2] <= layer.sliding_window - 1 + 2 * layer.margin < len(row.fed) for layer in sliding
+    )
