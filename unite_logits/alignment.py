@@ -144,10 +144,10 @@ def aligned_probabilities(proposal: Proposal, union: Sequence[Candidate]) -> Ali
         elif candidate is EOS:
             eos_positions.append(position)
         else:
-            token_id = token_for(proposal.view, candidate, proposal.is_primary)
-            if token_id is not None:
+            piece = token_for(proposal.view, candidate, proposal.is_primary)
+            if piece is not None:
                 lookup_positions.append(position)
-                lookup_ids.append(token_id)
+                lookup_ids.append(piece)
     if eos_positions:
         lookup_ids.extend(sorted(proposal.view.eos_ids))
     if lookup_ids:

@@ -43,9 +43,9 @@ def chat_prompt_ids(
     validate_messages(messages)
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+            [dict(message) for message in messages], add_generation_prompt=True, tokenize=True, return_dict=False
         )
-        return [int(i) for i in ids]
+        return [int(i) for i in ids]  # type: ignore[arg-type]  # tokenize=True, one conversation: ids
     warnings.warn(
         f"{name or repr(tokenizer.name_or_path)} has no chat template; using the plain text of the messages",
         stacklevel=2,

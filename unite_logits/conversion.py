@@ -16,9 +16,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 from .model_errors import ModelLoadError
 
@@ -62,7 +65,7 @@ def _import_transformers():
     return transformers
 
 
-def _without_quantization(model: torch.nn.Module) -> torch.nn.Module:
+def _without_quantization(model: PreTrainedModel) -> PreTrainedModel:
     """The same weights in a plain model that ``save_pretrained`` accepts."""
     from transformers import AutoModelForCausalLM
 

@@ -49,17 +49,22 @@ class RollbackSlidingWindowLayer(DynamicSlidingWindowLayer):
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         visible = super().update(key_states, value_states, *args, **kwargs)
+        keys, values = self._states()
         keep = self.sliding_window - 1 + self.margin
-        if self.keys.shape[-2] > keep + self.margin:
-            self.keys = self.keys[:, :, -keep:, :]
-            self.values = self.values[:, :, -keep:, :]
+        if keys.shape[-2] > keep + self.margin:
+            self.keys, self.values = keys[:, :, -keep:, :], values[:, :, -keep:, :]
         return visible
+
+    def _states(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys is None or self.values is None:
+            raise RuntimeError("the cache layer holds no states yet")
+        return self.keys, self.values
 
     def can_drop(self, tokens: int) -> bool:
         """Whether dropping the last ``tokens`` leaves every state the next step attends to."""
         if not self.is_initialized:
             return True
-        stored = self.keys.shape[-2]
+        stored = self._states()[0].shape[-2]
         needed = min(self.cumulative_length - tokens, self.sliding_window - 1)
         return tokens <= self.cumulative_length and stored - tokens >= needed
 
@@ -70,13 +75,13 @@ class RollbackSlidingWindowLayer(DynamicSlidingWindowLayer):
         tokens = -tokens_to_remove
         if tokens == 0 or not self.is_initialized:
             return
+        keys, values = self._states()
         if not self.can_drop(tokens):
             raise ValueError(
                 f"cannot drop {tokens} tokens from a sliding-window cache layer that holds "
-                f"{self.keys.shape[-2]} states past {self.cumulative_length} tokens; refill the cache"
+                f"{keys.shape[-2]} states past {self.cumulative_length} tokens; refill the cache"
             )
-        self.keys = self.keys[:, :, :-tokens, :]
-        self.values = self.values[:, :, :-tokens, :]
+        self.keys, self.values = keys[:, :, :-tokens, :], values[:, :, :-tokens, :]
         self.cumulative_length -= tokens
 
 

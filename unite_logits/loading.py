@@ -188,7 +188,11 @@ def estimate_memory_bytes(spec: str | ModelSource, *, dtype: torch.dtype = torch
         return None if n_params is None else load_estimate(n_params, bytes_per_param)
     if source.kind == "hub":
         return None
-    n_params = source.entry.n_params if source.entry is not None else _params_in_gguf(source.path)
+    if source.entry is not None:
+        n_params = source.entry.n_params
+    else:
+        assert source.path is not None  # a GGUF source always has its file
+        n_params = _params_in_gguf(source.path)
     if cached_dir(source) is not None:
         return load_estimate(n_params, bytes_per_param)
     return max(conversion_estimate(n_params), load_estimate(n_params, bytes_per_param))
@@ -220,7 +224,7 @@ def _from_pretrained(where: str | Path, *, device: str, dtype: torch.dtype, prog
             model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load a causal LM from {str(where)!r}: {error}") from error
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), tokenizer  # type: ignore[arg-type]  # transformers types `to` as unbound
 
 
 def load_model(

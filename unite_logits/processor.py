@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
@@ -152,7 +152,7 @@ class UniTEProcessor(LogitsProcessor):
             ids = torch.tensor(list(probs), dtype=torch.long, device=scores.device)
             values = torch.tensor(list(probs.values()), dtype=torch.float32, device=scores.device)
             out[index, ids] = values.log().to(scores.dtype)
-        return out
+        return cast(torch.FloatTensor, out)
 
     @classmethod
     def from_messages(
@@ -247,7 +247,7 @@ class UniTEProcessor(LogitsProcessor):
         prompt = self.member_prompts[member]
         if prompt is None or isinstance(prompt, str):
             return prompt
-        items = list(prompt)
+        items: list[Any] = list(prompt)
         if items and isinstance(items[0], int):
             return [int(i) for i in items]
         if row >= len(items):
@@ -262,7 +262,7 @@ class UniTEProcessor(LogitsProcessor):
         if self._shares_vocab[member]:
             sync = IdSync(primary_prompt if override is None else _ids_of(view, override))
         elif override is None:
-            text = self.primary_view.tokenizer.decode(list(primary_prompt), skip_special_tokens=True)
+            text = str(self.primary_view.tokenizer.decode(list(primary_prompt), skip_special_tokens=True))
             sync = TokenSync.from_text(view, text)
         else:
             sync = TokenSync.from_ids(view, _ids_of(view, override))

@@ -164,9 +164,11 @@ class TokenSync(_Ids):
 
     def _is_char_start(self, position: int) -> bool:
         data = self.view.bytes_of(self.ids[position])
-        return bool(data) and not (0x80 <= data[0] < 0xC0)
+        return data is not None and len(data) > 0 and not 0x80 <= data[0] < 0xC0
 
     def _is_word_start(self, position: int) -> bool:
         data = self.view.bytes_of(self.ids[position])
         before = self.view.bytes_of(self.ids[position - 1])
-        return bool(data) and bool(before) and data[0] in _WHITESPACE and before[-1] not in _WHITESPACE
+        if not data or not before:
+            return False
+        return data[0] in _WHITESPACE and before[-1] not in _WHITESPACE

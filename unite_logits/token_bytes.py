@@ -169,7 +169,7 @@ class TokenBytes:
         self._encoder = backend.__class__.from_str(backend.to_str())
         self._encoder.encode_special_tokens = True
         self._rules = _DecoderRules(json.loads(backend.to_str()).get("decoder"))
-        strings = tokenizer.convert_ids_to_tokens(list(range(self.size)))
+        strings: list[str | None] = list(tokenizer.convert_ids_to_tokens(list(range(self.size))))
         self.id_bytes: list[bytes | None] = self._build_id_bytes(strings)
         # How each token is *written* when it turns up inside encoded text: special tokens by
         # their literal string (a tokenizer may spell the text "<|im_end|>" with that token).
@@ -207,11 +207,10 @@ class TokenBytes:
 
     def _probe_bytes(self, idx: int) -> bytes | None:
         """Fallback for decoders this module does not interpret: decode after an anchor."""
-        anchor = self.tokenizer.convert_tokens_to_ids("a")
-        if anchor is None or anchor == self.unk_id:
-            anchor = idx
-        base = self.tokenizer.decode([anchor])
-        text = self.tokenizer.decode([anchor, idx])
+        found = self.tokenizer.convert_tokens_to_ids("a")
+        anchor = idx if not isinstance(found, int) or found == self.unk_id else found
+        base = str(self.tokenizer.decode([anchor]))
+        text = str(self.tokenizer.decode([anchor, idx]))
         if not text.startswith(base) or "\ufffd" in text[len(base):]:
             return None
         return text[len(base):].encode("utf-8")

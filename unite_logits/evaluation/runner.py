@@ -110,7 +110,7 @@ def evaluate_item(
     max_new_tokens: int,
 ) -> dict[str, Any]:
     """One record: every member alone, then the ensemble through the primary."""
-    runs = [(m.name, m, None) for m in members]
+    runs: list[tuple[str, EvalMember, LogitsProcessor | None]] = [(m.name, m, None) for m in members]
     if make_processor is not None:
         runs.append((ENSEMBLE, members[0], make_processor(item.prompt)))
     record: dict[str, Any] = {"id": item.id, "mode": mode, "gold": item.gold,

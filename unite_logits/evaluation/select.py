@@ -199,9 +199,21 @@ def _length_ratio(a: CandidateProfile, b: CandidateProfile) -> float:
     return float("inf") if short == 0 else long_ / short
 
 
-def judge_pair(a: CandidateProfile, b: CandidateProfile, t: Thresholds, **measures: float | None) -> PairReport:
-    """Verdict with one reason per rule (passed or failed)."""
-    pair = PairReport(a.name, b.name, abs(a.accuracy - b.accuracy), _length_ratio(a, b), **measures)
+def judge_pair(
+    a: CandidateProfile,
+    b: CandidateProfile,
+    t: Thresholds,
+    *,
+    vocab_overlap_a_in_b: float | None = None,
+    vocab_overlap_b_in_a: float | None = None,
+    top_k_agreement_a_in_b: float | None = None,
+    top_k_agreement_b_in_a: float | None = None,
+) -> PairReport:
+    """Verdict with one reason per rule (passed or failed); a measure left None is not judged."""
+    pair = PairReport(
+        a.name, b.name, abs(a.accuracy - b.accuracy), _length_ratio(a, b),
+        vocab_overlap_a_in_b, vocab_overlap_b_in_a, top_k_agreement_a_in_b, top_k_agreement_b_in_a,
+    )
     checks = [
         (pair.accuracy_gap <= t.max_accuracy_gap + 1e-12,
          f"accuracy gap {100 * pair.accuracy_gap:.1f} pts {'≤' if pair.accuracy_gap <= t.max_accuracy_gap + 1e-12 else '>'} {100 * t.max_accuracy_gap:.0f}"),
