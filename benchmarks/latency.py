@@ -93,7 +93,7 @@ def load_suite(suite: str, names: list[str]) -> list[tuple[str, torch.nn.Module,
 
         makers = [(tiny.byte_bpe, tiny.tiny_llama), (tiny.sp_bpe, tiny.tiny_llama), (tiny.unigram, tiny.tiny_gpt2)]
         return [(f"tiny-{m[0].__name__}", m[1](m[0]()), m[0]()) for m in makers[: max(2, len(names) or 2)]]
-    from unite_logits.loading import load_model
+    from unite_logits.models.loading import load_model
 
     loaded = []
     for name in names:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from unite_logits import catalogue
-from unite_logits.catalogue import CatalogueEntry, GGUFPart
+from unite_logits.models import catalogue
+from unite_logits.models.catalogue import CatalogueEntry, GGUFPart
 
 
 def make_package(root: Path, files: dict[str, bytes], *, init: str = "") -> str:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from unite_logits.catalogue import catalogue_names, get_entry, missing_packages
-from unite_logits.loading import LoadedModel, cached_dir, load_model, source_for_entry
+from unite_logits.models.catalogue import catalogue_names, get_entry, missing_packages
+from unite_logits.models.loading import LoadedModel, cached_dir, load_model, source_for_entry
 
 __all__ = ["REAL_MODEL_NAMES", "skip_unless_installed", "load_real", "load_real_tokenizer", "real_model"]
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from _fakes import fake_entry, make_package
 
-from unite_logits.catalogue import (
+from unite_logits.models.catalogue import (
     CATALOGUE,
     catalogue_names,
     get_entry,
@@ -17,8 +17,8 @@ from unite_logits.catalogue import (
     package_dir,
     part_paths,
 )
-from unite_logits.gguf_files import join_parts, materialize_gguf, sha256_file, verify_sha256
-from unite_logits.model_errors import ModelIntegrityError, ModelNotInstalledError, UnknownModelError
+from unite_logits.models.gguf_files import join_parts, materialize_gguf, sha256_file, verify_sha256
+from unite_logits.models.errors import ModelIntegrityError, ModelNotInstalledError, UnknownModelError
 
 REAL = ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]
 

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 from _fakes import fake_entry
 
-from unite_logits import api, cli, memory
+from unite_logits import api, cli
+from unite_logits.models import memory
 from unite_logits.api import GenerationResult
-from unite_logits.catalogue import catalogue_names, get_entry
+from unite_logits.models.catalogue import catalogue_names, get_entry
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +75,7 @@ def test_missing_package_says_which_pip_command(tmp_path, monkeypatch, capsys):
 def test_insufficient_memory_is_one_line(monkeypatch, capsys):
     monkeypatch.delenv(memory.SKIP_ENV, raising=False)
     monkeypatch.setattr(memory, "available_memory_bytes", lambda: 10**6)
-    from unite_logits import loading
+    from unite_logits.models import loading
 
     monkeypatch.setattr(api, "load_model", loading.load_model)  # real check, no real load reached
     code, _, err = run(["generate", "hi"], capsys)

@@ -135,7 +135,7 @@ def test_real_snippet(snippet: Snippet, tmp_path: Path, monkeypatch: pytest.Monk
     except ImportError as error:
         pytest.skip(f"unite_logits.loading cannot be imported ({error}); real-model snippets need it")
     try:
-        from unite_logits.catalogue import CATALOGUE, is_installed
+        from unite_logits.models.catalogue import CATALOGUE, is_installed
     except ImportError as error:
         pytest.skip(f"unite_logits.catalogue cannot be imported ({error})")
     missing = [name for name in CATALOGUE_NAMES if name in snippet.code and name in CATALOGUE

@@ -10,9 +10,9 @@ import pytest
 import torch
 from _fakes import fake_entry
 
-from unite_logits import cache, loading, memory
-from unite_logits.loading import eos_token_ids, estimate_memory_bytes, load_model, resolve
-from unite_logits.model_errors import (
+from unite_logits.models import loading, memory, store
+from unite_logits.models.loading import eos_token_ids, estimate_memory_bytes, load_model, resolve
+from unite_logits.models.errors import (
     InsufficientMemoryError,
     ModelIntegrityError,
     ModelNotInstalledError,
@@ -23,42 +23,42 @@ from unite_logits.model_errors import (
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "cache"
-    monkeypatch.setenv(cache.CACHE_ENV, str(root))
+    monkeypatch.setenv(store.CACHE_ENV, str(root))
     return root
 
 
 # -- where the cache is -------------------------------------------------------------------
 def test_cache_env_override_wins(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "mine"))
-    assert cache.cache_root() == tmp_path / "mine"
-    assert cache.entry_dir("k") == tmp_path / "mine" / "models" / "k"
+    monkeypatch.setenv(store.CACHE_ENV, str(tmp_path / "mine"))
+    assert store.cache_root() == tmp_path / "mine"
+    assert store.entry_dir("k") == tmp_path / "mine" / "models" / "k"
 
 
 def test_cache_respects_xdg_then_home(monkeypatch, tmp_path):
-    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
+    monkeypatch.delenv(store.CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache.cache_root() == tmp_path / "xdg" / "unite-logits"
+    assert store.cache_root() == tmp_path / "xdg" / "unite-logits"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert cache.cache_root() == tmp_path / "home" / ".cache" / "unite-logits"
+    assert store.cache_root() == tmp_path / "home" / ".cache" / "unite-logits"
 
 
 # -- atomic writes ------------------------------------------------------------------------
 def test_atomic_directory_publishes_complete_entry(cache_dir):
-    target = cache.entry_dir("model-abc")
-    with cache.atomic_directory(target, {"k": 1}) as staging:
+    target = store.entry_dir("model-abc")
+    with store.atomic_directory(target, {"k": 1}) as staging:
         (staging / "weights").write_text("w")
         assert not target.exists()  # invisible until the block ends
     assert (target / "weights").read_text() == "w"
-    assert cache.is_complete(target) and cache.read_marker(target) == {"k": 1}
+    assert store.is_complete(target) and store.read_marker(target) == {"k": 1}
     assert sorted(p.name for p in target.parent.iterdir()) == ["model-abc"]
 
 
 def test_failure_mid_write_leaves_no_entry(cache_dir):
-    target = cache.entry_dir("model-abc")
+    target = store.entry_dir("model-abc")
     with pytest.raises(RuntimeError, match="disk died"):
-        with cache.atomic_directory(target, {}) as staging:
+        with store.atomic_directory(target, {}) as staging:
             (staging / "half-written").write_bytes(b"x" * 1000)
             raise RuntimeError("disk died")
     assert not target.exists()
@@ -68,21 +68,21 @@ def test_failure_mid_write_leaves_no_entry(cache_dir):
 def test_leftovers_of_a_killed_writer_are_removed(cache_dir):
     dead = subprocess.Popen(["true"])
     dead.wait()
-    parent = cache.entry_dir("m").parent
+    parent = store.entry_dir("m").parent
     leftover = parent / f".m.tmp-{dead.pid}-abcd"
     leftover.mkdir(parents=True)
     (leftover / "junk").write_bytes(b"x")
-    with cache.atomic_directory(cache.entry_dir("m"), {}):
+    with store.atomic_directory(store.entry_dir("m"), {}):
         pass
     assert not leftover.exists()
-    assert cache.is_complete(cache.entry_dir("m"))
+    assert store.is_complete(store.entry_dir("m"))
 
 
 def test_incomplete_target_is_replaced(cache_dir):
-    target = cache.entry_dir("m")
+    target = store.entry_dir("m")
     target.mkdir(parents=True)
     (target / "stale").write_text("no marker")
-    with cache.atomic_directory(target, {"fresh": True}) as staging:
+    with store.atomic_directory(target, {"fresh": True}) as staging:
         (staging / "new").write_text("n")
     assert not (target / "stale").exists() and (target / "new").exists()
 
@@ -122,9 +122,9 @@ def test_conversion_output_becomes_the_cache_entry(cache_dir, tmp_path, monkeypa
     folder = loading._convert_into_cache(loading.resolve(entry.name), progress=False)
     assert seen["gguf"] == b"GGUFtwo"
     assert folder == loading.cached_dir(entry.name)
-    marker = json.loads((folder / cache.MARKER).read_text())
+    marker = json.loads((folder / store.MARKER).read_text())
     assert marker["sha256"] == entry.sha256 and marker["n_params"] == 7
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", cache.MARKER]  # joined GGUF not kept
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", store.MARKER]  # joined GGUF not kept
 
 
 # -- memory ---------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_gguf_file_of_a_catalogue_model_shares_its_cache(cache_dir, tmp_path, mo
     (tmp_path / "other.gguf").write_bytes(b"GGUFother")
     source = resolve(str(tmp_path / "copy.gguf"))
     assert (source.kind, source.name, source.entry) == ("gguf", entry.name, entry)
-    with cache.atomic_directory(cache.entry_dir(f"{entry.name}-{entry.sha256[:12]}"), {}):
+    with store.atomic_directory(store.entry_dir(f"{entry.name}-{entry.sha256[:12]}"), {}):
         pass
     assert loading.cached_dir(str(tmp_path / "copy.gguf")) == loading.cached_dir(entry.name) is not None
     assert loading.cached_dir(str(tmp_path / "other.gguf")) is None

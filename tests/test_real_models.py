@@ -11,9 +11,9 @@ from _real_models import REAL_MODEL_NAMES, load_real, load_real_tokenizer, real_
 
 from unite_logits.api import Ensemble, encode_prompt
 from unite_logits.chat import plain_text
-from unite_logits.cache import read_marker
-from unite_logits.catalogue import get_entry
-from unite_logits.loading import cached_dir, source_for_entry
+from unite_logits.models.store import read_marker
+from unite_logits.models.catalogue import get_entry
+from unite_logits.models.loading import cached_dir, source_for_entry
 
 pytestmark = pytest.mark.real_models
 

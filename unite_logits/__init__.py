@@ -5,7 +5,7 @@ each auxiliary is a `Member` with its own tokenizer.
 """
 
 from .api import Ensemble, generate
-from .loading import load_model
+from .models.loading import load_model
 from .member import Member
 from .processor import UniTEProcessor
 from .token_bytes import TokenBytes, token_bytes_view

@@ -16,7 +16,7 @@ from typing import Any, Union
 import torch
 
 from .chat import chat_prompt_ids, plain_text
-from .loading import LoadedModel, load_model
+from .models.loading import LoadedModel, load_model
 from .member import check_top_k, check_weight
 
 __all__ = ["Prompt", "GenerationResult", "Ensemble", "generate", "check_prompt", "check_weights"]

@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .catalogue import CATALOGUE, is_installed
+from .models.catalogue import CATALOGUE, is_installed
 from .evaluation.cli import add_eval_parser, add_select_parser
 from .evaluation.errors import EvalUsageError
-from .memory import format_bytes
-from .model_errors import InsufficientMemoryError, ModelError, ModelNotInstalledError, UnknownModelError
+from .models.memory import format_bytes
+from .models.errors import InsufficientMemoryError, ModelError, ModelNotInstalledError, UnknownModelError
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "EXIT_USAGE"]
 
@@ -83,8 +83,8 @@ def _folder_size(folder: Path) -> int:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from .cache import cache_root
-    from .loading import cached_dir, source_for_entry
+    from .models.store import cache_root
+    from .models.loading import cached_dir, source_for_entry
 
     print(f"{'NAME':<30} {'INSTALLED':<10} {'CONVERTED':<10} {'GGUF':>9} {'CACHED':>9}  MODEL")
     for entry in CATALOGUE.values():
@@ -149,7 +149,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .api import Ensemble, check_prompt, check_weights
-    from .loading import resolve
+    from .models.loading import resolve
 
     specs = [args.primary, *(args.aux or [DEFAULT_AUX])]
     try:

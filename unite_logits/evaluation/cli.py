@@ -3,7 +3,7 @@
 The project's main CLI registers these with ``add_eval_parser(subparsers)`` and
 ``add_select_parser(subparsers)``; each sets ``func`` so the caller runs
 ``args.handler(args)``. User errors raise ``EvalUsageError`` (a ``ValueError``) with a
-message fit to print. Models are resolved by ``unite_logits.loading.load_model``,
+message fit to print. Models are resolved by ``unite_logits.models.loading.load_model``,
 imported only when a command runs so argument parsing stays fast.
 """
 
@@ -79,7 +79,7 @@ def add_select_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _default_loader() -> Loader:
     try:
-        from unite_logits.loading import load_model
+        from unite_logits.models.loading import load_model
     except ImportError as exc:  # the loader ships separately
         raise EvalUsageError(f"model loading is unavailable: {exc}") from exc
     return load_model

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .catalogue import CatalogueEntry, part_paths
-from .model_errors import ModelIntegrityError
+from .errors import ModelIntegrityError
 
 __all__ = ["sha256_file", "verify_sha256", "join_parts", "materialize_gguf"]
 

@@ -23,7 +23,7 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-from .model_errors import ModelLoadError
+from .errors import ModelLoadError
 
 __all__ = ["convert_gguf", "say", "transformers_progress"]
 

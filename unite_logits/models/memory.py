@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .model_errors import InsufficientMemoryError
+from .errors import InsufficientMemoryError
 
 __all__ = [
     "SKIP_ENV",

@@ -2,7 +2,7 @@
 
 A spec is resolved first (cheap: no weights touched) so that a typo or a missing package is
 reported before minutes of loading. GGUF sources are converted once into the cache
-(`unite_logits.cache`) and loaded from there ever after.
+(`unite_logits.models.store`) and loaded from there ever after.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 import torch
 
-from . import cache
+from . import store
 from .catalogue import CATALOGUE, CatalogueEntry, catalogue_names, get_entry, is_catalogue_name, part_paths
 from .conversion import convert_gguf, say, transformers_progress
 from .gguf_files import materialize_gguf, sha256_file
 from .memory import check_memory, conversion_estimate, load_estimate
-from .model_errors import ModelLoadError, UnknownModelError
+from .errors import ModelLoadError, UnknownModelError
 
 __all__ = [
     "ModelSource",
@@ -150,8 +150,8 @@ def cached_dir(spec: str | ModelSource) -> Path | None:
     source = spec if isinstance(spec, ModelSource) else resolve(spec)
     if source.kind not in ("catalogue", "gguf"):
         return None
-    directory = cache.entry_dir(_cache_key(source))
-    return directory if cache.is_complete(directory) else None
+    directory = store.entry_dir(_cache_key(source))
+    return directory if store.is_complete(directory) else None
 
 
 def _params_in_folder(folder: Path) -> int | None:
@@ -200,11 +200,11 @@ def estimate_memory_bytes(spec: str | ModelSource, *, dtype: torch.dtype = torch
 
 def _convert_into_cache(source: ModelSource, *, progress: bool) -> Path:
     """Convert a GGUF-backed source into its cache folder (atomically) and return the folder."""
-    target = cache.entry_dir(_cache_key(source))
+    target = store.entry_dir(_cache_key(source))
     marker: dict[str, Any] = {"spec": source.spec, "kind": source.kind}
     if source.entry is not None:
         marker.update(catalogue_name=source.entry.name, sha256=source.entry.sha256)
-    with cache.atomic_directory(target, marker) as staging:
+    with store.atomic_directory(target, marker) as staging:
         with tempfile.TemporaryDirectory(dir=staging, prefix="gguf-") as workdir:  # gone before rename
             if source.path is not None:
                 gguf_path = source.path
@@ -263,6 +263,6 @@ def load_model(
     return LoadedModel(model, tokenizer, source.name)
 
 
-if __name__ == "__main__":  # python -m unite_logits.loading NAME...: convert into the cache
+if __name__ == "__main__":  # python -m unite_logits.models.loading NAME...: convert into the cache
     for name in sys.argv[1:] or catalogue_names():
         load_model(name)

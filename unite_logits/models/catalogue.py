@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model_errors import ModelNotInstalledError, UnknownModelError
+from .errors import ModelNotInstalledError, UnknownModelError
 
 __all__ = [
     "GGUFPart",
