@@ -6,7 +6,7 @@ from pathlib import Path
 
 from _eval_tiny import tiny_members, tiny_tokenizer, write_data
 from unite_logits.evaluation.runner import EvalMember
-from unite_logits.evaluation.select import (
+from unite_logits.evaluation.selection import (
     CandidateProfile,
     Thresholds,
     answer_style,

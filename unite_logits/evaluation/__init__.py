@@ -7,7 +7,7 @@ the core processor are imported lazily by the functions that need them.
 
 from unite_logits.evaluation.errors import EvalUsageError
 from unite_logits.evaluation.runner import EvalMember, evaluate
-from unite_logits.evaluation.select import SelectReport, Thresholds, select
+from unite_logits.evaluation.selection import SelectReport, Thresholds, select
 from unite_logits.evaluation.summary import Summary
 from unite_logits.evaluation.tasks import TASKS, Item, Task, get_task
 

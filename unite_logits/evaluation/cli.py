@@ -16,7 +16,7 @@ from typing import Any
 
 from unite_logits.evaluation.errors import EvalUsageError
 from unite_logits.evaluation.runner import MODES, EvalMember, evaluate, load_items
-from unite_logits.evaluation.select import Thresholds, select
+from unite_logits.evaluation.selection import Thresholds, select
 from unite_logits.evaluation.tasks import TASKS, get_task
 
 __all__ = ["DEFAULT_MEMBERS", "add_eval_parser", "add_select_parser", "run_eval", "run_select", "main"]
