@@ -114,8 +114,12 @@ def test_models_lists_catalogue_install_state_and_pip(tmp_path, monkeypatch, cap
 class FakeEnsemble:
     calls: list = []
 
+    chat_template: str | None = None  # the primary's; None: like a base model
+
     def __init__(self, specs, weights, top_k):
-        self.models = [SimpleNamespace(name=s, tokenizer=None) for s in specs]
+        tokenizer = SimpleNamespace(chat_template=FakeEnsemble.chat_template)
+        self.models = [SimpleNamespace(name=s, tokenizer=tokenizer) for s in specs]
+        self.primary = self.models[0]
         self.weights = weights or [1.0] * len(specs)
         self.top_k = top_k
 
@@ -135,6 +139,7 @@ class FakeEnsemble:
 @pytest.fixture
 def fake_ensemble(monkeypatch):
     FakeEnsemble.calls = []
+    FakeEnsemble.chat_template = None
     monkeypatch.setattr(api, "Ensemble", FakeEnsemble)
     return FakeEnsemble
 
@@ -178,3 +183,21 @@ def test_temperature_without_sample_warns_in_one_line(fake_ensemble, capsys):
 def test_eval_usage_errors_are_one_line(capsys):
     code, _, err = run(["eval", "--task", "gsm8k", "--mode", "constrained"], capsys)
     assert_one_line_error(code, err, "multiple-choice")
+
+
+@pytest.mark.parametrize(
+    ("template", "flags", "chat"),
+    [("{{ messages }}", [], True), ("{{ messages }}", ["--raw"], False), (None, [], False), (None, ["--chat"], True)],
+)
+def test_generate_chats_by_default_when_the_primary_has_a_template(fake_ensemble, capsys, template, flags, chat):
+    fake_ensemble.chat_template = template
+    code, out, _ = run(["generate", "Hello", "--json", *flags], capsys)
+    assert code == 0
+    assert fake_ensemble.calls[0][2] is chat
+    data = json.loads(out)
+    assert data["chat"] is chat and data["format"] == ("chat" if chat else "raw")
+
+
+def test_chat_and_raw_exclude_each_other(capsys):
+    code, out, err = run(["generate", "Hello", "--chat", "--raw"], capsys)
+    assert_one_line_error(code, err, "--raw", "--chat")

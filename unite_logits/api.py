@@ -127,11 +127,12 @@ class Ensemble:
             "pad_token_id": pad if pad is not None else next(iter(loaded.eos_token_ids), None),
         }
         kwargs.update(generate_kwargs)
+        extra_processors = list(kwargs.pop("logits_processor", None) or [])  # the caller's run after ours
         started = time.perf_counter()
         output = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
-            logits_processor=processors,
+            logits_processor=[*processors, *extra_processors],
             streamer=streamer,
             **kwargs,
         )

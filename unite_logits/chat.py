@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["chat_prompt_ids", "plain_text", "validate_messages"]
+__all__ = ["chat_prompt_ids", "has_chat_template", "plain_text", "validate_messages"]
 
 Message = Mapping[str, str]
 
@@ -28,6 +28,11 @@ def validate_messages(messages: Sequence[Message]) -> None:
             raise TypeError(f"`messages[{index}]` has to be a dict with string 'role' and 'content'")
 
 
+def has_chat_template(tokenizer: PreTrainedTokenizerBase | None) -> bool:
+    """Whether ``tokenizer`` carries a chat template (so chat formatting needs no fallback)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def plain_text(messages: Sequence[Message]) -> str:
     """The fallback rendering: the messages' contents, one paragraph each."""
     return "\n\n".join(m["content"] for m in messages) + "\n\n"
@@ -41,7 +46,7 @@ def chat_prompt_ids(
     ``name`` labels the model in the warning given when it has no template.
     """
     validate_messages(messages)
-    if getattr(tokenizer, "chat_template", None):
+    if has_chat_template(tokenizer):
         ids = tokenizer.apply_chat_template(
             [dict(message) for message in messages], add_generation_prompt=True, tokenize=True, return_dict=False
         )

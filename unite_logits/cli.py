@@ -104,24 +104,58 @@ def _add_models_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=_run_models)
 
 
-# -- generate -----------------------------------------------------------------------------
-def _add_generate_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("generate", help="generate text with an ensemble of models")
-    parser.add_argument("prompt", help="the prompt text")
+# -- options shared by generate, chat and serve -------------------------------------------
+def _add_ensemble_options(parser: argparse.ArgumentParser) -> None:
+    """Which models, how they are weighted, where they run."""
     parser.add_argument("--primary", default=DEFAULT_PRIMARY, help=f"model whose generate runs (default {DEFAULT_PRIMARY})")
     parser.add_argument(
         "--aux", action="append", help=f"auxiliary model; repeat for several (default {DEFAULT_AUX})"
     )
     parser.add_argument("--weights", type=_weights, help="comma list of weights, primary first (default all 1)")
     parser.add_argument("--top-k", type=_positive_int, default=10, help="candidates per model and step (default 10)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="default float32 (faithful logits)")
+
+
+def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=_positive_int, default=64, help="default 64")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=_positive_float, help="sampling temperature (> 0; with --sample)")
     parser.add_argument("--top-p", type=_probability, help="nucleus sampling mass in (0, 1] (with --sample)")
     parser.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
-    parser.add_argument("--chat", action="store_true", help="format the prompt with each model's chat template")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="default float32 (faithful logits)")
+
+
+def _load_ensemble(args: argparse.Namespace, *, prompt: Any = None) -> Any:
+    """Check the options (and ``prompt``), name errors before any slow load, then load the models."""
+    import torch
+
+    from .api import Ensemble, check_prompt, check_weights
+    from .models.loading import resolve
+
+    specs = [args.primary, *(args.aux or [DEFAULT_AUX])]
+    try:
+        if prompt is not None:
+            check_prompt(prompt)
+        check_weights(args.weights, len(specs))
+    except ValueError as error:
+        raise UsageError(f"{PROG} {args.command}: error: {error}") from None
+    for spec in specs:  # name and install errors before any slow load
+        resolve(spec)
+    return Ensemble.load(specs, weights=args.weights, top_k=args.top_k, device=args.device, dtype=getattr(torch, args.dtype))
+
+
+# -- generate -----------------------------------------------------------------------------
+def _add_generate_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("generate", help="generate text with an ensemble of models")
+    parser.add_argument("prompt", help="the prompt text")
+    _add_ensemble_options(parser)
+    _add_decoding_options(parser)
+    formats = parser.add_mutually_exclusive_group()
+    formats.add_argument(
+        "--chat", action="store_true",
+        help="format the prompt as a one-turn chat with each model's own template (the default when the primary has one)",
+    )
+    formats.add_argument("--raw", action="store_true", help="plain completion of the prompt text, no chat template")
     parser.add_argument("--compare", action="store_true", help="also print each model's own greedy output")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--no-stream", action="store_true", help="print the text at the end, not as it is generated")
@@ -148,19 +182,10 @@ def _report(label: str, result: Any) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from .api import Ensemble, check_prompt, check_weights
-    from .models.loading import resolve
+    from .chat import has_chat_template
 
-    specs = [args.primary, *(args.aux or [DEFAULT_AUX])]
-    try:
-        check_prompt(args.prompt)
-        check_weights(args.weights, len(specs))
-    except ValueError as error:
-        raise UsageError(f"{PROG} generate: error: {error}") from None
-    for spec in specs:  # name and install errors before any slow load
-        resolve(spec)
-
-    ensemble = Ensemble.load(specs, weights=args.weights, top_k=args.top_k, device=args.device, dtype=getattr(torch, args.dtype))
+    ensemble = _load_ensemble(args, prompt=args.prompt)
+    args.chat = args.chat or (not args.raw and has_chat_template(ensemble.primary.tokenizer))
     if args.seed is not None:
         torch.manual_seed(args.seed)
     streaming = not (args.no_stream or args.json)
@@ -209,6 +234,7 @@ def _as_json(ensemble: Any, result: Any, alone: dict[str, Any], args: argparse.N
         "weights": ensemble.weights,
         "top_k": ensemble.top_k,
         "chat": args.chat,
+        "format": "chat" if args.chat else "raw",
         **fields(result),
         "alone": {name: fields(r) for name, r in alone.items()},
     }

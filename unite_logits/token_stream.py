@@ -1,0 +1,289 @@
+"""One ensembled generation delivered piece by piece: the engine under ``chat`` and ``serve``.
+
+`generate_streamed` runs `Ensemble.generate` with two small hooks placed in the primary's
+``generate`` loop:
+
+* `EnsembledLogprobRecorder`, a logits processor right after `UniTEProcessor`, keeps the
+  log-probabilities of the ensembled distribution at the current step (before temperature
+  or top-p reshape it), so log-probs reported to a user are the ensemble's, not the primary's;
+* `_StepWatcher`, a stopping criterion, sees every new token: it releases the text that is
+  final (a UTF-8 character split across tokens, or the beginning of a stop string, is held
+  back), cuts the text at a stop string and ends generation there, and ends it when the
+  caller's cancel flag is set (Ctrl-C in the chat, a client that went away in the server).
+
+Costs per step: one ``log_softmax`` over the vocabulary when log-probs are asked for, and a
+decode of the new tokens (quadratic in the answer's length, negligible next to the models).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria, StoppingCriteriaList
+
+from .token_bytes import token_bytes_view
+
+if TYPE_CHECKING:
+    from .api import Ensemble, Prompt
+
+__all__ = [
+    "GenerationOptions",
+    "TokenLogprob",
+    "Piece",
+    "StreamedResult",
+    "EnsembledLogprobRecorder",
+    "generate_streamed",
+    "MAX_TOP_LOGPROBS",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_TOP_LOGPROBS = 20  # as the OpenAI API
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to decode: greedy unless ``temperature`` > 0; ``top_logprobs`` None means no log-probs."""
+
+    max_new_tokens: int = 64
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens has to be at least 1, got {self.max_new_tokens}")
+        if self.temperature is not None and not self.temperature >= 0:
+            raise ValueError(f"temperature has to be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p has to be in (0, 1], got {self.top_p}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError("stop strings have to be non-empty strings")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs has to be between 0 and {MAX_TOP_LOGPROBS}, got {self.top_logprobs}")
+
+    @property
+    def sampling(self) -> bool:
+        return bool(self.temperature)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate``: temperature 0 or None is greedy."""
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.sampling}
+        if self.sampling:
+            kwargs["temperature"] = self.temperature
+            if self.top_p is not None:
+                kwargs["top_p"] = self.top_p
+        return kwargs
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token with its ensembled log-probability (``bytes`` is None for a special token)."""
+
+    token: str
+    bytes: list[int] | None
+    logprob: float
+    top: tuple["TokenLogprob", ...] = ()
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text that became final at one step, and the tokens that completed it."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass
+class StreamedResult:
+    """The whole answer: text (cut at a stop string), why it ended, token counts."""
+
+    text: str
+    finish_reason: str  # "stop" (end of sequence or a stop string), "length" or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+class EnsembledLogprobRecorder(LogitsProcessor):
+    """Keeps the normalised log-probs of the scores it sees (batch row 0); returns them unchanged.
+
+    Placed right after `UniTEProcessor`, it sees the ensembled distribution (``-inf`` outside
+    the union of candidates), before any sampling warper.
+    """
+
+    def __init__(self) -> None:
+        self.last: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.last = torch.log_softmax(scores[0].float(), dim=-1)
+        return scores
+
+
+class _CallbackStop(StoppingCriteria):
+    """Stops every row when ``should_stop()`` says so, after feeding the step to ``on_step``."""
+
+    def __init__(self, on_step: Callable[[torch.LongTensor], bool]) -> None:
+        self.on_step = on_step
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        stop = self.on_step(input_ids)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class _StepWatcher:
+    """Turns the primary's new tokens into final text pieces; watches stop strings and cancel."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        eos_token_ids: Sequence[int],
+        options: GenerationOptions,
+        recorder: EnsembledLogprobRecorder | None,
+        on_piece: Callable[[Piece], None] | None,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.view = token_bytes_view(tokenizer, eos_token_ids)
+        self.eos = set(eos_token_ids)
+        self.options = options
+        self.recorder = recorder
+        self.on_piece = on_piece
+        self.cancel = cancel
+        self.prompt_length: int | None = None
+        self.ids: list[int] = []
+        self.released = ""  # text handed out so far
+        self.pending: list[TokenLogprob] = []  # log-probs of tokens whose text is held back
+        self.all_logprobs: list[TokenLogprob] = []
+        self.stopped_at_string = False
+        self.ended_by_eos = False
+        self.cancelled = False
+
+    # -- per step -------------------------------------------------------------------------
+    def __call__(self, input_ids: torch.LongTensor) -> bool:
+        if self.prompt_length is None:
+            self.prompt_length = int(input_ids.shape[1]) - 1
+        if self.stopped_at_string or self.ended_by_eos:
+            return True
+        token = int(input_ids[0, -1])
+        self.ids.append(token)
+        if token in self.eos:
+            self.ended_by_eos = True
+            return True
+        if self.recorder is not None and self.recorder.last is not None:
+            entry = self._logprob_entry(token, self.recorder.last)
+            self.pending.append(entry)
+            self.all_logprobs.append(entry)
+        self._release(final=False)
+        if self.cancel is not None and self.cancel.is_set():
+            self.cancelled = True
+        return self.stopped_at_string or self.cancelled
+
+    def finish(self) -> None:
+        """Release what was held back (an unfinished character, a partial stop string)."""
+        if not self.stopped_at_string:
+            self._release(final=True)
+        elif self.pending:
+            self._emit("")
+
+    # -- text -----------------------------------------------------------------------------
+    def _release(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        end = len(text)
+        cut = min((i for i in (text.find(s, max(0, len(self.released) - len(s) + 1)) for s in self.options.stop) if i >= 0),
+                  default=-1)
+        if cut >= 0:
+            self.stopped_at_string = True
+            end = cut
+        elif not final:
+            while end > len(self.released) and text[end - 1] == "\ufffd":  # a character split across tokens
+                end -= 1
+            end -= self._partial_stop_length(text[:end])
+        if end > len(self.released) or (final and self.pending):
+            self._emit(text[len(self.released) : max(end, len(self.released))])
+
+    def _partial_stop_length(self, text: str) -> int:
+        """Length of the longest end of ``text`` that could begin a stop string."""
+        longest = 0
+        for stop in self.options.stop:
+            for size in range(min(len(stop) - 1, len(text) - len(self.released)), longest, -1):
+                if text.endswith(stop[:size]):
+                    longest = size
+                    break
+        return longest
+
+    def _emit(self, text: str) -> None:
+        piece = Piece(text, tuple(self.pending))
+        self.released += text
+        self.pending = []
+        if self.on_piece is not None:
+            self.on_piece(piece)
+
+    # -- log-probs ------------------------------------------------------------------------
+    def _describe(self, token: int, logprob: float) -> TokenLogprob:
+        data = self.view.bytes_of(token)
+        if data is None:
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+            return TokenLogprob(text, list(text.encode("utf-8")), logprob)
+        return TokenLogprob(data.decode("utf-8", errors="replace"), list(data), logprob)
+
+    def _logprob_entry(self, token: int, logprobs: torch.Tensor) -> TokenLogprob:
+        entry = self._describe(token, float(logprobs[token]))
+        wanted = self.options.top_logprobs or 0
+        if not wanted:
+            return entry
+        values, ids = torch.topk(logprobs, min(wanted, logprobs.numel()))
+        top = tuple(self._describe(int(i), float(v)) for v, i in zip(values, ids) if torch.isfinite(v))
+        return TokenLogprob(entry.token, entry.bytes, entry.logprob, top)
+
+    @property
+    def finish_reason(self) -> str:
+        if self.cancelled:
+            return "cancelled"
+        if self.stopped_at_string or self.ended_by_eos:
+            return "stop"
+        return "length" if len(self.ids) >= self.options.max_new_tokens else "stop"
+
+
+def generate_streamed(
+    ensemble: "Ensemble",
+    prompt: "Prompt",
+    *,
+    chat: bool,
+    options: GenerationOptions = GenerationOptions(),
+    on_piece: Callable[[Piece], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> StreamedResult:
+    """Generate with ``ensemble`` and hand each final piece of text to ``on_piece`` as it comes.
+
+    ``chat`` formats ``prompt`` (text or messages) with each member's own chat template.
+    Setting ``cancel`` ends generation after the current step (finish reason ``"cancelled"``).
+    """
+    recorder = EnsembledLogprobRecorder() if options.top_logprobs is not None else None
+    watcher = _StepWatcher(
+        ensemble.primary.tokenizer, ensemble.primary.eos_token_ids, options, recorder, on_piece, cancel
+    )
+    result = ensemble.generate(
+        prompt,
+        chat=chat,
+        logits_processor=[recorder] if recorder is not None else [],
+        stopping_criteria=StoppingCriteriaList([_CallbackStop(watcher)]),
+        **options.generate_kwargs(),
+    )
+    watcher.finish()
+    generated = len(watcher.ids) if watcher.ids else result.new_tokens
+    logger.debug("generated %d tokens (%s)", generated, watcher.finish_reason)
+    return StreamedResult(
+        text=watcher.released,
+        finish_reason=watcher.finish_reason,
+        prompt_tokens=watcher.prompt_length or 0,
+        completion_tokens=generated,
+        logprobs=watcher.all_logprobs,
+    )
