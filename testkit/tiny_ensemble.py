@@ -13,7 +13,7 @@ import copy
 import tiny
 
 from unite_logits.api import Ensemble
-from unite_logits.loading import LoadedModel
+from unite_logits.models.loading import LoadedModel
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
