@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -243,3 +244,170 @@ def test_catalogue_eos_tokens_extend_the_generation_config():
     assert model.generation_config.eos_token_id == [151645, 151643]
     with pytest.raises(loading.ModelLoadError, match="<nope>"):
         loading._add_eos_tokens(model, tokenizer, ("<nope>",))
+
+
+# -- the converted-model cache verifies what it serves ---------------------------------------
+def _tiny_convert(calls: list[str] | None = None, pause: float = 0.0):
+    """A stand-in for GGUF conversion that writes a real (tiny) Hugging Face folder."""
+    import time
+
+    import tiny
+
+    def convert(gguf_path: Path, out_dir: Path, *, progress: bool = True):
+        if calls is not None:
+            calls.append(str(out_dir))
+        time.sleep(pause)
+        tokenizer = tiny.byte_bpe()
+        tiny.tiny_llama(tokenizer).save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        return {"n_params": 1}
+
+    return convert
+
+
+def test_conversion_records_every_file_it_wrote(cache_dir, tmp_path, monkeypatch):
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
+    monkeypatch.setattr(loading, "convert_gguf", _tiny_convert())
+    folder = loading._usable_cache_entry(resolve(entry.name), progress=False)
+    files = store.read_marker(folder)["files"]
+    assert "model.safetensors" in files and "config.json" in files
+    weights = folder / "model.safetensors"
+    assert files["model.safetensors"]["size"] == weights.stat().st_size
+    assert files["model.safetensors"]["sha256"] == loading.sha256_file(weights)
+
+
+def test_same_size_garbage_in_the_cache_is_repaired_by_converting_again(cache_dir, tmp_path, monkeypatch, caplog):
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
+    calls: list[str] = []
+    monkeypatch.setattr(loading, "convert_gguf", _tiny_convert(calls))
+    model, _ = load_model(entry.name, progress=False, check_ram=False)
+    reference = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+    weights = loading.cached_dir(entry.name) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(64)  # the header still parses: only the digest can tell
+    weights.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        model, _ = load_model(entry.name, progress=False, check_ram=False)
+    assert len(calls) == 2, "the damaged entry was served instead of converted again"
+    assert "damaged" in caplog.text and "model.safetensors was modified" in caplog.text
+    assert torch.equal(model(input_ids=torch.tensor([[1, 2, 3]])).logits, reference)
+    load_model(entry.name, progress=False, check_ram=False)
+    assert len(calls) == 2  # the repaired entry is trusted again, cheaply
+
+
+def test_garbage_header_in_the_cache_is_repaired(cache_dir, tmp_path, monkeypatch):
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
+    calls: list[str] = []
+    monkeypatch.setattr(loading, "convert_gguf", _tiny_convert(calls))
+    load_model(entry.name, progress=False, check_ram=False)
+    weights = loading.cached_dir(entry.name) / "model.safetensors"
+    stat = weights.stat()
+    weights.write_bytes(b"\xff" * stat.st_size)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with its old mtime
+    load_model(entry.name, progress=False, check_ram=False)
+    assert len(calls) == 2
+
+
+def test_entry_from_before_file_records_is_checked_and_adopted(cache_dir, tmp_path, monkeypatch):
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
+    calls: list[str] = []
+    monkeypatch.setattr(loading, "convert_gguf", _tiny_convert(calls))
+    folder = loading._usable_cache_entry(resolve(entry.name), progress=False)
+    marker = store.read_marker(folder)
+    del marker["files"]
+    (folder / store.MARKER).write_text(json.dumps(marker))
+    assert loading._usable_cache_entry(resolve(entry.name), progress=False) == folder
+    assert len(calls) == 1 and "model.safetensors" in store.read_marker(folder)["files"]
+
+
+def _unwritable_root(tmp_path: Path) -> Path:
+    if os.geteuid() == 0:  # root writes through permissions; sysfs refuses even root
+        return Path("/sys/fs/unite-logits-test-cache")
+    root = tmp_path / "read-only"
+    root.mkdir()
+    root.chmod(0o555)
+    return root / "cache"
+
+
+def test_read_only_cache_that_needs_a_conversion_is_one_clear_error(tmp_path, monkeypatch):
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
+    monkeypatch.setenv(store.CACHE_ENV, str(_unwritable_root(tmp_path)))
+    monkeypatch.setattr(loading, "convert_gguf", pytest.fail)
+    with pytest.raises(ModelIntegrityError, match="not writable.*UNITE_LOGITS_CACHE") as caught:
+        load_model(entry.name, progress=False, check_ram=False)
+    assert "\n" not in str(caught.value)
+
+
+def test_two_processes_converting_one_model_convert_once(cache_dir, tmp_path, monkeypatch):
+    import multiprocessing
+
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
+    log = tmp_path / "conversions.log"
+
+    def convert(gguf_path: Path, out_dir: Path, *, progress: bool = True):
+        with open(log, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return _tiny_convert(pause=1.0)(gguf_path, out_dir)
+
+    monkeypatch.setattr(loading, "convert_gguf", convert)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+
+    def child() -> None:
+        results.put(str(loading._usable_cache_entry(resolve(entry.name), progress=False)))
+
+    workers = [context.Process(target=child) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    folders = {results.get(timeout=5), results.get(timeout=5)}
+    assert folders == {str(loading.cached_dir(entry.name))}
+    assert len(log.read_text().splitlines()) == 1, "both processes converted"
+
+
+def test_catalogue_model_is_named_by_its_catalogue_name(cache_dir, tmp_path, monkeypatch):
+    from unite_logits import Member
+
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
+    monkeypatch.setattr(loading, "convert_gguf", _tiny_convert())
+    loaded = load_model(entry.name, progress=False, check_ram=False)
+    assert loaded.name == entry.name and loaded.digest == entry.sha256
+    assert Member(loaded.model, loaded.tokenizer).name == entry.name  # not the cache path
+
+
+# -- bad files and devices: one clear error, never a traceback from deep inside -------------
+@pytest.mark.parametrize("content", [b"", b"just some text\n"])
+def test_a_gguf_name_on_a_non_gguf_file_is_refused(tmp_path, monkeypatch, content):
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    (tmp_path / "model.gguf").write_bytes(content)
+    with pytest.raises(loading.ModelLoadError, match="not a GGUF file"):
+        load_model(str(tmp_path / "model.gguf"), progress=False)
+
+
+def _safetensors_folder(tmp_path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(10, 100)}, str(tmp_path / "model.safetensors"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+@pytest.mark.parametrize("check_ram", [True, False])
+def test_bad_safetensors_in_a_folder_is_one_clear_error(tmp_path, damage, check_ram):
+    folder = _safetensors_folder(tmp_path)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"garbage": b"\xff" * len(data), "truncated": data[:-100], "empty": b""}[damage])
+    with pytest.raises(loading.ModelLoadError, match="not a valid safetensors file") as caught:
+        load_model(str(folder), progress=False, check_ram=check_ram)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("device", "needle"), [("banana", "unknown device"), ("cuda", "CUDA is not available")])
+def test_bad_devices_are_refused_before_loading(device, needle):
+    if device == "cuda" and torch.cuda.is_available():
+        device, needle = f"cuda:{torch.cuda.device_count()}", "does not exist"
+    with pytest.raises(loading.DeviceError, match=needle):
+        load_model("no-such-model-either", device=device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import gc
-import sys
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,16 +25,12 @@ if TYPE_CHECKING:
 
 from .errors import ModelLoadError
 
-__all__ = ["convert_gguf", "say", "transformers_progress"]
+__all__ = ["convert_gguf", "transformers_progress"]
+
+logger = logging.getLogger(__name__)
 
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 1, 2, 3"
 _MAX_LOGIT_DRIFT = 1e-4
-
-
-def say(message: str, enabled: bool = True) -> None:
-    """A stage message on stderr, so stdout stays clean for generated text."""
-    if enabled:
-        print(f"[unite-logits] {message}", file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -98,11 +94,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool = True) -> di
 def _convert(transformers: Any, gguf_path: Path, out_dir: Path, *, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     folder, filename = str(gguf_path.parent), gguf_path.name
-    say(f"converting {filename} to a cached fp32 folder (one time; tens of seconds)", progress)
+    logger.info("converting %s to a cached fp32 folder (one time; tens of seconds)", filename)
     try:
-        say("reading tokenizer from GGUF", progress)
+        logger.info("reading tokenizer from GGUF")
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-        say("dequantizing weights", progress)
+        logger.info("dequantizing weights")
         gguf_model = transformers.AutoModelForCausalLM.from_pretrained(
             folder, gguf_file=filename, dtype=torch.float32
         ).eval()
@@ -115,7 +111,7 @@ def _convert(transformers: Any, gguf_path: Path, out_dir: Path, *, progress: boo
     del gguf_model
     gc.collect()
 
-    say("saving", progress)
+    logger.info("saving")
     tokenizer.save_pretrained(out_dir)
     model.save_pretrained(out_dir)
     n_params = sum(p.numel() for p in model.parameters())
@@ -128,7 +124,7 @@ def _convert(transformers: Any, gguf_path: Path, out_dir: Path, *, progress: boo
     if not drift <= _MAX_LOGIT_DRIFT:
         raise ModelLoadError(f"converted {filename} does not reproduce its logits (max drift {drift:g})")
     seconds = time.perf_counter() - started
-    say(f"converted {filename} in {seconds:.1f} s", progress)
+    logger.info("converted %s in %.1f s", filename, seconds)
     return {
         "source_file": filename,
         "n_params": n_params,

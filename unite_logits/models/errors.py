@@ -13,6 +13,7 @@ __all__ = [
     "ModelIntegrityError",
     "InsufficientMemoryError",
     "ModelLoadError",
+    "DeviceError",
 ]
 
 
@@ -38,3 +39,7 @@ class InsufficientMemoryError(ModelError, MemoryError):
 
 class ModelLoadError(ModelError):
     """``transformers`` failed to load or convert a model (missing extra, bad folder, ...)."""
+
+
+class DeviceError(ModelError, ValueError):
+    """The device is unknown to torch or absent from this machine (``cuda`` without CUDA)."""

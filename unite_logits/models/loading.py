@@ -7,7 +7,9 @@ reported before minutes of loading. GGUF sources are converted once into the cac
 
 from __future__ import annotations
 
-import json
+import errno
+import hashlib
+import logging
 import os
 import sys
 import tempfile
@@ -20,10 +22,11 @@ import torch
 
 from . import store
 from .catalogue import CATALOGUE, CatalogueEntry, catalogue_names, get_entry, is_catalogue_name, part_paths
-from .conversion import convert_gguf, say, transformers_progress
+from .conversion import convert_gguf, transformers_progress
+from .errors import DeviceError, ModelIntegrityError, ModelLoadError, UnknownModelError
 from .gguf_files import materialize_gguf, sha256_file
-from .memory import check_memory, conversion_estimate, load_estimate
-from .errors import ModelLoadError, UnknownModelError
+from .integrity import check_weight_files, damaged_files, file_records, replace_json
+from .memory import check_memory, conversion_estimate, load_estimate, memory_check_skipped
 
 __all__ = [
     "ModelSource",
@@ -34,7 +37,10 @@ __all__ = [
     "cached_dir",
     "source_for_entry",
     "eos_token_ids",
+    "check_device",
 ]
+
+logger = logging.getLogger(__name__)
 
 SourceKind = Literal["catalogue", "gguf", "folder", "hub"]
 
@@ -52,19 +58,27 @@ class ModelSource:
 
 
 class LoadedModel(tuple):
-    """``(model, tokenizer)`` that also carries ``name`` and ``eos_token_ids``.
+    """``(model, tokenizer)`` that also carries ``name``, ``eos_token_ids`` and ``digest``.
 
-    A tuple so that ``model, tokenizer = load_model(...)`` works.
+    A tuple so that ``model, tokenizer = load_model(...)`` works. ``digest`` identifies the
+    weights (the GGUF file's sha256, or a folder's file headers) where `load_model` knows
+    it, else None. The one description of a model in this project: the API, the CLI and the
+    evaluation all take it, and `unite_logits.Member.from_loaded` turns it into a member.
     """
 
     name: str
     eos_token_ids: list[int]
+    digest: str | None
 
-    def __new__(cls, model: Any, tokenizer: Any, name: str) -> "LoadedModel":
+    def __new__(cls, model: Any, tokenizer: Any, name: str, digest: str | None = None) -> "LoadedModel":
         self = super().__new__(cls, (model, tokenizer))
         self.name = name
         self.eos_token_ids = eos_token_ids(model, tokenizer)
+        self.digest = digest
         return self
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # copy and pickle keep name and digest
+        return (self[0], self[1], self.name, self.digest)
 
     @property
     def model(self) -> Any:
@@ -103,6 +117,9 @@ def _looks_like_path(spec: str) -> bool:
 
 def _gguf_source(spec: str, path: Path) -> ModelSource:
     """A local GGUF file; one with a catalogue model's digest shares that model's cache entry."""
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ModelLoadError(f"{spec} is not a GGUF file (it does not start with the GGUF magic bytes)")
     digest = sha256_file(path)
     entry = next((e for e in CATALOGUE.values() if e.sha256 == digest), None)
     return ModelSource(spec, "gguf", entry.name if entry else path.stem, path=path, entry=entry, sha256=digest)
@@ -155,23 +172,52 @@ def cached_dir(spec: str | ModelSource) -> Path | None:
 
 
 def _params_in_folder(folder: Path) -> int | None:
-    """Parameter count from safetensors headers (no tensor is read)."""
+    """Parameter count from safetensors headers (no tensor is read; bad headers raise)."""
     total = 0
-    files = list(folder.glob("*.safetensors"))
-    for file in files:
-        with open(file, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(length))
+    for header in check_weight_files(folder):
         for key, info in header.items():
             if key != "__metadata__":
                 total += int(torch.Size(info["shape"]).numel())
     return total or None
 
 
-def _params_in_gguf(path: Path) -> int:
-    from gguf import GGUFReader
+def _params_in_gguf(path: Path) -> int | None:
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return None  # conversion reports the missing extra with its pip command
+    try:
+        return sum(int(tensor.n_elements) for tensor in GGUFReader(path).tensors)
+    except (ValueError, OSError, KeyError, IndexError, TypeError) as error:
+        raise ModelLoadError(f"{path} is not a readable GGUF file: {error}") from None
 
-    return sum(int(tensor.n_elements) for tensor in GGUFReader(path).tensors)
+
+def _folder_digest(folder: Path) -> str:
+    """Identity of a folder's weights: config and every weight file's size and header (cheap)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("config.json")):
+        digest.update(path.name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 16))
+    return digest.hexdigest()
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A device torch knows and this machine has; `DeviceError` (one line) otherwise."""
+    try:
+        checked = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps") from None
+    if checked.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {str(device)!r} asked for, but CUDA is not available on this machine")
+        if checked.index is not None and checked.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    elif checked.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {str(device)!r} asked for, but MPS is not available on this machine")
+    elif checked.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {str(device)!r} is not supported; use cpu, cuda, cuda:N or mps")
+    return checked
 
 
 def estimate_memory_bytes(spec: str | ModelSource, *, dtype: torch.dtype = torch.float32) -> int | None:
@@ -198,6 +244,59 @@ def estimate_memory_bytes(spec: str | ModelSource, *, dtype: torch.dtype = torch
     return max(conversion_estimate(n_params), load_estimate(n_params, bytes_per_param))
 
 
+def _cache_problems(directory: Path) -> list[str]:
+    """Why a complete cache entry cannot be trusted (empty: it can). Cheap; see `integrity`."""
+    try:
+        marker = store.read_marker(directory)
+    except (OSError, ValueError):
+        return ["its marker file is unreadable"]
+    records = marker.get("files")
+    if isinstance(records, dict):
+        return damaged_files(directory, records)
+    problems = damaged_files(directory, {})  # written before conversions recorded their files
+    if not problems:
+        try:  # record them now, so that later loads can tell a modified file
+            marker["files"] = file_records(directory, skip=(store.MARKER,))
+            replace_json(directory / store.MARKER, marker)
+        except OSError:
+            pass  # a read-only cache keeps the header checks only
+    return problems
+
+
+def _not_writable(error: OSError) -> bool:
+    return error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _usable_cache_entry(source: ModelSource, *, progress: bool) -> Path:
+    """The verified cache folder of ``source``, converting (or repairing) it first if needed.
+
+    A damaged entry is converted again with a warning. One process converts at a time; the
+    others wait for its lock and reuse its result.
+    """
+    target = store.entry_dir(_cache_key(source))
+    problems = _cache_problems(target) if store.is_complete(target) else []
+    if store.is_complete(target) and not problems:
+        return target
+    try:
+        with store.writer_lock(target):
+            if store.is_complete(target):
+                problems = _cache_problems(target)
+                if not problems:
+                    return target  # converted meanwhile by the process we waited for
+                logger.warning("the cached conversion of %s is damaged (%s); converting it again",
+                               source.name, "; ".join(problems))
+                store.discard(target)
+            return _convert_into_cache(source, progress=progress)
+    except OSError as error:
+        if not _not_writable(error):
+            raise
+        damage = f" is damaged ({'; '.join(problems)}) and" if problems else ""
+        raise ModelIntegrityError(
+            f"the cached conversion of {source.name}{damage} cannot be written: {target.parent} is not "
+            f"writable ({error.strerror}); make it writable or set {store.CACHE_ENV} to a writable folder"
+        ) from None
+
+
 def _convert_into_cache(source: ModelSource, *, progress: bool) -> Path:
     """Convert a GGUF-backed source into its cache folder (atomically) and return the folder."""
     target = store.entry_dir(_cache_key(source))
@@ -212,6 +311,7 @@ def _convert_into_cache(source: ModelSource, *, progress: bool) -> Path:
                 assert source.entry is not None
                 gguf_path = materialize_gguf(source.entry, Path(workdir), progress=progress)
             marker.update(convert_gguf(gguf_path, staging, progress=progress))
+        marker["files"] = file_records(staging)  # what `_cache_problems` checks on every load
     return target
 
 
@@ -243,26 +343,33 @@ def load_model(
         ModelError: a subclass (unknown model, package not installed, digest mismatch, not
             enough memory, load failure), each with a message meant for the user.
     """
+    check_device(device)
     source = resolve(spec)
-    if check_ram:
+    if check_ram and not memory_check_skipped():
         check_memory(estimate_memory_bytes(source, dtype=dtype), f"loading {source.name}")
     started = time.perf_counter()
     where: str | Path
+    digest: str | None = None
     if source.kind in ("catalogue", "gguf"):
-        where = cached_dir(source) or _convert_into_cache(source, progress=progress)
+        where = _usable_cache_entry(source, progress=progress)
+        digest = source.entry.sha256 if source.entry is not None else source.sha256
     elif source.kind == "folder":
         assert source.path is not None
-        where = source.path
+        check_weight_files(source.path)
+        where, digest = source.path, _folder_digest(source.path)
     else:
         where = source.spec
-    say(f"loading {source.name}", progress)
+    logger.info("loading %s", source.name)
     model, tokenizer = _from_pretrained(where, device=device, dtype=dtype, progress=progress)
     if source.entry is not None:
         _add_eos_tokens(model, tokenizer, source.entry.extra_eos_tokens)
-    say(f"loaded {source.name} in {time.perf_counter() - started:.1f} s", progress)
-    return LoadedModel(model, tokenizer, source.name)
+    if source.kind in ("catalogue", "gguf"):  # a cache path means nothing to the user
+        model.config.name_or_path = source.name
+    logger.info("loaded %s in %.1f s", source.name, time.perf_counter() - started)
+    return LoadedModel(model, tokenizer, source.name, digest)
 
 
 if __name__ == "__main__":  # python -m unite_logits.models.loading NAME...: convert into the cache
+    logging.basicConfig(level=logging.INFO, format="[unite-logits] %(message)s")
     for name in sys.argv[1:] or catalogue_names():
         load_model(name)

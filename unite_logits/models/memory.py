@@ -19,6 +19,7 @@ __all__ = [
     "load_estimate",
     "conversion_estimate",
     "check_memory",
+    "memory_check_skipped",
     "format_bytes",
 ]
 
@@ -67,12 +68,17 @@ def format_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def memory_check_skipped() -> bool:
+    """True when ``UNITE_LOGITS_SKIP_MEMORY_CHECK`` asks to skip (then nothing is estimated)."""
+    return os.environ.get(SKIP_ENV, "") not in ("", "0")
+
+
 def check_memory(needed: int | None, what: str, *, available: int | None = None) -> None:
     """Raise `InsufficientMemoryError` if ``needed`` bytes exceed what is available.
 
     Unknown quantities (``None``) pass: better to try than to refuse on a guess.
     """
-    if needed is None or os.environ.get(SKIP_ENV, "") not in ("", "0"):
+    if needed is None or memory_check_skipped():
         return
     if available is None:
         available = available_memory_bytes()

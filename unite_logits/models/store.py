@@ -8,7 +8,9 @@ process can be recognised and removed.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,7 +19,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHE_ENV", "MARKER", "cache_root", "entry_dir", "is_complete", "read_marker", "atomic_directory"]
+__all__ = [
+    "CACHE_ENV",
+    "MARKER",
+    "cache_root",
+    "entry_dir",
+    "is_complete",
+    "read_marker",
+    "atomic_directory",
+    "writer_lock",
+    "discard",
+]
+
+logger = logging.getLogger(__name__)
 
 CACHE_ENV = "UNITE_LOGITS_CACHE"
 MARKER = "unite-logits-cache.json"
@@ -46,6 +60,37 @@ def is_complete(directory: Path) -> bool:
 
 def read_marker(directory: Path) -> dict[str, Any]:
     return json.loads((directory / MARKER).read_text())
+
+
+@contextmanager
+def writer_lock(target: Path) -> Iterator[None]:
+    """Hold the lock on ``target``'s entry: one process converts, the others wait for it.
+
+    An advisory ``flock`` on ``locks/<name>.lock`` in the cache root; the kernel releases it
+    when the holder exits, even if killed, so no stale lock outlives its process.
+
+    Raises:
+        PermissionError: the cache folder is not writable.
+    """
+    locks = target.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{target.name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process that is converting into %s", target)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def discard(target: Path) -> None:
+    """Remove an entry; its marker goes first, so a crash midway leaves an incomplete entry."""
+    (target / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(target)
 
 
 def _umask() -> int:
