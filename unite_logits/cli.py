@@ -240,10 +240,41 @@ def _as_json(ensemble: Any, result: Any, alone: dict[str, Any], args: argparse.N
     }
 
 
+# -- chat and serve -----------------------------------------------------------------------
+def _generation_options(args: argparse.Namespace) -> Any:
+    """The decoding options of the command line as `GenerationOptions` (greedy unless --sample)."""
+    from .token_stream import GenerationOptions
+
+    kwargs = _generation_kwargs(args)
+    temperature = kwargs.get("temperature", 1.0) if kwargs["do_sample"] else None
+    return GenerationOptions(max_new_tokens=kwargs["max_new_tokens"], temperature=temperature, top_p=kwargs.get("top_p"))
+
+
+def _add_chat_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("chat", help="talk with an ensemble in the terminal, answers streamed")
+    _add_ensemble_options(parser)
+    _add_decoding_options(parser)
+    parser.add_argument("--system", help="a system message that opens the conversation")
+    parser.set_defaults(handler=_run_chat)
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    import torch
+
+    from .chat_repl import run_chat
+
+    options = _generation_options(args)
+    ensemble = _load_ensemble(args)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    return run_chat(ensemble, options, system=args.system)
+
+
 # -- wiring -------------------------------------------------------------------------------
 SUBCOMMANDS: tuple[Callable[[Any], Any], ...] = (
     _add_models_parser,
     _add_generate_parser,
+    _add_chat_parser,
     add_eval_parser,
     add_select_parser,
 )

@@ -1,0 +1,120 @@
+"""``unite-logits chat``: multi-turn history per member template, /reset, /exit, pipes, Ctrl-C."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from tiny_ensemble import tiny_ensemble
+
+from unite_logits import api, cli
+from unite_logits.chat_repl import INTERRUPTED, run_chat
+from unite_logits.token_stream import GenerationOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ensemble():
+    return tiny_ensemble()
+
+
+@pytest.fixture
+def spy_member_prompts(monkeypatch, ensemble):
+    """What each auxiliary was given, turn by turn (decoded), from the processors built."""
+    seen: list[str] = []
+    build = api.Ensemble.processor
+
+    def processor(self, prompt, **kwargs):
+        made = build(self, prompt, **kwargs)
+        seen.append(self.models[1].tokenizer.decode(made.member_prompts[0]))
+        return made
+
+    monkeypatch.setattr(api.Ensemble, "processor", processor)
+    return seen
+
+
+def chat(ensemble, text, **kwargs):
+    out = io.StringIO()
+    code = run_chat(ensemble, GenerationOptions(max_new_tokens=6), stdin=io.StringIO(text), out=out, **kwargs)
+    return code, out.getvalue()
+
+
+def test_each_turn_sees_the_whole_history_in_each_members_template(ensemble, spy_member_prompts):
+    code, out = chat(ensemble, "Hello there\n\nWhat is 12 plus 30?\n")
+    answers = out.splitlines()
+    assert code == 0 and len(answers) == 2 and all(answers)
+    first, second = spy_member_prompts
+    assert first.endswith("[USER] Hello there\n[ASSISTANT] ")
+    # The auxiliary's own bracket template, with the ensemble's first answer in it.
+    assert second.endswith(f"[USER] Hello there\n[ASSISTANT] {answers[0]}\n[USER] What is 12 plus 30?\n[ASSISTANT] ")
+
+
+def test_reset_forgets_and_exit_leaves(ensemble, spy_member_prompts):
+    code, out = chat(ensemble, "Hello there\n/reset\nHello there\n/exit\nnever read\n", system="Be brief.")
+    first, second = spy_member_prompts
+    assert first == second and first.count("[USER]") == 1 and "[SYSTEM] Be brief." in first
+    assert len(spy_member_prompts) == 2  # nothing after /exit
+    answers = out.splitlines()
+    assert code == 0 and answers[0] == answers[1]  # greedy, same history: same answer
+
+
+def test_the_cli_chat_reads_a_pipe(monkeypatch, ensemble, capsys):
+    monkeypatch.setattr(cli, "_load_ensemble", lambda args: ensemble)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello there\n"))
+    assert cli.main(["chat", "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    expected = ensemble.generate([{"role": "user", "content": "Hello there"}], max_new_tokens=5).text
+    assert out == expected + "\n"
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {testkit!r})
+    from tiny_ensemble import tiny_ensemble
+    from unite_logits.chat_repl import run_chat
+    from unite_logits.token_stream import GenerationOptions
+    sys.exit(run_chat(tiny_ensemble(), GenerationOptions(max_new_tokens=4000)))
+""")
+
+
+def _read_until(stream, predicate, seconds=60.0) -> bytes:
+    got = b""
+    deadline = time.monotonic() + seconds
+    while not predicate(got) and time.monotonic() < deadline:
+        got += stream.read() or b""
+        time.sleep(0.05)
+    return got
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
+def test_ctrl_c_stops_the_answer_and_the_conversation_goes_on():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(testkit=str(ROOT / "testkit"))], cwd=ROOT, env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    marker = INTERRUPTED.encode()
+    try:
+        os.set_blocking(child.stdout.fileno(), False)
+        out = b""
+        for turn in (1, 2):  # Ctrl-C while each answer streams; the second turn shows the chat went on
+            child.stdin.write(b"Hello there\n")
+            child.stdin.flush()
+            out += _read_until(child.stdout, lambda got: len(got) > 0)
+            child.send_signal(signal.SIGINT)
+            out += _read_until(child.stdout, lambda got: (out + got).count(marker) == turn)
+            assert out.count(marker) == turn, out
+        child.stdin.write(b"/exit\n")
+        child.stdin.close()
+        code = child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert code == 0, child.stderr.read().decode()
+    assert len(out) < 4000  # both answers stopped long before their 4000 tokens
