@@ -140,3 +140,114 @@ def test_damaged_middle_line_is_an_error(members, data_dir, tmp_path) -> None:
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(EvalUsageError, match="damaged"):
         evaluate("arc", members, **kwargs)
+
+
+# -- a results folder is only resumed by the same run ---------------------------------------
+def _constrained(members, out: Path, **kwargs: Any):
+    return evaluate("arc", members, out_dir=out, mode="constrained", ensemble=False, progress=False, **kwargs)
+
+
+def test_resume_refuses_another_data_file_in_one_line(members, data_dir, tmp_path) -> None:
+    out = tmp_path / "out"
+    _constrained(members, out, data_dir=data_dir)
+    other = data_dir / "ARC-challenge" / "other.jsonl"
+    rows = [json.loads(line) for line in (data_dir / "ARC-challenge" / "test.jsonl").read_text().splitlines()]
+    rows[0]["question"] = "A different question?"  # same ids (positions), other content
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(EvalUsageError, match="data_sha256") as caught:
+        _constrained(members, out, data_dir=data_dir, data_path=other)
+    assert "\n" not in str(caught.value) and "use another --out" in str(caught.value)
+
+
+def test_resume_refuses_other_weights_of_a_member_with_the_same_name(members, data_dir, tmp_path) -> None:
+    import copy
+
+    out = tmp_path / "out"
+    _constrained(members, out, data_dir=data_dir, limit=1)
+    model, tokenizer, name = members[0]
+    retrained = copy.deepcopy(model)
+    with __import__("torch").no_grad():
+        next(retrained.parameters()).add_(1.0)
+    with pytest.raises(EvalUsageError, match="members"):
+        _constrained([(retrained, tokenizer, name), members[1]], out, data_dir=data_dir, limit=1)
+
+
+def test_resume_may_grow_the_limit(members, data_dir, tmp_path) -> None:
+    out = tmp_path / "out"
+    _constrained(members, out, data_dir=data_dir, limit=2)
+    summary = _constrained(members, out, data_dir=data_dir, limit=4)
+    assert summary.modes["constrained"].n == 4
+
+
+def test_damaged_meta_or_record_lines_are_one_line_errors(members, data_dir, tmp_path) -> None:
+    out = tmp_path / "out"
+    _constrained(members, out, data_dir=data_dir, limit=2)
+    meta = out / "arc.constrained.meta.json"
+    good = meta.read_text()
+    meta.write_text(good[: len(good) // 2])
+    with pytest.raises(EvalUsageError, match="damaged"):
+        _constrained(members, out, data_dir=data_dir, limit=2)
+    meta.write_text(good)
+    log = out / "arc.constrained.jsonl"
+    log.write_text("{}\n" + log.read_text())
+    with pytest.raises(EvalUsageError, match="line 1 is not a result record"):
+        _constrained(members, out, data_dir=data_dir, limit=2)
+
+
+def _arc_rows(data_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (data_dir / "ARC-challenge" / "test.jsonl").read_text().splitlines()]
+
+
+def test_duplicate_item_ids_are_refused(members, data_dir, tmp_path) -> None:
+    path = tmp_path / "dup.jsonl"
+    rows = [{"id": "q1", "question": "What is 1+1?", "answer": "2"},
+            {"id": "q2", "question": "What is 2+2?", "answer": "4"},
+            {"id": "q1", "question": "What is 3+3?", "answer": "6"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(EvalUsageError, match="'q1' appears more than once .records 1 and 3."):
+        evaluate("gsm8k", members, out_dir=tmp_path / "out", data_dir=data_dir, data_path=path, progress=False)
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_skipped_count_is_the_evaluated_slices(members, data_dir, tmp_path) -> None:
+    path = tmp_path / "arc.jsonl"
+    rows = _arc_rows(data_dir)
+    blank = {"question": "Blank?", "A": "", "B": "", "C": "", "D": "", "answer": "A"}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [rows[0], blank, rows[1], blank, blank, rows[2]]))
+    first_two = _constrained(members, tmp_path / "two", data_dir=data_dir, data_path=path, limit=2)
+    assert first_two.modes["constrained"].n_skipped == 1  # the blank between items 1 and 2 only
+    everything = _constrained(members, tmp_path / "all", data_dir=data_dir, data_path=path)
+    assert everything.modes["constrained"].n_skipped == 3
+
+
+def test_data_without_a_scorable_item_is_refused(members, data_dir, tmp_path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(EvalUsageError, match="no scorable items"):
+        _constrained(members, tmp_path / "out", data_dir=data_dir, data_path=path)
+
+
+# -- one factory builds every ensemble -------------------------------------------------------
+def test_evaluation_builds_its_ensemble_as_generate_does(members, data_dir, tmp_path, monkeypatch) -> None:
+    from unite_logits.api import Ensemble
+    from unite_logits.evaluation.runner import as_members, unite_processor_factory
+
+    loaded = as_members(members)
+    primary = loaded[0]
+    extra_eos = 5  # like Gemma's <end_of_turn>: an EOS of the generation config only
+    monkeypatch.setattr(primary.model.generation_config, "eos_token_id", [primary.tokenizer.eos_token_id, extra_eos])
+    loaded = as_members([(m.model, m.tokenizer, m.name) for m in loaded])
+    processor = unite_processor_factory(loaded, top_k=3, weights=[2.0, 0.5])("Question: x?\nAnswer:")
+    reference = Ensemble(loaded, weights=[2.0, 0.5], top_k=3).processor("Question: x?\nAnswer:")
+    assert extra_eos in processor.primary_view.eos_ids
+    assert processor.primary_view.eos_ids == reference.primary_view.eos_ids
+    assert processor.weights == reference.weights == [2.0, 0.5]
+    assert processor.names == reference.names == ["a", "b"]
+    assert processor.top_k == reference.top_k == 3
+
+    built: list[Any] = []
+    original = Ensemble.processor
+    monkeypatch.setattr(Ensemble, "processor", lambda self, *a, **k: built.append(self.weights) or original(self, *a, **k))
+    evaluate("arc", members, out_dir=tmp_path / "out", mode="constrained", data_dir=data_dir, limit=1,
+             weights=[1.0, 3.0], progress=False)
+    assert built == [[1.0, 3.0]]

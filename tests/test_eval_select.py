@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from _eval_tiny import tiny_members, tiny_tokenizer, write_data
-from unite_logits.evaluation.runner import EvalMember
+from unite_logits.models.loading import LoadedModel
 from unite_logits.evaluation.selection import (
     CandidateProfile,
     Thresholds,
@@ -71,7 +71,7 @@ def test_vocabulary_overlap_and_self_agreement() -> None:
     assert vocabulary_overlap(small, large) == 1.0  # BPE merges are a prefix of the larger run
     assert 0.5 < vocabulary_overlap(large, small) < 1.0
     a, _ = tiny_members()
-    member = EvalMember(*a)
+    member = LoadedModel(*a)
     assert top_k_agreement(member, member, ["Question: x\nAnswer:", "The answer is"], k=3) == (1.0, 1.0)
 
 

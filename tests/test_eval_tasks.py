@@ -98,3 +98,31 @@ def test_unknown_task_and_missing_data_are_usage_errors(tmp_path: Path) -> None:
         resolve_data_dir(tmp_path / "missing")
     with pytest.raises(EvalUsageError, match="not found"):
         get_task("arc").load(tmp_path)
+
+
+# -- bad rows: one line naming the place, never a traceback ----------------------------------
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b'{"A": "x", "B": "y", "answer": "A"}\n', "record 1: 'question' has to be non-empty text .missing."),
+        (b'{"question": null, "A": "x", "answer": "A"}\n', "'question' has to be non-empty text"),
+        (b'{"question": 7, "A": "x", "answer": "A"}\n', "'question' has to be non-empty text .int 7."),
+        (b'["question", "A"]\n', ":1: a record has to be a JSON object, not list"),
+        (b'{"question": "ok?", "A": "x", "answer": "A"}\n\xff\xfe\n', ":2: not valid UTF-8"),
+    ],
+)
+def test_bad_arc_rows_are_usage_errors(tmp_path: Path, content: bytes, needle: str) -> None:
+    path = tmp_path / "arc.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(EvalUsageError, match=needle) as caught:
+        get_task("arc").load(tmp_path, path)
+    assert "\n" not in str(caught.value)
+
+
+def test_qa_answer_has_to_be_text(tmp_path: Path) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"question": "Capital of France?", "answer": {"text": "Paris"}}) + "\n")
+    with pytest.raises(EvalUsageError, match="'answer' has to be text or a list of texts"):
+        get_task("qa").load(tmp_path, path)
+    path.write_text(json.dumps({"question": "How many legs has a cat?", "answer": 4}) + "\n")
+    assert get_task("qa").load(tmp_path, path).items[0].gold == ["4"]

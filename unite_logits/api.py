@@ -145,7 +145,7 @@ class Ensemble:
         from . import Member, UniTEProcessor
 
         auxiliaries = self.models[1:]
-        members = [Member(m.model, m.tokenizer, weight=w, name=m.name) for m, w in zip(auxiliaries, self.weights[1:])]
+        members = [Member.from_loaded(m, w) for m, w in zip(auxiliaries, self.weights[1:])]
         member_prompts = [encode_prompt(m, prompt, chat=True) for m in auxiliaries] if chat else None
         return UniTEProcessor(
             primary_tokenizer=self.primary.tokenizer,

@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["Member", "check_top_k", "check_weight"]
+
+if TYPE_CHECKING:
+    from .models.loading import LoadedModel
 
 
 def check_weight(name: str, weight: object) -> float:
@@ -47,10 +51,24 @@ class Member:
     name: str | None = None
     eos_token_ids: Sequence[int] | None = field(default=None)
 
+    @classmethod
+    def from_loaded(cls, loaded: "LoadedModel", weight: float = 1.0) -> "Member":
+        """The member for a model from `unite_logits.load_model`: its name and EOS ids carried over.
+
+        The one way the API, the CLI and the evaluation turn a loaded model into a member.
+        """
+        return cls(loaded.model, loaded.tokenizer, weight=weight, name=loaded.name,
+                   eos_token_ids=list(loaded.eos_token_ids))
+
     def __post_init__(self) -> None:
         if not isinstance(self.model, PreTrainedModel):
             raise TypeError(
                 f"`model` has to be a transformers PreTrainedModel, but is {type(self.model).__name__}"
+            )
+        if any(parameter.device.type == "meta" for parameter in self.model.parameters()):
+            raise ValueError(
+                f"`model` {type(self.model).__name__} has weights on the 'meta' device (not loaded); "
+                "load it onto a real device first"
             )
         if getattr(self.model.config, "is_encoder_decoder", False) or not self.model.can_generate():
             raise TypeError(

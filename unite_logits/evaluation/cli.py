@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unite_logits.evaluation.errors import EvalUsageError
-from unite_logits.evaluation.runner import MODES, EvalMember, evaluate, load_items
+from unite_logits.evaluation.runner import MODES, evaluate, load_items
 from unite_logits.evaluation.selection import Thresholds, select
 from unite_logits.evaluation.tasks import TASKS, get_task
+
+if TYPE_CHECKING:
+    from unite_logits.models.loading import LoadedModel
 
 __all__ = ["DEFAULT_MEMBERS", "add_eval_parser", "add_select_parser", "run_eval", "run_select", "main"]
 
@@ -30,6 +33,13 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _weights(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _add_common(parser: argparse.ArgumentParser, default_out: str, default_limit: int | None) -> None:
@@ -56,6 +66,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="model specs, primary first (default: %(default)s)")
     parser.add_argument("--mode", choices=MODES, default="free",
                         help="free generation, constrained letter choice (multiple-choice tasks), or both")
+    parser.add_argument("--weights", type=_weights, default=None,
+                        help="comma list of ensemble weights, primary first (default all 1), as in generate")
     parser.set_defaults(handler=run_eval)
     return parser
 
@@ -85,11 +97,27 @@ def _default_loader() -> Loader:
     return load_model
 
 
-def _load(specs: Sequence[str], loader: Loader | None) -> list[EvalMember]:
+def _load(specs: Sequence[str], loader: Loader | None) -> list[LoadedModel]:
+    """Each spec loaded once and named by its spec (a catalogue name, or the path given)."""
+    from unite_logits.models.loading import LoadedModel
+
     if len(set(specs)) != len(specs):
         raise EvalUsageError(f"each model may be given once: {list(specs)}")
     load = loader or _default_loader()
-    return [EvalMember(*load(spec), name=spec) for spec in specs]
+    members = []
+    for spec in specs:
+        loaded = load(spec)
+        members.append(LoadedModel(loaded[0], loaded[1], spec, getattr(loaded, "digest", None)))
+    return members
+
+
+def _check_weights(weights: Sequence[float] | None, n_models: int) -> None:
+    from unite_logits.api import check_weights
+
+    try:
+        check_weights(weights, n_models)
+    except (TypeError, ValueError) as error:
+        raise EvalUsageError(f"--weights: {error}") from None
 
 
 def run_eval(args: argparse.Namespace, loader: Loader | None = None) -> int:
@@ -98,9 +126,10 @@ def run_eval(args: argparse.Namespace, loader: Loader | None = None) -> int:
     if args.mode != "free" and not task.multiple_choice:
         raise EvalUsageError(f"--mode {args.mode} needs a multiple-choice task (arc, piqa, mmlu)")
     items = load_items(task, args.data_dir, args.data, args.limit)
+    _check_weights(args.weights, len(args.members))
     members = _load(args.members, loader)
     summary = evaluate(task, members, out_dir=args.out, mode=args.mode, items=items, top_k=args.top_k,
-                       max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+                       weights=args.weights, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
     print(summary.to_markdown())
     print(f"records and summary in {args.out}")
     return 0

@@ -41,16 +41,23 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All records of a JSON Lines file; blank lines are skipped, bad lines are errors."""
+    """All records (JSON objects) of a JSON Lines file; blank lines are skipped, bad lines
+    (not UTF-8, not JSON, not an object) are errors naming the line."""
     if not path.is_file():
         raise EvalUsageError(f"data file not found: {path}")
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise EvalUsageError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EvalUsageError(f"{path}:{number}: not valid UTF-8 (byte {exc.start})") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvalUsageError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise EvalUsageError(f"{path}:{number}: a record has to be a JSON object, not {type(row).__name__}")
+        rows.append(row)
     return rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,16 @@ class RecordLog:
             if line.strip():
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, UnicodeDecodeError):
                     if index < len(lines) - 1 and any(l.strip() for l in lines[index + 1:]):
                         raise EvalUsageError(f"{self.path}: line {index + 1} is damaged") from None
                     self._truncate(offset)  # the cut-off last write: redo that item
                     break
+                if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                    raise EvalUsageError(
+                        f"{self.path}: line {index + 1} is not a result record (no item id); "
+                        "remove that line or use another --out"
+                    )
                 records[record["id"]] = record
             offset = end
         else:
@@ -65,17 +71,30 @@ class RecordLog:
             os.fsync(fh.fileno())
 
 
+def _short(value: Any) -> str:
+    """A setting for a one-line message: digests cut to 12 characters."""
+    text = json.dumps(value, ensure_ascii=False)
+    return re.sub(r"([0-9a-f]{12})[0-9a-f]{52}", r"\1…", text)
+
+
 def check_meta(path: Path, meta: Mapping[str, Any]) -> None:
     """Write run settings on first use; refuse to resume a run made with other settings."""
     path = Path(path)
     if path.exists():
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            stored = None
+        if not isinstance(stored, dict):
+            raise EvalUsageError(f"{path} is damaged (not a JSON object); delete it to start that run afresh, or use another --out")
         diffs = [k for k in meta if stored.get(k) != meta[k]]
         if diffs:
-            detail = "; ".join(f"{k}: stored {stored.get(k)!r}, now {meta[k]!r}" for k in diffs)
+            detail = "; ".join(f"{k}: stored {_short(stored.get(k))}, now {_short(meta[k])}" for k in diffs)
             raise EvalUsageError(
                 f"{path.parent} holds a run with other settings ({detail}); use another --out"
             )
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(meta), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial = path.with_name(path.name + ".partial")  # renamed into place: never half written
+    partial.write_text(json.dumps(dict(meta), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(partial, path)

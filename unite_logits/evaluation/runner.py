@@ -1,8 +1,10 @@
 """Evaluate each member alone and the ensemble on the same items, resumably.
 
-The ensemble is injected as ``make_processor(prompt) -> LogitsProcessor | None`` so the
-harness does not depend on how the core builds it (tests inject stand-ins); by default
-it builds a fresh ``UniTEProcessor`` per item with the first member as primary. Both
+Members are `unite_logits.models.loading.LoadedModel`s, the same type `load_model` returns
+and `unite_logits.api.Ensemble` takes. The ensemble is injected as
+``make_processor(prompt) -> LogitsProcessor | None`` (tests inject stand-ins); by default
+it is built by `unite_logits.api.Ensemble.processor`, the one factory that also serves
+``generate`` and the CLI, so the evaluated ensemble has the same weights and EOS ids. Both
 modes share that processor: free generation passes it to ``generate``, constrained
 choice calls it once on the primary's prompt logits.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ from unite_logits.evaluation.choice import choose
 from unite_logits.evaluation.data import resolve_data_dir
 from unite_logits.evaluation.errors import EvalUsageError
 from unite_logits.evaluation.generation import generate
+from unite_logits.evaluation.identity import data_digest, run_identity
 from unite_logits.evaluation.records import RecordLog, check_meta
 from unite_logits.evaluation.summary import ENSEMBLE, Summary, summarize
 from unite_logits.evaluation.tasks import Item, Task, TaskData, get_task
+from unite_logits.models.loading import LoadedModel
 
 __all__ = [
     "EvalMember",
@@ -41,18 +44,12 @@ ProcessorFactory = Callable[[str], LogitsProcessor | None]
 MODES = ("free", "constrained", "both")
 
 
-@dataclass(frozen=True)
-class EvalMember:
-    """A model with its tokenizer and the name used in records and reports."""
-
-    model: Any
-    tokenizer: Any
-    name: str
+EvalMember = LoadedModel  # the evaluation's member is a loaded model: one type, not two
 
 
-def as_members(members: Iterable[Any]) -> list[EvalMember]:
-    """Accept ``(model, tokenizer, name)`` tuples or ``EvalMember``s; names must be unique."""
-    out = [m if isinstance(m, EvalMember) else EvalMember(*m) for m in members]
+def as_members(members: Iterable[Any]) -> list[LoadedModel]:
+    """Accept `LoadedModel`s or ``(model, tokenizer, name)`` tuples; names must be unique."""
+    out = [m if isinstance(m, LoadedModel) else LoadedModel(*m) for m in members]
     if not out:
         raise EvalUsageError("at least one member is needed")
     names = [m.name for m in out]
@@ -61,20 +58,14 @@ def as_members(members: Iterable[Any]) -> list[EvalMember]:
     return out
 
 
-def unite_processor_factory(members: Sequence[EvalMember], top_k: int = 10) -> ProcessorFactory:
-    """A fresh UniTE processor per item: first member primary, the others auxiliaries."""
-    from unite_logits import Member, UniTEProcessor  # the core; imported only when used
+def unite_processor_factory(
+    members: Sequence[LoadedModel], top_k: int = 10, weights: Sequence[float] | None = None
+) -> ProcessorFactory:
+    """A fresh UniTE processor per item, built as ``generate`` builds it (first member primary)."""
+    from unite_logits.api import Ensemble  # the core; imported only when used
 
-    primary, auxiliaries = members[0], members[1:]
-
-    def make(prompt: str) -> LogitsProcessor:
-        return UniTEProcessor(
-            primary_tokenizer=primary.tokenizer,
-            members=[Member(m.model, m.tokenizer, weight=1.0, name=m.name) for m in auxiliaries],
-            top_k=top_k,
-        )
-
-    return make
+    ensemble = Ensemble(members, weights=weights, top_k=top_k)
+    return lambda prompt: ensemble.processor(prompt)
 
 
 def _modes(mode: str, task: Task) -> list[str]:
@@ -125,11 +116,26 @@ def evaluate_item(
     return record
 
 
+def _refuse_duplicate_ids(data: TaskData, source: str) -> None:
+    seen: dict[str, int] = {}
+    for entry in sorted([*data.items, *data.skipped], key=lambda e: e.row):
+        if entry.id in seen:
+            raise EvalUsageError(
+                f"{source}: item id {entry.id!r} appears more than once (records {seen[entry.id] + 1} and "
+                f"{entry.row + 1}); ids have to be unique"
+            )
+        seen[entry.id] = entry.row
+
+
 def load_items(
     task: Task, data_dir: str | Path | None = None, data_path: str | Path | None = None,
     limit: int | None = None,
 ) -> TaskData:
-    """The task's items (first ``limit`` of its fixed order) and its skipped rows."""
+    """The task's items (first ``limit`` of its fixed order) and the skipped rows among them.
+
+    Refuses data without a scorable item and data whose ids repeat (results are keyed by
+    id). ``digest`` covers the whole data set, so ``--limit`` can grow on resume.
+    """
     if limit is not None and limit < 1:
         raise EvalUsageError(f"--limit must be positive, got {limit}")
     if data_path is not None and data_dir is None:
@@ -140,7 +146,16 @@ def load_items(
     else:
         root = resolve_data_dir(data_dir)
     data = task.load(root, Path(data_path) if data_path is not None else None)
-    return TaskData(data.items[:limit] if limit else data.items, data.skipped)
+    source = str(data_path) if data_path is not None else f"{task.name} data in {root}"
+    _refuse_duplicate_ids(data, source)
+    if not data.items:
+        raise EvalUsageError(f"{source}: no scorable items ({len(data.skipped)} rows skipped as unscorable)")
+    digest = data_digest(data)
+    if not limit or limit >= len(data.items):
+        return TaskData(data.items, data.skipped, digest)
+    items = data.items[:limit]
+    last_row = items[-1].row
+    return TaskData(items, [s for s in data.skipped if s.row < last_row], digest)
 
 
 def evaluate(
@@ -154,6 +169,7 @@ def evaluate(
     data_path: str | Path | None = None,
     make_processor: ProcessorFactory | None = None,
     ensemble: bool = True,
+    weights: Sequence[float] | None = None,
     top_k: int = 10,
     max_new_tokens: int | None = None,
     progress: bool = True,
@@ -163,13 +179,17 @@ def evaluate(
     """Evaluate members alone and (if ``ensemble``) their ensemble; resumes from ``out_dir``.
 
     Records go to ``<out_dir>/<task>.<mode>.jsonl`` one line per item as it finishes;
-    items already there are not redone. ``on_record`` is called after each new record.
+    items already there are not redone, provided the folder holds the same run (task, data,
+    members and their weights digests, ``weights``, ``top_k``, token budget; see
+    `unite_logits.evaluation.identity`); otherwise one-line `EvalUsageError`. ``weights``
+    (one per member, primary first) weight the ensemble as in ``generate``.
+    ``on_record`` is called after each new record.
     """
     task = get_task(task)
     members = as_members(members)
     modes = _modes(mode, task)
     if ensemble and make_processor is None and len(members) >= 2:
-        make_processor = unite_processor_factory(members, top_k)
+        make_processor = unite_processor_factory(members, top_k, weights)
     if not ensemble:
         make_processor = None
     data = items if items is not None else load_items(task, data_dir, data_path, limit)
@@ -178,10 +198,10 @@ def evaluate(
     summary = Summary(task.name)
     for m in modes:
         log = RecordLog(out / f"{task.name}.{m}.jsonl")
-        check_meta(out / f"{task.name}.{m}.meta.json", {
-            "task": task.name, "mode": m, "members": [x.name for x in members],
-            "ensemble": make_processor is not None, "top_k": top_k, "max_new_tokens": max_new,
-        })
+        check_meta(out / f"{task.name}.{m}.meta.json", run_identity(
+            task=task.name, mode=m, data=data, members=members, weights=weights,
+            ensemble=make_processor is not None, top_k=top_k, max_new_tokens=max_new,
+        ))
         done = log.load()
         todo = [item for item in data.items if item.id not in done]
         bar = tqdm(total=len(data.items), initial=len(data.items) - len(todo),

@@ -37,6 +37,7 @@ __all__ = [
     "TASKS",
     "get_task",
     "parse_options",
+    "question_of",
 ]
 
 Answer = float | str | None
@@ -51,6 +52,7 @@ class Item:
     prompt: str
     gold: Any
     letters: tuple[str, ...] = ()
+    row: int = 0  # position in the task's fixed order (items and skipped rows together)
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,26 @@ class Skipped:
 
     id: str
     reason: str
+    row: int = 0
 
 
 @dataclass
 class TaskData:
+    """Items to evaluate and unscorable rows; ``digest`` identifies the whole data set
+    (every id, prompt and gold answer), so a results folder can refuse other data."""
+
     items: list[Item]
     skipped: list[Skipped] = field(default_factory=list)
+    digest: str = ""
+
+
+def question_of(row: Mapping[str, Any], where: str) -> str:
+    """The row's question: non-blank text, else an error naming the row."""
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        found = "missing" if question is None else f"{type(question).__name__} {question!r}"[:60]
+        raise EvalUsageError(f"{where}: 'question' has to be non-empty text ({found})")
+    return question
 
 
 class Task(ABC):
@@ -107,13 +123,15 @@ class GSM8KTask(Task):
             raise EvalUsageError(f"GSM8K demonstrations not found: {demo_path}")
         demos = demo_path.read_text(encoding="utf-8")
         items, skipped = [], []
-        for i, row in enumerate(read_jsonl(self._path(data_dir, path))):
+        file = self._path(data_dir, path)
+        for i, row in enumerate(read_jsonl(file)):
             item_id = str(row.get("id", f"gsm8k/{i}"))
             gold = extract.extract_number_answer(str(row.get("answer", "")))
             if gold is None:
-                skipped.append(Skipped(item_id, "no number in the gold answer"))
+                skipped.append(Skipped(item_id, "no number in the gold answer", i))
                 continue
-            items.append(Item(item_id, prompts.gsm_prompt(row["question"], demos), gold))
+            question = question_of(row, f"{file} record {i + 1}")
+            items.append(Item(item_id, prompts.gsm_prompt(question, demos), gold, row=i))
         return TaskData(items, skipped)
 
     def extract(self, text: str, item: Item) -> Answer:
@@ -132,7 +150,7 @@ def parse_options(row: Mapping[str, Any]) -> tuple[dict[str, str], str | None, s
     options = {
         letter: str(row[letter]).strip()
         for letter in _LETTERS
-        if letter in row and str(row[letter]).strip()
+        if row.get(letter) is not None and str(row[letter]).strip()
     }
     gold = str(row.get("answer", "")).strip().upper()
     if gold.isdigit() and 1 <= int(gold) <= len(_LETTERS):
@@ -152,20 +170,21 @@ class ChoiceTask(Task):
     max_new_tokens = 32
 
     def load(self, data_dir: Path, path: Path | None = None) -> TaskData:
+        file = self._path(data_dir, path)
         return self._items(
-            (f"{self.name}/{i}", row, ())
-            for i, row in enumerate(read_jsonl(self._path(data_dir, path)))
+            (f"{self.name}/{i}", row, (), f"{file} record {i + 1}")
+            for i, row in enumerate(read_jsonl(file))
         )
 
     def _items(self, rows: Any) -> TaskData:
         items, skipped = [], []
-        for item_id, row, shots in rows:
+        for position, (item_id, row, shots, where) in enumerate(rows):
             options, gold, reason = parse_options(row)
             if reason is not None:
-                skipped.append(Skipped(item_id, reason))
+                skipped.append(Skipped(item_id, reason, position))
                 continue
-            prompt = prompts.choice_prompt(row["question"], options, shots)
-            items.append(Item(item_id, prompt, gold, tuple(options)))
+            prompt = prompts.choice_prompt(question_of(row, where), options, shots)
+            items.append(Item(item_id, prompt, gold, tuple(options), position))
         return TaskData(items, skipped)
 
     def extract(self, text: str, item: Item) -> Answer:
@@ -214,12 +233,14 @@ class MMLUTask(ChoiceTask):
 
     def _subject_rows(self, root: Path, subject: str) -> list[tuple[str, dict, tuple]]:
         shots = []
-        for row in read_jsonl(root / "dev" / f"{subject}.jsonl")[: self.shots]:
+        dev = root / "dev" / f"{subject}.jsonl"
+        for i, row in enumerate(read_jsonl(dev)[: self.shots]):
             options, gold, reason = parse_options(row)
             if reason is None:
-                shots.append((row["question"], options, gold))
-        rows = read_jsonl(root / self.split / f"{subject}.jsonl")
-        return [(f"mmlu/{subject}/{i}", row, tuple(shots)) for i, row in enumerate(rows)]
+                shots.append((question_of(row, f"{dev} record {i + 1}"), options, gold))
+        file = root / self.split / f"{subject}.jsonl"
+        rows = read_jsonl(file)
+        return [(f"mmlu/{subject}/{i}", row, tuple(shots), f"{file} record {i + 1}") for i, row in enumerate(rows)]
 
 
 class QATask(Task):
@@ -232,14 +253,21 @@ class QATask(Task):
 
     def load(self, data_dir: Path, path: Path | None = None) -> TaskData:
         items, skipped = [], []
-        for i, row in enumerate(read_jsonl(self._path(data_dir, path))):
+        file = self._path(data_dir, path)
+        for i, row in enumerate(read_jsonl(file)):
             item_id = str(row.get("id", f"qa/{i}"))
             aliases = row.get("answer", [])
-            aliases = [aliases] if isinstance(aliases, str) else [str(a) for a in aliases]
+            if isinstance(aliases, (str, int, float)) and not isinstance(aliases, bool):
+                aliases = [aliases]
+            if not isinstance(aliases, list) or not all(
+                isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in aliases
+            ):
+                raise EvalUsageError(f"{file} record {i + 1}: 'answer' has to be text or a list of texts")
+            aliases = [str(a) for a in aliases]
             if not any(extract.normalize_text(a) for a in aliases):
-                skipped.append(Skipped(item_id, "no non-empty answer alias"))
+                skipped.append(Skipped(item_id, "no non-empty answer alias", i))
                 continue
-            items.append(Item(item_id, prompts.qa_prompt(row["question"]), aliases))
+            items.append(Item(item_id, prompts.qa_prompt(question_of(row, f"{file} record {i + 1}")), aliases, row=i))
         return TaskData(items, skipped)
 
     def extract(self, text: str, item: Item) -> Answer:

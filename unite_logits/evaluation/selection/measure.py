@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from unite_logits.evaluation.runner import EvalMember
+from unite_logits.models.loading import LoadedModel
 from unite_logits.evaluation.summary import ModeSummary
 
 __all__ = [
@@ -94,7 +94,7 @@ def top_k_texts(model: Any, tokenizer: Any, context: str, k: int) -> list[str]:
     return [_key(texts[i]) for i in torch.topk(logits, min(k, logits.numel())).indices.tolist()]
 
 
-def top_k_agreement(a: EvalMember, b: EvalMember, contexts: Sequence[str], k: int = 10) -> tuple[float, float]:
+def top_k_agreement(a: LoadedModel, b: LoadedModel, contexts: Sequence[str], k: int = 10) -> tuple[float, float]:
     """(share of contexts where a's top-1 is in b's top-k, and the reverse)."""
     if not contexts:
         return (0.0, 0.0)
