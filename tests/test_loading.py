@@ -333,7 +333,7 @@ def test_read_only_cache_that_needs_a_conversion_is_one_clear_error(tmp_path, mo
     entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
     monkeypatch.setenv(store.CACHE_ENV, str(_unwritable_root(tmp_path)))
     monkeypatch.setattr(loading, "convert_gguf", pytest.fail)
-    with pytest.raises(ModelIntegrityError, match="not writable.*UNITE_LOGITS_CACHE") as caught:
+    with pytest.raises(loading.CacheNotWritableError, match="not writable.*UNITE_LOGITS_CACHE") as caught:
         load_model(entry.name, progress=False, check_ram=False)
     assert "\n" not in str(caught.value)
 
@@ -382,7 +382,7 @@ def test_catalogue_model_is_named_by_its_catalogue_name(cache_dir, tmp_path, mon
 def test_a_gguf_name_on_a_non_gguf_file_is_refused(tmp_path, monkeypatch, content):
     monkeypatch.delenv(memory.SKIP_ENV, raising=False)
     (tmp_path / "model.gguf").write_bytes(content)
-    with pytest.raises(loading.ModelLoadError, match="not a GGUF file"):
+    with pytest.raises(loading.ModelFileError, match="not a GGUF file"):
         load_model(str(tmp_path / "model.gguf"), progress=False)
 
 
@@ -400,7 +400,7 @@ def test_bad_safetensors_in_a_folder_is_one_clear_error(tmp_path, damage, check_
     weights = folder / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes({"garbage": b"\xff" * len(data), "truncated": data[:-100], "empty": b""}[damage])
-    with pytest.raises(loading.ModelLoadError, match="not a valid safetensors file") as caught:
+    with pytest.raises(loading.ModelFileError, match="not a valid safetensors file") as caught:
         load_model(str(folder), progress=False, check_ram=check_ram)
     assert "\n" not in str(caught.value)
 

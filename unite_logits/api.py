@@ -18,6 +18,7 @@ import torch
 from .chat import chat_prompt_ids, plain_text
 from .models.loading import LoadedModel, load_model
 from .member import check_top_k, check_weight
+from .prompt_checks import check_fits, check_text
 
 __all__ = ["Prompt", "GenerationResult", "Ensemble", "generate", "check_prompt", "check_weights"]
 
@@ -25,13 +26,16 @@ Prompt = Union[str, Sequence[Mapping[str, str]]]
 
 
 def check_prompt(prompt: Prompt) -> None:
-    """A prompt is non-blank text or a non-empty list of chat messages."""
+    """A prompt is non-blank valid text or a non-empty list of chat messages."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError("the prompt is empty")
+        check_text(prompt)
         return
     if not prompt or not all(isinstance(m, Mapping) and "role" in m and "content" in m for m in prompt):
         raise ValueError("a chat prompt has to be a non-empty list of {'role': ..., 'content': ...} messages")
+    for index, message in enumerate(prompt):
+        check_text(str(message["content"]), f"message {index}")
 
 
 def check_weights(weights: Sequence[float] | None, n_models: int) -> list[float]:
@@ -164,8 +168,9 @@ class Ensemble:
         """Ensembled continuation of ``prompt`` (a list of messages implies ``chat``)."""
         check_prompt(prompt)
         chat = chat or not isinstance(prompt, str)
-        processor = self.processor(prompt, chat=chat, trace=trace)
         ids = encode_prompt(self.primary, prompt, chat=chat)
+        check_fits(self.primary.model, self.primary.name, len(ids), int(generate_kwargs.get("max_new_tokens", 64)))
+        processor = self.processor(prompt, chat=chat, trace=trace)
         return self._run(self.primary, ids, streamer, [processor], generate_kwargs)
 
     def generate_alone(
@@ -175,6 +180,7 @@ class Ensemble:
         check_prompt(prompt)
         loaded = self.models[index]
         ids = encode_prompt(loaded, prompt, chat=chat or not isinstance(prompt, str))
+        check_fits(loaded.model, loaded.name, len(ids), int(generate_kwargs.get("max_new_tokens", 64)))
         return self._run(loaded, ids, streamer, [], generate_kwargs)
 
 
@@ -195,6 +201,9 @@ def generate(
     ``generate_kwargs`` go to ``model.generate`` (``max_new_tokens``, ``do_sample``, ...);
     greedy with 64 new tokens by default.
     """
+    if isinstance(models, (str, bytes)) or not isinstance(models, Sequence):
+        raise TypeError(f"`models` has to be a list of model names, primary first (e.g. [{models!r}]), "
+                        f"not {type(models).__name__}")
     check_prompt(prompt)
     ensemble = Ensemble.load(models, weights=weights, top_k=top_k, device=device, dtype=dtype)
     return ensemble.generate(prompt, chat=chat, streamer=streamer, **generate_kwargs).text

@@ -21,7 +21,16 @@ from .models.catalogue import CATALOGUE, is_installed
 from .evaluation.cli import add_eval_parser, add_select_parser
 from .evaluation.errors import EvalUsageError
 from .models.memory import format_bytes
-from .models.errors import InsufficientMemoryError, ModelError, ModelNotInstalledError, UnknownModelError
+from .models.errors import (
+    CacheNotWritableError,
+    DeviceError,
+    InsufficientMemoryError,
+    ModelError,
+    ModelFileError,
+    ModelNotInstalledError,
+    UnknownModelError,
+)
+from .prompt_checks import PromptError
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "EXIT_USAGE"]
 
@@ -29,7 +38,15 @@ EXIT_USAGE = 2
 PROG = "unite-logits"
 DEFAULT_PRIMARY = "smollm2-135m-instruct"
 DEFAULT_AUX = "gemma3-270m"
-_USER_ERRORS = (UnknownModelError, ModelNotInstalledError, InsufficientMemoryError)
+_USER_ERRORS = (
+    UnknownModelError,
+    ModelNotInstalledError,
+    InsufficientMemoryError,
+    DeviceError,
+    ModelFileError,
+    CacheNotWritableError,
+    PromptError,
+)
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -67,6 +84,16 @@ def _probability(text: str) -> float:
     value = _positive_float(text)
     if value > 1:
         raise argparse.ArgumentTypeError(f"has to be in (0, 1], got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"has to be between 0 and 2**64 - 1, got {text}")
     return value
 
 
@@ -122,7 +149,7 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=_positive_float, help="sampling temperature (> 0; with --sample)")
     parser.add_argument("--top-p", type=_probability, help="nucleus sampling mass in (0, 1] (with --sample)")
-    parser.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
+    parser.add_argument("--seed", type=_seed, help="random seed, for reproducible sampling")
 
 
 def _load_ensemble(args: argparse.Namespace, *, prompt: Any = None) -> Any:
@@ -147,7 +174,8 @@ def _load_ensemble(args: argparse.Namespace, *, prompt: Any = None) -> Any:
 # -- generate -----------------------------------------------------------------------------
 def _add_generate_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("generate", help="generate text with an ensemble of models")
-    parser.add_argument("prompt", help="the prompt text")
+    parser.add_argument("prompt", nargs="?", help="the prompt text; '-' reads it from stdin")
+    parser.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 file ('-': stdin), for long prompts")
     _add_ensemble_options(parser)
     _add_decoding_options(parser)
     formats = parser.add_mutually_exclusive_group()
@@ -179,11 +207,29 @@ def _report(label: str, result: Any) -> None:
     )
 
 
+def _read_prompt(args: argparse.Namespace) -> str:
+    """The prompt from the argument, ``--prompt-file`` or stdin (``-``); exactly one of them."""
+    if (args.prompt is None) == (args.prompt_file is None):
+        raise UsageError(f"{PROG} generate: error: give the prompt as an argument or with --prompt-file (not both)")
+    source = args.prompt_file if args.prompt_file is not None else args.prompt
+    if source != "-" and args.prompt_file is None:
+        return source
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        return data.decode("utf-8")
+    except OSError as error:
+        raise UsageError(f"{PROG} generate: error: cannot read the prompt file {source!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        where = "stdin" if source == "-" else repr(source)
+        raise UsageError(f"{PROG} generate: error: the prompt in {where} is not UTF-8 (byte {error.start})") from None
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .chat import has_chat_template
 
+    args.prompt = _read_prompt(args)
     ensemble = _load_ensemble(args, prompt=args.prompt)
     args.chat = args.chat or (not args.raw and has_chat_template(ensemble.primary.tokenizer))
     if args.seed is not None:

@@ -15,9 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from unite_logits.evaluation.errors import EvalUsageError
-from unite_logits.evaluation.runner import MODES, evaluate, load_items
-from unite_logits.evaluation.selection import Thresholds, select
-from unite_logits.evaluation.tasks import TASKS, get_task
+from unite_logits.evaluation.tasks import MODES, TASKS, get_task
 
 if TYPE_CHECKING:
     from unite_logits.models.loading import LoadedModel
@@ -122,6 +120,8 @@ def _check_weights(weights: Sequence[float] | None, n_models: int) -> None:
 
 def run_eval(args: argparse.Namespace, loader: Loader | None = None) -> int:
     """Run ``eval``; data problems are reported before any model is loaded."""
+    from unite_logits.evaluation.runner import evaluate, load_items
+
     task = get_task(args.task)
     if args.mode != "free" and not task.multiple_choice:
         raise EvalUsageError(f"--mode {args.mode} needs a multiple-choice task (arc, piqa, mmlu)")
@@ -137,6 +137,9 @@ def run_eval(args: argparse.Namespace, loader: Loader | None = None) -> int:
 
 def run_select(args: argparse.Namespace, loader: Loader | None = None) -> int:
     """Run ``select`` and print the report with its reasons."""
+    from unite_logits.evaluation.runner import load_items
+    from unite_logits.evaluation.selection import Thresholds, select
+
     if len(args.candidates) < 2:
         raise EvalUsageError("select needs at least two --candidates")
     for name, value in (("--min-vocab-overlap", args.min_vocab_overlap),

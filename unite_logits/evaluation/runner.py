@@ -26,7 +26,7 @@ from unite_logits.evaluation.generation import generate
 from unite_logits.evaluation.identity import data_digest, run_identity
 from unite_logits.evaluation.records import RecordLog, check_meta
 from unite_logits.evaluation.summary import ENSEMBLE, Summary, summarize
-from unite_logits.evaluation.tasks import Item, Task, TaskData, get_task
+from unite_logits.evaluation.tasks import MODES, Item, Task, TaskData, get_task
 from unite_logits.models.loading import LoadedModel
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 ProcessorFactory = Callable[[str], LogitsProcessor | None]
-MODES = ("free", "constrained", "both")
 
 
 EvalMember = LoadedModel  # the evaluation's member is a loaded model: one type, not two

@@ -38,9 +38,11 @@ __all__ = [
     "get_task",
     "parse_options",
     "question_of",
+    "MODES",
 ]
 
 Answer = float | str | None
+MODES = ("free", "constrained", "both")  # how a task is asked: generate, pick a letter, or both
 _LETTERS = string.ascii_uppercase[:8]
 
 

@@ -14,6 +14,8 @@ __all__ = [
     "InsufficientMemoryError",
     "ModelLoadError",
     "DeviceError",
+    "ModelFileError",
+    "CacheNotWritableError",
 ]
 
 
@@ -43,3 +45,11 @@ class ModelLoadError(ModelError):
 
 class DeviceError(ModelError, ValueError):
     """The device is unknown to torch or absent from this machine (``cuda`` without CUDA)."""
+
+
+class ModelFileError(ModelLoadError):
+    """A file named as a model is not one: not GGUF, or a garbage or truncated safetensors file."""
+
+
+class CacheNotWritableError(ModelError, PermissionError):
+    """A conversion (or the repair of a damaged one) is needed but the cache folder is read-only."""

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError
+from .errors import ModelFileError
 
 __all__ = ["read_safetensors_header", "check_weight_files", "file_records", "damaged_files", "sha256_of"]
 
@@ -62,11 +62,11 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of a ``.safetensors`` file, after checking it describes the file.
 
     Raises:
-        ModelLoadError: the file is too short, its header is garbage, or it is truncated.
+        ModelFileError: the file is too short, its header is garbage, or it is truncated.
     """
     header, problem = _header_problem(Path(path))
     if problem is not None:
-        raise ModelLoadError(f"{path} is not a valid safetensors file: {problem}")
+        raise ModelFileError(f"{path} is not a valid safetensors file: {problem}")
     assert header is not None
     return header
 

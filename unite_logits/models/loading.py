@@ -23,7 +23,7 @@ import torch
 from . import store
 from .catalogue import CATALOGUE, CatalogueEntry, catalogue_names, get_entry, is_catalogue_name, part_paths
 from .conversion import convert_gguf, transformers_progress
-from .errors import DeviceError, ModelIntegrityError, ModelLoadError, UnknownModelError
+from .errors import CacheNotWritableError, DeviceError, ModelFileError, ModelLoadError, UnknownModelError
 from .gguf_files import materialize_gguf, sha256_file
 from .integrity import check_weight_files, damaged_files, file_records, replace_json
 from .memory import check_memory, conversion_estimate, load_estimate, memory_check_skipped
@@ -119,7 +119,7 @@ def _gguf_source(spec: str, path: Path) -> ModelSource:
     """A local GGUF file; one with a catalogue model's digest shares that model's cache entry."""
     with open(path, "rb") as handle:
         if handle.read(4) != b"GGUF":
-            raise ModelLoadError(f"{spec} is not a GGUF file (it does not start with the GGUF magic bytes)")
+            raise ModelFileError(f"{spec} is not a GGUF file (it does not start with the GGUF magic bytes)")
     digest = sha256_file(path)
     entry = next((e for e in CATALOGUE.values() if e.sha256 == digest), None)
     return ModelSource(spec, "gguf", entry.name if entry else path.stem, path=path, entry=entry, sha256=digest)
@@ -128,7 +128,10 @@ def _gguf_source(spec: str, path: Path) -> ModelSource:
 def resolve(spec: str | os.PathLike[str]) -> ModelSource:
     """Classify ``spec``: catalogue name, ``.gguf`` file, HF folder, or (``org/name``) hub id.
 
+    Cheap (no weights read), yet a file that is not what it claims fails here.
+
     Raises:
+        ModelFileError: a ``.gguf`` that is not GGUF, or a folder with a broken safetensors file.
         UnknownModelError: neither a known name nor an existing path.
         ModelNotInstalledError: a catalogue model whose package is missing.
     """
@@ -141,6 +144,7 @@ def resolve(spec: str | os.PathLike[str]) -> ModelSource:
     if path.is_file() and path.suffix == ".gguf":
         return _gguf_source(text, path.resolve())
     if path.is_dir():
+        check_weight_files(path)  # headers only: a broken folder fails here, before any load
         return ModelSource(text, "folder", path.resolve().name, path=path.resolve())
     if _looks_like_path(text):
         raise UnknownModelError(f"no model file or folder at {text!r}")
@@ -189,7 +193,7 @@ def _params_in_gguf(path: Path) -> int | None:
     try:
         return sum(int(tensor.n_elements) for tensor in GGUFReader(path).tensors)
     except (ValueError, OSError, KeyError, IndexError, TypeError) as error:
-        raise ModelLoadError(f"{path} is not a readable GGUF file: {error}") from None
+        raise ModelFileError(f"{path} is not a readable GGUF file: {error}") from None
 
 
 def _folder_digest(folder: Path) -> str:
@@ -291,7 +295,7 @@ def _usable_cache_entry(source: ModelSource, *, progress: bool) -> Path:
         if not _not_writable(error):
             raise
         damage = f" is damaged ({'; '.join(problems)}) and" if problems else ""
-        raise ModelIntegrityError(
+        raise CacheNotWritableError(
             f"the cached conversion of {source.name}{damage} cannot be written: {target.parent} is not "
             f"writable ({error.strerror}); make it writable or set {store.CACHE_ENV} to a writable folder"
         ) from None

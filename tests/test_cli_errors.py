@@ -1,0 +1,153 @@
+"""Careless use of the command line and the API: one line (exit 2) or one clear exception,
+never a traceback or a silent run. Models are tiny folders saved in the test's cache."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tiny
+from unite_logits import cli
+from unite_logits.api import generate
+from unite_logits.prompt_checks import PromptError, PromptTooLongError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> tuple[str, str]:
+    """Two tiny models saved as Hugging Face folders (4096-position context windows)."""
+    root = tmp_path_factory.mktemp("models")
+    paths = []
+    for name, make_tokenizer, seed in (("primary", tiny.byte_bpe, 0), ("aux", tiny.sp_bpe, 1)):
+        tokenizer = make_tokenizer()
+        tiny.tiny_llama(tokenizer, seed=seed).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        paths.append(str(root / name))
+    return paths[0], paths[1]
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line(code: int, err: str, *needles: str) -> None:
+    assert code == cli.EXIT_USAGE, err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Loading weights")]  # transformers' load bar
+    assert "Traceback" not in err and len(lines) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def _ensemble_args(folders: tuple[str, str]) -> list[str]:
+    return ["--primary", folders[0], "--aux", folders[1], "--raw", "--max-new-tokens", "2", "--no-stream"]
+
+
+@pytest.mark.parametrize(("device", "needle"), [("banana", "unknown device 'banana'"), ("cuda:99", "cuda:99")])
+def test_bad_device_is_one_line(folders, capsys, device, needle):
+    code, out, err = run(["generate", "hi", *_ensemble_args(folders), "--device", device], capsys)
+    assert_one_line(code, err, needle)
+
+
+def test_seed_past_64_bits_is_one_line(folders, capsys):
+    code, _, err = run(["generate", "hi", *_ensemble_args(folders), "--seed", str(2**64)], capsys)
+    assert_one_line(code, err, "--seed", "2**64")
+
+
+def test_lone_surrogate_in_the_prompt_is_one_line(folders, capsys):
+    code, _, err = run(["generate", "caf\udce9", *_ensemble_args(folders)], capsys)
+    assert_one_line(code, err, "not valid Unicode")
+
+
+def test_text_file_named_gguf_is_one_line(tmp_path, folders, capsys):
+    (tmp_path / "model.gguf").write_text("not a model\n")
+    code, _, err = run(["generate", "hi", *_ensemble_args(folders), "--aux", str(tmp_path / "model.gguf")], capsys)
+    assert_one_line(code, err, "not a GGUF file")
+
+
+def test_truncated_safetensors_folder_is_one_line(tmp_path, folders, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folders[1], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    code, _, err = run(["generate", "hi", "--primary", folders[0], "--aux", str(broken), "--raw"], capsys)
+    assert_one_line(code, err, "not a valid safetensors file", "truncated")
+
+
+def test_prompt_file_and_stdin(tmp_path, folders, capsys, monkeypatch):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("The quick brown fox " * 50, encoding="utf-8")
+    code, out, err = run(["generate", "--prompt-file", str(prompt), *_ensemble_args(folders), "--json"], capsys)
+    assert code == 0, err
+    assert '"new_tokens": 2' in out
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"The quick brown fox")))
+    code, out, err = run(["generate", "-", *_ensemble_args(folders), "--json"], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--prompt-file", "/no/such/prompt.txt"], "cannot read the prompt file"),
+        (["hi", "--prompt-file", "/no/such/prompt.txt"], "not both"),
+        ([], "give the prompt"),
+    ],
+)
+def test_prompt_source_mistakes_are_one_line(folders, capsys, extra, needle):
+    code, _, err = run(["generate", *extra, *_ensemble_args(folders)], capsys)
+    assert_one_line(code, err, needle)
+
+
+def test_prompt_file_that_is_not_utf8_is_one_line(tmp_path, folders, capsys):
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    code, _, err = run(["generate", "--prompt-file", str(tmp_path / "latin1.txt"), *_ensemble_args(folders)], capsys)
+    assert_one_line(code, err, "not UTF-8")
+
+
+def test_prompt_past_the_primarys_context_window_is_refused_up_front(folders, capsys):
+    argv = ["generate", "hi", "--primary", folders[0], "--aux", folders[1], "--raw", "--max-new-tokens", "5000"]
+    code, out, err = run(argv, capsys)
+    assert_one_line(code, err, "context window is 4096", "max_new_tokens=5000")
+    assert out == ""
+
+
+def test_api_refuses_a_string_of_models():
+    with pytest.raises(TypeError, match="list of model names"):
+        generate(models="smollm2-135m-instruct", prompt="hi")
+
+
+def test_api_refuses_a_long_prompt_before_generating(monkeypatch):
+    from tiny_ensemble import tiny_ensemble
+
+    ensemble = tiny_ensemble()
+    monkeypatch.setattr(ensemble.primary.model.config, "max_position_embeddings", 16)
+    monkeypatch.setattr(ensemble.primary.model, "generate", lambda *a, **k: pytest.fail("generation started"))
+    with pytest.raises(PromptTooLongError, match="tiny-primary, whose context window is 16"):
+        ensemble.generate("word " * 40, max_new_tokens=4)
+    with pytest.raises(PromptTooLongError):
+        ensemble.generate_alone(0, "word " * 40, max_new_tokens=4)
+    with pytest.raises(PromptError, match="not valid Unicode"):
+        ensemble.generate([{"role": "user", "content": "\ud800"}])
+
+
+def test_help_and_bad_options_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from unite_logits.cli import main\n"
+        "assert main(['--help']) == 0 and main(['generate', '--help']) == 0\n"
+        "assert main(['generate', '--top-k', 'x', 'hi']) == 2\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.returncode == 0, result.stderr
