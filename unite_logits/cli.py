@@ -316,11 +316,55 @@ def _run_chat(args: argparse.Namespace) -> int:
     return run_chat(ensemble, options, system=args.system)
 
 
+API_KEY_ENV = "UNITE_LOGITS_API_KEY"
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"has to be at most 65535, got {value}")
+    return value
+
+
+def _add_serve_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("serve", help="serve the ensemble over an OpenAI-compatible HTTP API")
+    _add_ensemble_options(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=_port, default=8000, help="default 8000")
+    parser.add_argument("--api-key", help=f"require this key from clients (default ${API_KEY_ENV}; unset: no key)")
+    parser.add_argument("--served-model-name", help="the model id clients ask for (default: the members joined by '+')")
+    parser.add_argument("--max-tokens", type=_positive_int, default=256, help="max_tokens of a request that gives none (default 256)")
+    parser.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import socket
+
+    try:
+        from .serving import ServerSettings, serve
+    except ImportError as error:
+        raise UsageError(f"{PROG} serve: error: {error.name} is missing; pip install 'unite-logits[serve]'") from None
+    with socket.socket() as probe:  # a taken port is reported before minutes of loading
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as error:
+            raise UsageError(f"{PROG} serve: error: cannot listen on {args.host}:{args.port}: {error.strerror}") from None
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        warnings.warn(f"listening on {args.host} without an API key: anyone who reaches it can use it", stacklevel=1)
+    ensemble = _load_ensemble(args)
+    name = args.served_model_name or "+".join(dict.fromkeys(m.name for m in ensemble.models))
+    print(f"[{PROG}] serving {name!r} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
+    serve(ensemble, ServerSettings(name, api_key, args.max_tokens), host=args.host, port=args.port)
+    return 0
+
+
 # -- wiring -------------------------------------------------------------------------------
 SUBCOMMANDS: tuple[Callable[[Any], Any], ...] = (
     _add_models_parser,
     _add_generate_parser,
     _add_chat_parser,
+    _add_serve_parser,
     add_eval_parser,
     add_select_parser,
 )

@@ -1,0 +1,330 @@
+"""The OpenAI-compatible server, driven over loopback by the official ``openai`` client.
+
+A real uvicorn server runs in a background thread on a free 127.0.0.1 port, serving a tiny
+ensemble built in code (testkit/tiny_ensemble.py); every expectation is checked against the
+same ensemble run directly, in-process.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from tiny_ensemble import tiny_ensemble  # noqa: E402
+
+from unite_logits import cli  # noqa: E402
+from unite_logits.serving import BackgroundServer, ServerSettings  # noqa: E402
+from unite_logits.token_stream import GenerationOptions, generate_streamed  # noqa: E402
+
+MODEL = "tiny-ensemble"
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture(scope="module")
+def ensemble():
+    return tiny_ensemble()
+
+
+@pytest.fixture(scope="module")
+def server(ensemble):
+    with BackgroundServer(ensemble, ServerSettings(MODEL, default_max_tokens=12)) as running:
+        yield running
+    assert not running._thread.is_alive()  # stopped, port released
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+
+
+def alone(ensemble, prompt, chat=True, **options):
+    """What the ensemble answers to ``prompt`` run directly, outside the server."""
+    return generate_streamed(ensemble, prompt, chat=chat, options=GenerationOptions(**options))
+
+
+def wait_for(predicate, seconds=60.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# -- the happy paths --------------------------------------------------------------------
+def test_models_lists_the_ensemble(client, ensemble):
+    (card,) = client.models.list().data
+    assert card.id == MODEL and card.owned_by == "unite-logits"
+    assert card.model_extra["members"] == ["tiny-primary", "tiny-aux"]
+    assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_chat_completion_is_the_ensembles_answer(client, ensemble):
+    response = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=10)
+    expected = alone(ensemble, HELLO, max_new_tokens=10)
+    (choice,) = response.choices
+    assert choice.message.role == "assistant" and choice.message.content == expected.text != ""
+    assert choice.finish_reason == "length" and response.object == "chat.completion"
+    assert response.id.startswith("chatcmpl-") and response.model == MODEL
+    assert response.usage.prompt_tokens == expected.prompt_tokens > 0
+    assert response.usage.completion_tokens == 10 and response.usage.total_tokens == expected.prompt_tokens + 10
+
+
+def test_default_max_tokens_is_the_servers(client):
+    response = client.chat.completions.create(model=MODEL, messages=HELLO)
+    assert response.usage.completion_tokens == 12
+
+
+def test_streamed_chat_adds_up_to_the_same_answer(client, ensemble):
+    chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=10, stream=True,
+                                                 stream_options={"include_usage": True}))
+    expected = alone(ensemble, HELLO, max_new_tokens=10)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(content) == expected.text and len(content) > 2  # token by token, not at the end
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == ["length"]
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+
+
+def test_raw_sse_framing(server):
+    """The bytes on the wire: ``data: {json}`` events, a blank line after each, ``data: [DONE]`` last."""
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    body = {"model": MODEL, "prompt": "The quick brown", "max_tokens": 4, "stream": True}
+    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("content-type").startswith("text/event-stream")
+    events = response.read().decode().split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    payloads = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(e.startswith("data: ") for e in events[:-1])
+    assert {p["object"] for p in payloads} == {"text_completion"}
+    assert set(payloads[0]["choices"][0]) == {"index", "text", "logprobs", "finish_reason"}
+    assert payloads[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_completions_plain_and_streamed_match_the_ensemble(client, ensemble):
+    prompt = "The quick brown fox"
+    expected = alone(ensemble, prompt, chat=False, max_new_tokens=8)
+    response = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8)
+    assert response.choices[0].text == expected.text != "" and response.object == "text_completion"
+    assert response.usage.prompt_tokens == expected.prompt_tokens
+    streamed = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == expected.text
+    assert streamed[-1].choices[0].finish_reason == "length"
+
+
+def test_several_prompts_and_n(client, ensemble):
+    prompts = ["The quick brown fox", "Muffins and pancakes"]
+    response = client.completions.create(model=MODEL, prompt=prompts, max_tokens=5, n=2)
+    texts = [c.text for c in sorted(response.choices, key=lambda c: c.index)]
+    first, second = (alone(ensemble, p, chat=False, max_new_tokens=5).text for p in prompts)
+    assert texts == [first, first, second, second]  # greedy: the n choices of one prompt agree
+    assert response.usage.completion_tokens == 20
+
+
+def test_logprobs_come_from_the_ensembled_distribution(client, ensemble):
+    response = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, logprobs=True,
+                                              top_logprobs=3)
+    expected = alone(ensemble, HELLO, max_new_tokens=6, top_logprobs=3)
+    got = response.choices[0].logprobs.content
+    assert [t.token for t in got] == [t.token for t in expected.logprobs] and len(got) == 6
+    for entry, reference in zip(got, expected.logprobs):
+        assert entry.logprob == pytest.approx(reference.logprob, abs=1e-6)
+        assert entry.bytes == reference.bytes
+        assert [t.token for t in entry.top_logprobs] == [t.token for t in reference.top]
+        assert entry.top_logprobs[0].token == entry.token  # greedy emits the ensemble's best
+    legacy = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=4, logprobs=2)
+    logprobs = legacy.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 4
+    assert "".join(logprobs.tokens) == legacy.choices[0].text
+    assert all(len(top) <= 2 and max(top.values()) == pytest.approx(lp) for top, lp in
+               zip(logprobs.top_logprobs, logprobs.token_logprobs))
+
+
+def test_stop_strings_cut_the_answer(client, ensemble):
+    full = alone(ensemble, HELLO, max_new_tokens=12).text
+    stop = full[4:7]
+    assert len(stop) == 3 and full.find(stop) >= 4
+    response = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=12, stop=[stop])
+    assert response.choices[0].message.content == full[: full.find(stop)]
+    assert response.choices[0].finish_reason == "stop" and response.usage.completion_tokens < 12
+
+
+def test_seed_makes_sampling_reproducible(client):
+    def sample(seed):
+        return client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=12, temperature=1.0,
+                                              seed=seed).choices[0].message.content
+
+    assert sample(7) == sample(7)
+    assert len({sample(seed) for seed in (1, 2, 3)}) > 1  # it does sample
+
+
+def test_four_concurrent_requests_each_get_their_own_answer(client):
+    """Different prompts, lengths and seeds, half streamed: each answer equals that request run alone."""
+    questions = ["Hello there", "What is 12 plus 30?", "The quick brown fox", "Tokenizers split text"]
+
+    def ask(index):
+        request = {"model": MODEL, "messages": [{"role": "user", "content": questions[index]}],
+                   "max_tokens": 8 + 2 * index, "temperature": 1.0, "seed": 100 + index}
+        if index % 2:
+            stream = client.chat.completions.create(**request, stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        return client.chat.completions.create(**request).choices[0].message.content
+
+    expected = [ask(i) for i in range(len(questions))]
+    assert len(set(expected)) == 4  # distinguishable answers
+    answers: dict[int, str] = {}
+    start = threading.Barrier(len(questions))
+
+    def ask_together(index):
+        start.wait()
+        answers[index] = ask(index)
+
+    threads = [threading.Thread(target=ask_together, args=(i,)) for i in range(len(questions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert [answers.get(i) for i in range(len(questions))] == expected
+
+
+def test_a_client_leaving_mid_stream_stops_its_generation(client, server):
+    worker = server.app.state.worker
+    stream = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3000, stream=True)
+    received = []
+    for chunk in stream:
+        received.append(chunk)
+        if len(received) == 4:
+            break
+    request_id = received[0].id
+    stream.close()
+    assert wait_for(lambda: any(f.request_id == request_id for f in worker.finished))
+    (finished,) = [f for f in worker.finished if f.request_id == request_id]
+    assert finished.finish_reasons == ("cancelled",)
+    assert finished.completion_tokens < 3000
+    # and the server carries on
+    assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2).usage.completion_tokens == 2
+
+
+# -- bad requests -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "param", "needle"),
+    [
+        ({"messages": []}, "messages", "at least 1"),
+        ({"messages": "hello"}, "messages", ""),
+        ({"messages": [{"role": "user"}]}, None, ""),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, None, ""),
+        ({"model": "gpt-9"}, "model", "does not exist"),
+        ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"max_tokens": "many"}, "max_tokens", ""),
+        ({"temperature": 3}, "temperature", ""),
+        ({"top_p": 0}, "top_p", ""),
+        ({"n": 100}, "n", ""),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+        ({"top_logprobs": 2}, None, "needs logprobs"),
+        ({"presence_penalty": 0.5}, None, "not supported"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, None, "tools"),
+    ],
+)
+def test_bad_chat_requests_get_400_with_an_openai_error_body(client, overrides, param, needle):
+    request = {"model": MODEL, "messages": HELLO, "max_tokens": 4, **overrides}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(**request)
+    assert caught.value.status_code == 400
+    error = caught.value.body
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert needle in error["message"]
+    if param is not None:
+        assert error["param"] == param
+    assert client.models.list().data[0].id == MODEL  # still up
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"model": "tiny-ensemble"}', b"[]"])
+def test_malformed_bodies_get_400(server, body):
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    payload = json.loads(response.read())
+    assert response.status == 400 and set(payload["error"]) == {"message", "type", "param", "code"}
+
+
+def test_bad_completion_requests(client):
+    for request in ({"prompt": "  "}, {"prompt": []}, {"prompt": "x", "echo": True}, {"prompt": "x", "logprobs": 6},
+                    {"prompt": ["a", "b", "c"], "n": 3}):
+        with pytest.raises(openai.BadRequestError):
+            client.completions.create(model=MODEL, max_tokens=2, **request)
+
+
+# -- API key ------------------------------------------------------------------------------
+def test_api_key_is_required_when_set(ensemble):
+    with BackgroundServer(ensemble, ServerSettings(MODEL, api_key="sekret")) as keyed:
+        for wrong in ("nope", ""):
+            bad = openai.OpenAI(base_url=keyed.url, api_key=wrong or "-", max_retries=0)
+            with pytest.raises(openai.AuthenticationError) as caught:
+                bad.models.list()
+            assert caught.value.status_code == 401 and caught.value.body["code"] == "invalid_api_key"
+        good = openai.OpenAI(base_url=keyed.url, api_key="sekret", max_retries=0)
+        assert good.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2).usage.completion_tokens == 2
+        connection = http.client.HTTPConnection(keyed.host, keyed.port, timeout=30)
+        connection.request("GET", "/v1/models")  # no Authorization header at all
+        assert connection.getresponse().status == 401
+
+
+# -- the command line ---------------------------------------------------------------------
+def test_serve_reports_a_taken_port_in_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_load_ensemble", lambda args: pytest.fail("loaded models before checking the port"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code = cli.main(["serve", "--port", str(taken.getsockname()[1])])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE and len(err.strip().splitlines()) == 1 and "cannot listen" in err
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.real_models
+def test_the_serve_command_on_the_real_models(tmp_path):
+    from _real_models import skip_unless_installed
+
+    for name in ("smollm2-135m-instruct", "gemma3-270m"):
+        skip_unless_installed(name)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNITE_LOGITS_API_KEY": "k"}
+    child = subprocess.Popen([sys.executable, "-m", "unite_logits", "serve", "--port", str(port)], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0, timeout=300)
+
+        def up():
+            try:
+                return bool(client.models.list().data)
+            except openai.APIConnectionError:
+                return child.poll() is None and False
+
+        assert wait_for(up, seconds=600), child.stdout.read().decode() if child.poll() is not None else "no start"
+        assert client.models.list().data[0].id == "smollm2-135m-instruct+gemma3-270m"
+        answer = client.chat.completions.create(model="smollm2-135m-instruct+gemma3-270m", max_tokens=16,
+                                                messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in answer.choices[0].message.content
+    finally:
+        child.terminate()
+        child.wait(60)

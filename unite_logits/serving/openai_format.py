@@ -1,0 +1,71 @@
+"""The JSON shapes of OpenAI responses, chunks and errors, built from our results.
+
+Field for field as the OpenAI API (and vLLM / llama.cpp's servers) send them, so that any
+OpenAI client reads them: ``chat.completion`` / ``chat.completion.chunk`` and
+``text_completion`` objects, log-probs in the chat form (``content: [{token, logprob,
+bytes, top_logprobs}]``) or the legacy completions form (``tokens``, ``token_logprobs``,
+``top_logprobs``, ``text_offset``), and errors as ``{"error": {message, type, param, code}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..token_stream import StreamedResult, TokenLogprob
+
+__all__ = [
+    "error_body",
+    "sse",
+    "SSE_DONE",
+    "usage",
+    "chat_logprobs",
+    "completion_logprobs",
+    "finish_reason",
+]
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def sse(payload: dict[str, Any]) -> str:
+    """One server-sent event carrying ``payload`` as JSON."""
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def finish_reason(result: StreamedResult) -> str:
+    """OpenAI knows ``stop`` and ``length``; a cancelled run only reaches a client that left."""
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def _entry(token: TokenLogprob) -> dict[str, Any]:
+    return {"token": token.token, "logprob": token.logprob, "bytes": token.bytes}
+
+
+def chat_logprobs(tokens: Sequence[TokenLogprob]) -> dict[str, Any]:
+    """``choices[i].logprobs`` of a chat completion (or of one chunk)."""
+    return {"content": [{**_entry(t), "top_logprobs": [_entry(top) for top in t.top]} for t in tokens]}
+
+
+def completion_logprobs(tokens: Sequence[TokenLogprob], text_offset: int = 0) -> dict[str, Any]:
+    """``choices[i].logprobs`` of a legacy completion; offsets count characters from ``text_offset``."""
+    offsets = []
+    for token in tokens:
+        offsets.append(text_offset)
+        text_offset += len(token.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [{top.token: top.logprob for top in t.top} for t in tokens],
+        "text_offset": offsets,
+    }

@@ -1,0 +1,110 @@
+"""One thread that runs every generation of the server, one request after another.
+
+Each request gets its own `UniTEProcessor` (built inside `Ensemble.generate`), so no request
+sees another's auxiliary state; the models themselves are shared, and running them from one
+thread means no two generations interleave on them and a request's ``seed`` governs exactly
+its own sampling. Requests wait in a FIFO queue. Batching several requests into one
+``generate`` call is the next step once batched auxiliaries land in the core.
+
+Events reach the caller through ``job.notify(kind, index, payload)`` from the worker thread:
+``("piece", i, Piece)`` as text becomes final, ``("done", i, StreamedResult)`` per choice,
+and finally ``("end", -1, None)`` or ``("error", -1, exception)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..token_stream import GenerationOptions, StreamedResult, generate_streamed
+
+__all__ = ["Job", "GenerationWorker", "FinishedJob"]
+
+logger = logging.getLogger(__name__)
+
+Notify = Callable[[str, int, Any], None]
+
+
+@dataclass
+class Job:
+    """One request: a prompt per choice, how to decode, where events go, a cancel flag."""
+
+    request_id: str
+    prompts: Sequence[Any]
+    chat: bool
+    options: GenerationOptions
+    notify: Notify
+    seed: int | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """What became of a job: its finish reasons and tokens (for logs and tests)."""
+
+    request_id: str
+    finish_reasons: tuple[str, ...]
+    completion_tokens: int
+
+
+class GenerationWorker:
+    """Runs `Job`s on one daemon thread, in arrival order."""
+
+    def __init__(self, ensemble: Any, history: int = 64) -> None:
+        self.ensemble = ensemble
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self.finished: deque[FinishedJob] = deque(maxlen=history)
+        self._thread = threading.Thread(target=self._loop, name="unite-logits-generation", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        self._jobs.put(job)
+
+    @property
+    def waiting(self) -> int:
+        return self._jobs.qsize()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish the job in progress, then stop the thread (jobs still queued are dropped)."""
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._run(job)
+            except Exception as error:  # reported to its request; the worker goes on
+                logger.exception("request %s failed", job.request_id)
+                job.notify("error", -1, error)
+            else:
+                job.notify("end", -1, None)
+
+    def _run(self, job: Job) -> None:
+        results: list[StreamedResult] = []
+        if job.cancel.is_set():  # the client left while the job waited
+            self.finished.append(FinishedJob(job.request_id, ("cancelled",), 0))
+            return
+        if job.seed is not None:
+            torch.manual_seed(job.seed)
+        for index, prompt in enumerate(job.prompts):
+            result = generate_streamed(
+                self.ensemble, prompt, chat=job.chat, options=job.options,
+                on_piece=lambda piece, index=index: job.notify("piece", index, piece), cancel=job.cancel,
+            )
+            results.append(result)
+            job.notify("done", index, result)
+            if result.finish_reason == "cancelled":
+                break
+        reasons = tuple(r.finish_reason for r in results)
+        self.finished.append(FinishedJob(job.request_id, reasons, sum(r.completion_tokens for r in results)))
+        logger.info("request %s: %s, %d tokens", job.request_id, ",".join(reasons), self.finished[-1].completion_tokens)
