@@ -5,8 +5,7 @@ import torch
 
 from _real_models import load_real
 from unite_logits import Member, UniTEProcessor
-from unite_logits.kv_cache import RollbackSlidingWindowLayer
-from unite_logits.member_state import MemberRow, MemberRunner
+from unite_logits.rows import AuxiliaryRows, LocalRunner
 from unite_logits.sync import TokenSync
 from unite_logits.token_bytes import token_bytes_view
 
@@ -51,19 +50,20 @@ def test_gemma_rollback_on_a_prompt_longer_than_its_sliding_window(pair):
     """Gemma 3 has 512-token sliding-window layers: rollbacks past the window must stay exact."""
     _, _, aux, aux_tok = pair
     view = token_bytes_view(aux_tok)
-    runner = MemberRunner(aux, view.size)
+    runner = LocalRunner(aux, view.size, "gemma")
     long_prompt = "The quick brown fox jumps over the lazy dog. " * 70
-    row = MemberRow.prefill(runner, TokenSync.from_text(view, long_prompt))
+    member = AuxiliaryRows(runner, [TokenSync.from_text(view, long_prompt)])
+    row = member.rows[0]
     assert len(row.fed) > 600
     for piece in [" Muff", "ins", " are", " baked", " in", " the", " morn", "ing", "."]:
-        row.push_token(0, piece.encode())
-        row.refresh(runner)
+        member.push_token(0, 0, piece.encode())
+        member.refresh()
     with torch.no_grad():
         fresh = torch.log_softmax(aux(input_ids=torch.tensor([row.sync.ids])).logits[0, -1].float(), -1)
-    torch.testing.assert_close(row.logprobs, fresh, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(member.logprobs[0], fresh, atol=2e-3, rtol=1e-3)
     # rollbacks took no refill, and the sliding-window layers hold their window, not the text
     assert runner.refills == 0
-    sliding = [layer for layer in row.cache.layers if isinstance(layer, RollbackSlidingWindowLayer)]
+    sliding = [group for group in member.cache._groups.values() if group.window is not None]
     assert sliding and all(
-        layer.keys.shape[-2] <= layer.sliding_window - 1 + 2 * layer.margin < len(row.fed) for layer in sliding
+        group.columns <= 2 * (group.window - 1 + 2 * member.cache.margin) < len(row.fed) for group in sliding
     )

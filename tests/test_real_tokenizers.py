@@ -59,8 +59,9 @@ def test_newline_space_and_specials(real_view):
     assert view.bytes_of(view.byte_ids[b"\n"]) == b"\n"
     for special in tok.all_special_ids:
         assert view.bytes_of(special) is None
-        assert candidate_key(view, special, is_primary=False) in (None, EOS)
-    assert candidate_key(view, view.eos_id, is_primary=False) is EOS
+        key = candidate_key(view, special)
+        assert key is EOS or key == ("special", tok.convert_ids_to_tokens(special))
+    assert candidate_key(view, view.eos_id) is EOS
     assert view.unk_id is None or view.bytes_of(view.unk_id) is None
 
 

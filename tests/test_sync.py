@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 import tiny
 from strategies import chunked, texts
-from unite_logits.member_state import MemberRow, MemberRunner
+from unite_logits.rows import AuxiliaryRows, LocalRunner
 from unite_logits.sync import TokenSync
 from unite_logits.token_bytes import token_bytes_view
 
@@ -115,17 +115,17 @@ def test_cached_distribution_equals_fresh_forward(name, text, cuts):
     tokenizer = tiny.TOKENIZERS[name]()
     view = token_bytes_view(tokenizer)
     model = tiny.tiny_llama(tokenizer, seed=5)
-    runner = MemberRunner(model, view.size)
-    row = MemberRow.prefill(runner, TokenSync.from_text(view, "The quick"))
+    member = AuxiliaryRows(LocalRunner(model, view.size, "aux"), [TokenSync.from_text(view, "The quick")])
     for chunk in chunked(text.encode("utf-8"), cuts):
-        row.push_token(0, chunk)
-        if row.ready:
-            row.refresh(runner)
-    row.refresh(runner)
+        member.push_token(0, 0, chunk)
+        if member.votes(0):
+            member.refresh()
+    member.refresh()
+    row = member.rows[0]
     ids = torch.tensor([row.sync.ids])
     fresh = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
     assert row.fed == row.sync.ids
-    torch.testing.assert_close(row.logprobs, fresh, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(member.logprobs[0], fresh, atol=1e-4, rtol=1e-4)
 
 
 def test_sliding_window_model_rolls_back_past_its_window():
@@ -133,17 +133,19 @@ def test_sliding_window_model_rolls_back_past_its_window():
     tokenizer = tiny.sp_bpe()
     view = token_bytes_view(tokenizer)
     model = tiny.tiny_gemma3(tokenizer, sliding_window=8)
-    runner = MemberRunner(model, view.size)
-    row = MemberRow.prefill(runner, TokenSync.from_text(view, "The quick brown fox jumps over the lazy dog"))
+    runner = LocalRunner(model, view.size, "aux")
+    member = AuxiliaryRows(runner, [TokenSync.from_text(view, "The quick brown fox jumps over the lazy dog")])
     for word in [" Muff", "ins", " and", " pan", "cakes", " are", " baked", " in", " the", " morn", "ing", "."] * 3:
-        row.push_token(0, word.encode())
-        row.refresh(runner)
+        member.push_token(0, 0, word.encode())
+        member.refresh()
+    row = member.rows[0]
     assert len(row.fed) > 3 * 8
     fresh = torch.log_softmax(model(input_ids=torch.tensor([row.sync.ids])).logits[0, -1].float(), -1)
-    torch.testing.assert_close(row.logprobs, fresh, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(member.logprobs[0], fresh, atol=1e-4, rtol=1e-4)
     # and a rollback several tokens deep, then forward again
-    row.cache.crop(-5)
+    member.cache.drop(0, 5)
     del row.fed[-5:]
     row.sync.changed_from = len(row.fed)
-    row.refresh(runner)
-    torch.testing.assert_close(row.logprobs, fresh, atol=1e-4, rtol=1e-4)
+    member.refresh()
+    torch.testing.assert_close(member.logprobs[0], fresh, atol=1e-4, rtol=1e-4)
+    assert runner.refills == 0

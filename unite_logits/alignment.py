@@ -4,10 +4,10 @@ A *candidate* is identified by what it means, never by an id:
 
 * a text token by the bytes it stands for (``b" muffins"``);
 * end-of-sequence by its role (`EOS`), whatever each vocabulary calls it;
-* a special token of the primary (``<pad>``, a chat marker) by ``("special", id)``: the
-  primary may still emit it, but no other model can vote for it.
-
-Special tokens of auxiliaries other than EOS never enter the union: they have no text.
+* any other special token (``<unk>``, a chat marker such as ``<|im_end|>``) by its content,
+  ``("special", "<|im_end|>")``: models that share it vote for it like for any token (a
+  member with the primary's own vocabulary shares all of them); the primary cannot emit
+  one it lacks, so such a candidate drops out (`unite_logits.combine`).
 
 A model's probability for a candidate (`aligned_probabilities`):
 
@@ -24,12 +24,25 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 from .token_bytes import TokenBytes
 
-__all__ = ["EOS", "Aligned", "Proposal", "candidate_key", "build_union", "aligned_probabilities", "primary_ids"]
+__all__ = [
+    "EOS",
+    "Aligned",
+    "Lookups",
+    "Proposal",
+    "aligned_from",
+    "aligned_probabilities",
+    "build_union",
+    "candidate_key",
+    "gather_probabilities",
+    "plan_lookups",
+    "primary_ids",
+]
 
 
 class _Eos:
@@ -49,7 +62,8 @@ class Proposal:
 
     Attributes:
         view: the model's tokenizer seen as bytes.
-        logprobs: log-probabilities over the model's vocabulary (1-D, any device).
+        logprobs: log-probabilities over the model's vocabulary (1-D, any device), or None
+            when the caller looks candidates up itself (the batched processor does).
         top_ids: ids of its top-k, best first.
         top_probs: their probabilities.
         weight: relative weight of this model.
@@ -57,7 +71,7 @@ class Proposal:
     """
 
     view: TokenBytes
-    logprobs: torch.Tensor
+    logprobs: torch.Tensor | None
     top_ids: list[int]
     top_probs: list[float]
     weight: float
@@ -72,14 +86,31 @@ class Proposal:
         return cls(view, logprobs, indices.tolist(), values.exp().tolist(), weight, is_primary)
 
 
-def candidate_key(view: TokenBytes, token_id: int, is_primary: bool) -> Candidate | None:
+@lru_cache(maxsize=None)
+def special_content(view: TokenBytes, token_id: int) -> str | None:
+    """The string of a token that stands for no text (a special token), None if it has none."""
+    content = view.tokenizer.backend_tokenizer.id_to_token(token_id)
+    return str(content) if content else None
+
+
+@lru_cache(maxsize=None)
+def special_id(view: TokenBytes, content: str) -> int | None:
+    """The id of the special token ``content`` in ``view``'s vocabulary, None if it lacks it."""
+    token_id = view.tokenizer.backend_tokenizer.token_to_id(content)
+    if token_id is None or token_id >= view.size or view.bytes_of(token_id):
+        return None
+    return int(token_id)
+
+
+def candidate_key(view: TokenBytes, token_id: int) -> Candidate | None:
     """What a token means across vocabularies (None: it cannot be a candidate)."""
     if token_id in view.eos_ids:
         return EOS
     data = view.bytes_of(token_id)
     if data:
         return data
-    return ("special", token_id) if is_primary else None
+    content = special_content(view, token_id)
+    return ("special", content) if content is not None else None
 
 
 def build_union(proposals: Sequence[Proposal]) -> list[Candidate]:
@@ -87,13 +118,13 @@ def build_union(proposals: Sequence[Proposal]) -> list[Candidate]:
     seen: dict[Candidate, None] = {}
     for proposal in proposals:
         for token_id in proposal.top_ids:
-            key = candidate_key(proposal.view, token_id, proposal.is_primary)
+            key = candidate_key(proposal.view, token_id)
             if key is not None:
                 seen.setdefault(key, None)
     return list(seen)
 
 
-def token_for(view: TokenBytes, candidate: Candidate, is_primary: bool, emitting: bool = False) -> int | None:
+def token_for(view: TokenBytes, candidate: Candidate, emitting: bool = False) -> int | None:
     """The id through which ``view``'s model scores (or, ``emitting``, writes) a candidate.
 
     Scoring skips a bare-space first piece (rule 3); emitting never does, or the primary would
@@ -103,14 +134,14 @@ def token_for(view: TokenBytes, candidate: Candidate, is_primary: bool, emitting
         return view.eos_id
     if isinstance(candidate, bytes):
         return view.first_piece(candidate, skip_bare_space=not emitting)
-    if is_primary and isinstance(candidate, tuple):
-        return int(candidate[1])
+    if isinstance(candidate, tuple):
+        return special_id(view, str(candidate[1]))
     return None
 
 
 def primary_ids(view: TokenBytes, union: Sequence[Candidate]) -> list[int | None]:
     """For each candidate, the primary id that writes its start (its whole text or first piece)."""
-    return [token_for(view, candidate, True, emitting=True) for candidate in union]
+    return [token_for(view, candidate, emitting=True) for candidate in union]
 
 
 @dataclass(frozen=True)
@@ -126,38 +157,87 @@ class Aligned:
     sources: list[Hashable]
 
 
-def aligned_probabilities(proposal: Proposal, union: Sequence[Candidate]) -> Aligned:
-    """The model's probability for each union candidate (rules in the module docstring)."""
+@dataclass(frozen=True)
+class Lookups:
+    """What `aligned_probabilities` needs beyond a model's top-k: ids to read probabilities of.
+
+    Built per row and model; the caller gathers ``ids`` for all rows of a model at once
+    (one gather, one device-to-host copy) and hands the values to `aligned_from`.
+    """
+
+    from_top_k: dict[Candidate, tuple[int, float]]
+    positions: list[int]
+    ids: list[int]
+    eos_positions: list[int]
+
+
+def plan_lookups(proposal: Proposal, union: Sequence[Candidate]) -> Lookups:
+    """Which of the model's token probabilities the union needs, beyond its top-k."""
     from_top_k: dict[Candidate, tuple[int, float]] = {}
     for token_id, prob in zip(proposal.top_ids, proposal.top_probs):
-        key = candidate_key(proposal.view, token_id, proposal.is_primary)
+        key = candidate_key(proposal.view, token_id)
         if key is not None and key is not EOS and prob > from_top_k.get(key, (0, -1.0))[1]:
             from_top_k[key] = (token_id, prob)
-    probs = [0.0] * len(union)
-    sources: list[Hashable] = [None] * len(union)
-    lookup_positions: list[int] = []
-    lookup_ids: list[int] = []
+    positions: list[int] = []
+    ids: list[int] = []
     eos_positions: list[int] = []
     for position, candidate in enumerate(union):
         if candidate in from_top_k:
-            sources[position], probs[position] = from_top_k[candidate]
-        elif candidate is EOS:
+            continue
+        if candidate is EOS:
             eos_positions.append(position)
-        else:
-            piece = token_for(proposal.view, candidate, proposal.is_primary)
-            if piece is not None:
-                lookup_positions.append(position)
-                lookup_ids.append(piece)
+            continue
+        piece = token_for(proposal.view, candidate)
+        if piece is not None:
+            positions.append(position)
+            ids.append(piece)
     if eos_positions:
-        lookup_ids.extend(sorted(proposal.view.eos_ids))
-    if lookup_ids:
-        size = proposal.logprobs.shape[-1]
-        index = torch.tensor(lookup_ids, dtype=torch.long, device=proposal.logprobs.device)
-        gathered = torch.where(index < size, proposal.logprobs[index.clamp(max=size - 1)].exp(), 0.0)
-        values = gathered.tolist()
-        for position, token_id, value in zip(lookup_positions, lookup_ids, values):
-            sources[position], probs[position] = token_id, value
-        eos_total = sum(values[len(lookup_positions) :])
-        for position in eos_positions:
-            sources[position], probs[position] = "eos", eos_total
+        ids.extend(sorted(proposal.view.eos_ids))
+    return Lookups(from_top_k, positions, ids, eos_positions)
+
+
+def aligned_from(lookups: Lookups, union: Sequence[Candidate], values: Sequence[float]) -> Aligned:
+    """The model's probability for each union candidate, given the probabilities of ``lookups.ids``."""
+    probs = [0.0] * len(union)
+    sources: list[Hashable] = [None] * len(union)
+    for position, candidate in enumerate(union):
+        if candidate in lookups.from_top_k:
+            sources[position], probs[position] = lookups.from_top_k[candidate]
+    for position, token_id, value in zip(lookups.positions, lookups.ids, values):
+        sources[position], probs[position] = token_id, value
+    eos_total = sum(values[len(lookups.positions) : len(lookups.ids)])
+    for position in lookups.eos_positions:
+        sources[position], probs[position] = "eos", eos_total
     return Aligned(probs, sources)
+
+
+def gather_probabilities(logprobs: torch.Tensor, ids: Sequence[Sequence[int]]) -> list[list[float]]:
+    """``exp(logprobs[r, ids[r]])`` for every row ``r`` in one gather (0 past the vocabulary).
+
+    Args:
+        logprobs: ``(rows, vocab)`` log-probabilities (any device).
+        ids: per row, the ids to read (ragged).
+    """
+    width = max((len(row) for row in ids), default=0)
+    if width == 0:
+        return [[] for _ in ids]
+    size = logprobs.shape[-1]
+    index = torch.zeros(len(ids), width, dtype=torch.long)
+    for row, row_ids in enumerate(ids):
+        index[row, : len(row_ids)] = torch.as_tensor(list(row_ids), dtype=torch.long)
+    index = index.to(logprobs.device)
+    values = torch.where(index < size, logprobs.gather(1, index.clamp(max=size - 1)).exp(), 0.0).tolist()
+    return [values[row][: len(row_ids)] for row, row_ids in enumerate(ids)]
+
+
+def aligned_probabilities(proposal: Proposal, union: Sequence[Candidate]) -> Aligned:
+    """The model's probability for each union candidate (rules in the module docstring).
+
+    One row at a time, reading ``proposal.logprobs``; the processor batches the same steps
+    (`plan_lookups`, `gather_probabilities`, `aligned_from`) over all rows of a model.
+    """
+    if proposal.logprobs is None:
+        raise ValueError("this proposal carries no log-probabilities to look candidates up in")
+    lookups = plan_lookups(proposal, union)
+    values = gather_probabilities(proposal.logprobs.reshape(1, -1), [lookups.ids])[0]
+    return aligned_from(lookups, union, values)

@@ -2,8 +2,9 @@
 
 The primary model runs the ordinary generation loop. At every step this processor
 
-1. brings each auxiliary up to date with the text generated so far (its own ids, its own
-   KV cache; `unite_logits.member_state`),
+1. brings each auxiliary up to date with the text generated so far: its own ids, and one
+   KV cache over all rows, so each auxiliary runs one forward pass per step whatever the
+   batch size (`unite_logits.rows`, `unite_logits.ragged_cache`),
 2. takes every model's top-k and forms their union across vocabularies
    (`unite_logits.alignment`),
 3. averages the models' renormalised probabilities over the union
@@ -18,44 +19,36 @@ processors). Beam search works: states are keyed by each beam's token prefix, no
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
+
+import math
 
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
-from .alignment import EOS, Proposal, aligned_probabilities, build_union, candidate_key, primary_ids
+from .alignment import (
+    EOS,
+    Lookups,
+    Proposal,
+    aligned_from,
+    build_union,
+    candidate_key,
+    gather_probabilities,
+    plan_lookups,
+    primary_ids,
+)
 from .chat import chat_prompt_ids, validate_messages
-from .combine import combine
+from .combine import Combined, combine
 from .member import Member, check_top_k, check_weight
-from .member_state import MemberRow, MemberRunner
+from .rows import AuxiliaryRows, LocalRunner, RowStore, match_parents
 from .sync import IdSync, TokenSync
 from .token_bytes import TokenBytes, token_bytes_view
 from .trace import StepRecord
 
-__all__ = ["UniTEProcessor"]
+__all__ = ["NonFiniteScoresError", "UniTEProcessor"]
 
 MemberPrompt = str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]]
-
-
-@dataclass
-class _Row:
-    """One batch row (or beam) of one generate call."""
-
-    members: list[MemberRow]
-    finished: bool = False
-    step: int = 0
-
-    def fork(self) -> "_Row":
-        return _Row([member.fork() for member in self.members], self.finished, self.step)
-
-
-@dataclass
-class _Session:
-    """State of the generate call in progress."""
-
-    last_ids: torch.Tensor
-    rows: list[_Row] = field(default_factory=list)
 
 
 class UniTEProcessor(LogitsProcessor):
@@ -82,8 +75,10 @@ class UniTEProcessor(LogitsProcessor):
         >>> proc = UniTEProcessor(tok_a, [Member(model_b, tok_b)], top_k=10)  # doctest: +SKIP
         >>> model_a.generate(**tok_a(prompt, return_tensors="pt"), logits_processor=[proc])  # doctest: +SKIP
 
-    Cost per step and row: one forward pass of each auxiliary over the token(s) that
-    changed, one small re-encode per auxiliary, and O(top_k x models) bookkeeping.
+    Cost per step: one batched forward pass of each auxiliary over the token(s) that
+    changed in every row, one top-k and one gather per model; per row, one small re-encode
+    per auxiliary and O(top_k x models) bookkeeping. A member of weight 0 is absent: it
+    runs no forward pass and proposes nothing.
     """
 
     supports_continuous_batching = False
@@ -119,13 +114,16 @@ class UniTEProcessor(LogitsProcessor):
         self.member_prompts = list(member_prompts) if member_prompts is not None else [None] * len(members)
         self.primary_view = token_bytes_view(primary_tokenizer, primary_eos_token_ids or ())
         self.member_views = [token_bytes_view(m.tokenizer, m.eos_token_ids or ()) for m in members]
-        self.runners = [MemberRunner(m.model, view.size) for m, view in zip(members, self.member_views)]
+        self._active = [j for j, member in enumerate(members) if member.weight > 0]
+        self.runners = [
+            LocalRunner(members[j].model, self.member_views[j].size, str(members[j].name)) for j in self._active
+        ]
         self._shares_vocab = [view.id_bytes == self.primary_view.id_bytes for view in self.member_views]
         self.names = [primary_name] + [str(m.name) for m in members]
         self.weights = [self.primary_weight] + [m.weight for m in members]
         self.record_trace = trace
         self.trace: list[StepRecord] = []
-        self._session: _Session | None = None
+        self._store: RowStore | None = None
 
     # -- LogitsProcessor contract -------------------------------------------------------
     @torch.no_grad()
@@ -135,23 +133,40 @@ class UniTEProcessor(LogitsProcessor):
         Args:
             input_ids: ``(batch, length)`` prompt plus the tokens generated so far.
             scores: ``(batch, vocab)`` the primary's scores after the processors before this one.
+
+        Raises:
+            NonFiniteScoresError: a model's distribution is NaN or infinite for a row.
         """
         self._check_inputs(input_ids, scores)
-        rows = self._rows_for(input_ids)
+        store = self._store_for(input_ids)
+        out = scores.clone()  # finished rows keep the primary's scores
+        live = store.live
+        if not live:
+            return cast(torch.FloatTensor, out)
         vocab = min(scores.shape[-1], self.primary_view.size)
-        primary_logprobs = torch.log_softmax(scores[:, :vocab].float(), dim=-1)
-        out = torch.full_like(scores, float("-inf"))
-        for index, row in enumerate(rows):
-            if row.finished:
-                out[index] = scores[index]
+        live_index = torch.as_tensor(live, dtype=torch.long, device=scores.device)
+        live_scores = scores.index_select(0, live_index)[:, :vocab]
+        primary_logprobs = torch.log_softmax(live_scores.float(), dim=-1)
+        for member in store.members:
+            member.refresh()
+        models = [_Model(self.primary_view, primary_logprobs, self.primary_weight, self.names[0], None)]
+        models += [
+            _Model(self.member_views[j], rows.logprobs, self.members[j].weight, self.names[j + 1], rows)
+            for j, rows in zip(self._active, store.members)
+        ]
+        probs = _StepBatch(self, models, live_scores, live, [store.steps[row] for row in live]).run()
+        out[live_index] = float("-inf")
+        rows, ids, values = [], [], []
+        for index, row_probs in enumerate(probs):
+            if not row_probs:  # no model gives any allowed candidate mass: the primary alone decides
+                out[live[index], :vocab] = primary_logprobs[index].to(scores.dtype)
                 continue
-            probs = self._ensemble_row(index, row, primary_logprobs[index], scores[index, :vocab])
-            if not probs:  # no model gives any allowed candidate mass: the primary alone decides
-                out[index, :vocab] = primary_logprobs[index].to(scores.dtype)
-                continue
-            ids = torch.tensor(list(probs), dtype=torch.long, device=scores.device)
-            values = torch.tensor(list(probs.values()), dtype=torch.float32, device=scores.device)
-            out[index, ids] = values.log().to(scores.dtype)
+            rows += [live[index]] * len(row_probs)
+            ids += list(row_probs)
+            values += list(row_probs.values())
+        if rows:
+            where = (torch.as_tensor(rows, device=scores.device), torch.as_tensor(ids, device=scores.device))
+            out.index_put_(where, torch.tensor(values, dtype=torch.float32, device=scores.device).log().to(scores.dtype))
         return cast(torch.FloatTensor, out)
 
     @classmethod
@@ -174,7 +189,7 @@ class UniTEProcessor(LogitsProcessor):
 
     def reset(self) -> None:
         """Forget the current generation (a new ``generate`` call is also detected by itself)."""
-        self._session = None
+        self._store = None
         self.trace.clear()
 
     # -- validation ---------------------------------------------------------------------
@@ -189,59 +204,41 @@ class UniTEProcessor(LogitsProcessor):
                 "expected `input_ids` of shape (batch, length) and `scores` of shape (batch, vocab), "
                 f"but got {tuple(input_ids.shape)} and {tuple(scores.shape)}"
             )
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+            raise TypeError(f"`input_ids` has to hold integer token ids, but has dtype {input_ids.dtype}")
+        if not scores.dtype.is_floating_point:
+            raise TypeError(f"`scores` has to be a floating-point tensor, but has dtype {scores.dtype}")
         if input_ids.shape[1] == 0:
             raise ValueError("`input_ids` is empty: generation needs a non-empty prompt")
+        if bool((input_ids < 0).any()):
+            raise ValueError("`input_ids` holds negative ids")
 
     # -- rows across steps --------------------------------------------------------------
-    def _rows_for(self, input_ids: torch.Tensor) -> list[_Row]:
-        """The state of each row, advanced by the token the primary emitted last step."""
-        session = self._session
-        if session is not None and input_ids.shape[1] == session.last_ids.shape[1] + 1:
-            parents = _match_parents(input_ids[:, :-1], session.last_ids)
+    def _store_for(self, input_ids: torch.Tensor) -> RowStore:
+        """The rows of this generation, advanced by the token the primary emitted last step."""
+        store = self._store
+        if store is not None:
+            parents = match_parents(input_ids, store.last_ids)
             if parents is not None:
-                taken: set[int] = set()
-                rows = []
-                for parent in parents:
-                    rows.append(session.rows[parent].fork() if parent in taken else session.rows[parent])
-                    taken.add(parent)
-                for row, token in zip(rows, input_ids[:, -1].tolist()):
-                    self._advance(row, token)
-                session.rows, session.last_ids = rows, input_ids
-                return rows
+                store.advance(input_ids, parents, self.primary_view.eos_ids, self.primary_view.bytes_of)
+                return store
         self.trace.clear()
-        self._session = _Session(input_ids, self._start_rows(input_ids))
-        return self._session.rows
+        self._store = RowStore(input_ids, self._start_members(input_ids))
+        return self._store
 
-    def _advance(self, row: _Row, token: int) -> None:
-        if row.finished:
-            return
-        row.step += 1
-        if token in self.primary_view.eos_ids:
-            row.finished = True
-            return
-        data = self.primary_view.bytes_of(token)
-        for member in row.members:
-            member.push_token(token, data)
-
-    def _start_rows(self, input_ids: torch.Tensor) -> list[_Row]:
-        """Prefill every auxiliary once per distinct prompt; identical rows share it."""
+    def _start_members(self, input_ids: torch.Tensor) -> list[AuxiliaryRows]:
+        """Each active member's rows, prefilled in one forward pass per member."""
         pad = self.primary_view.tokenizer.pad_token_id
-        built: dict[tuple[int, ...], _Row] = {}
-        rows = []
-        for index, ids in enumerate(input_ids.tolist()):
+        prompts = []
+        for ids in input_ids.tolist():
             start = 0
             while pad is not None and start < len(ids) and ids[start] == pad:
                 start += 1
-            prompt = tuple(ids[start:])
-            key = prompt if all(self._row_prompt(j, index) is None for j in range(len(self.members))) else None
-            if key is not None and key in built:
-                rows.append(built[key].fork())
-                continue
-            row = _Row([self._prefill(j, index, prompt) for j in range(len(self.members))])
-            if key is not None:
-                built[key] = row
-            rows.append(row)
-        return rows
+            prompts.append(tuple(ids[start:]))
+        return [
+            AuxiliaryRows(runner, [self._sync(j, row, prompt) for row, prompt in enumerate(prompts)])
+            for runner, j in zip(self.runners, self._active)
+        ]
 
     def _row_prompt(self, member: int, row: int) -> str | list[int] | None:
         prompt = self.member_prompts[member]
@@ -255,111 +252,169 @@ class UniTEProcessor(LogitsProcessor):
         entry = items[row]
         return entry if isinstance(entry, str) or entry is None else [int(i) for i in entry]
 
-    def _prefill(self, member: int, row: int, primary_prompt: tuple[int, ...]) -> MemberRow:
+    def _sync(self, member: int, row: int, primary_prompt: tuple[int, ...]) -> IdSync | TokenSync:
+        """Member ``member``'s ids for ``row``, from its prompt override or the primary's prompt."""
         view = self.member_views[member]
         override = self._row_prompt(member, row)
-        sync: IdSync | TokenSync
         if self._shares_vocab[member]:
-            sync = IdSync(primary_prompt if override is None else _ids_of(view, override))
-        elif override is None:
+            return IdSync(primary_prompt if override is None else _ids_of(view, override))
+        if override is None:
             text = str(self.primary_view.tokenizer.decode(list(primary_prompt), skip_special_tokens=True))
-            sync = TokenSync.from_text(view, text)
-        else:
-            sync = TokenSync.from_ids(view, _ids_of(view, override))
-        return MemberRow.prefill(self.runners[member], sync)
-
-    # -- one step of one row ------------------------------------------------------------
-    def _ensemble_row(
-        self, index: int, row: _Row, primary_logprobs: torch.Tensor, primary_scores: torch.Tensor
-    ) -> dict[int, float]:
-        proposals = [
-            Proposal.from_logprobs(self.primary_view, primary_logprobs, self.top_k, self.primary_weight, True)
-        ]
-        taking_part = [0]
-        for j, member in enumerate(row.members):
-            if not member.ready:
-                continue
-            member.refresh(self.runners[j])
-            proposals.append(
-                Proposal.from_logprobs(self.member_views[j], member.logprobs, self.top_k, self.members[j].weight)
-            )
-            taking_part.append(j + 1)
-        union = build_union(proposals)
-        emit = primary_ids(self.primary_view, union)
-        if EOS in union:
-            emit[union.index(EOS)] = self._likeliest_eos(primary_scores)
-        allowed = _allowed(emit, primary_scores)
-        aligned = [aligned_probabilities(proposal, union) for proposal in proposals]
-        combined = combine(aligned, [p.weight for p in proposals], emit, allowed)
-        if self.record_trace and combined.probs:
-            self._record(index, row, proposals, taking_part, union, emit, combined.probs, combined.participants)
-        return combined.probs
-
-    def _likeliest_eos(self, primary_scores: torch.Tensor) -> int:
-        """The primary's end-of-sequence id that its own scores prefer at this step."""
-        ids = sorted(i for i in self.primary_view.eos_ids if i < primary_scores.shape[-1])
-        if not ids:
-            return self.primary_view.eos_id
-        best = int(primary_scores[torch.tensor(ids, device=primary_scores.device)].argmax())
-        return ids[best]
+            return TokenSync.from_text(view, text)
+        return TokenSync.from_ids(view, _ids_of(view, override))
 
     def _record(
         self,
-        index: int,
-        row: _Row,
+        row: int,
+        step: int,
         proposals: list[Proposal],
         taking_part: list[int],
-        union: list,
+        union: list[Any],
         emit: list[int | None],
-        probs: dict[int, float],
-        participants: tuple[int, ...],
+        combined: Combined,
     ) -> None:
+        """Append the `StepRecord` of one row; ``taking_part`` indexes primary + active members."""
+        names = [self.names[0]] + [self.names[j + 1] for j in self._active]
+        probs = combined.probs
         winner = max(probs, key=probs.__getitem__)
         winning = {candidate for candidate, pid in zip(union, emit) if pid == winner}
         proposers = tuple(
-            self.names[model]
+            names[model]
             for model, proposal in zip(taking_part, proposals)
-            if any(candidate_key(proposal.view, t, proposal.is_primary) in winning for t in proposal.top_ids)
+            if any(candidate_key(proposal.view, t) in winning for t in proposal.top_ids)
         )
         top1 = {
-            self.names[model]: _show(candidate_key(proposal.view, proposal.top_ids[0], proposal.is_primary))
+            names[model]: _show(candidate_key(proposal.view, proposal.top_ids[0]))
             for model, proposal in zip(taking_part, proposals)
         }
-        voting = {taking_part[p] for p in participants}
+        voting = {names[taking_part[p]] for p in combined.participants}
         self.trace.append(
             StepRecord(
-                step=row.step,
-                row=index,
+                step=step,
+                row=row,
                 union_size=len(union),
                 top1=top1,
-                winner=_show(candidate_key(self.primary_view, winner, True)),
+                winner=_show(candidate_key(self.primary_view, winner)),
                 proposers=proposers,
                 prob=probs[winner],
-                abstained=tuple(name for model, name in enumerate(self.names) if model not in voting),
+                abstained=tuple(name for name in self.names if name not in voting),
             )
         )
 
 
-def _match_parents(previous_now: torch.Tensor, previous: torch.Tensor) -> list[int] | None:
-    """For each current row, the row of the last step it continues (None if any has none)."""
-    if previous_now.shape == previous.shape and torch.equal(previous_now, previous.to(previous_now.device)):
-        return list(range(previous.shape[0]))
-    equal = (previous_now[:, None, :] == previous.to(previous_now.device)[None, :, :]).all(-1)
-    if not bool(equal.any(-1).all()):
-        return None
-    return equal.int().argmax(-1).tolist()
+@dataclass
+class _Model:
+    """One model at one step: its log-probabilities for the live rows, weight and name."""
+
+    view: TokenBytes
+    logprobs: torch.Tensor  # (live rows, vocab)
+    weight: float
+    name: str
+    rows: AuxiliaryRows | None  # None for the primary
+
+    def votes(self, row: int) -> bool:
+        return self.rows is None or self.rows.votes(row)
 
 
-def _allowed(emit: list[int | None], primary_scores: torch.Tensor) -> list[bool]:
-    """False where the primary cannot emit a candidate or its processors set it to -inf."""
-    positions = [i for i, pid in enumerate(emit) if pid is not None and pid < primary_scores.shape[-1]]
-    allowed = [False] * len(emit)
-    if positions:
-        index = torch.tensor([emit[i] for i in positions], dtype=torch.long, device=primary_scores.device)
-        finite = torch.isfinite(primary_scores[index]).tolist()
-        for position, ok in zip(positions, finite):
-            allowed[position] = ok
-    return allowed
+class NonFiniteScoresError(ValueError):
+    """A model's next-token distribution holds NaN or infinite numbers (e.g. float16 on a CPU)."""
+
+
+class _StepBatch:
+    """One decoding step over all live rows: batched top-k and lookups, per-row union and combine.
+
+    Per model: one top-k and one gather over all rows, each one device-to-host copy; per
+    row only O(k x models) Python over the union.
+    """
+
+    def __init__(
+        self, processor: "UniTEProcessor", models: list[_Model], scores: torch.Tensor, batch_rows: list[int],
+        steps: list[int],
+    ) -> None:
+        self.processor = processor
+        self.models = models
+        self.scores = scores
+        self.batch_rows = batch_rows
+        self.steps = steps
+        self.rows = scores.shape[0]
+
+    def run(self) -> list[dict[int, float]]:
+        processor = self.processor
+        tops = [self._top_k(model) for model in self.models]
+        proposals: list[list[Proposal]] = []
+        taking_part: list[list[int]] = []
+        unions: list[list[Any]] = []
+        for row in range(self.rows):
+            row_proposals, row_models = [], []
+            for index, (model, (top_ids, top_probs)) in enumerate(zip(self.models, tops)):
+                if model.weight > 0 and model.votes(row):
+                    proposal = Proposal(model.view, None, top_ids[row], top_probs[row], model.weight, index == 0)
+                    row_proposals.append(proposal)
+                    row_models.append(index)
+            proposals.append(row_proposals)
+            taking_part.append(row_models)
+            unions.append(build_union(row_proposals))
+        emits = [primary_ids(processor.primary_view, union) for union in unions]
+        eos = self._likeliest_eos()
+        for union, emit, eos_id in zip(unions, emits, eos):
+            if EOS in union:
+                emit[union.index(EOS)] = eos_id
+        allowed = self._allowed(emits)
+        lookups = [[plan_lookups(p, union) for p in row] for row, union in zip(proposals, unions)]
+        values = self._gather(taking_part, lookups)
+        results = []
+        for row in range(self.rows):
+            aligned = [
+                aligned_from(plan, unions[row], values[model][row])
+                for plan, model in zip(lookups[row], taking_part[row])
+            ]
+            combined = combine(aligned, [p.weight for p in proposals[row]], emits[row], allowed[row])
+            if processor.record_trace and combined.probs:
+                processor._record(self.batch_rows[row], self.steps[row], proposals[row], taking_part[row],
+                                  unions[row], emits[row], combined)
+            results.append(combined.probs)
+        return results
+
+    def _top_k(self, model: _Model) -> tuple[list[list[int]], list[list[float]]]:
+        """Every row's top-k ids and probabilities: one top-k, one copy; non-finite rows refused."""
+        k = min(self.processor.top_k, model.logprobs.shape[-1])
+        values, indices = torch.topk(model.logprobs, k, dim=-1)
+        probs = values.exp().tolist()
+        for row, row_probs in enumerate(probs):
+            if not math.isfinite(row_probs[0]) and model.votes(row):
+                raise NonFiniteScoresError(
+                    f"model {model.name!r} gave non-finite log-probabilities (NaN or inf) for batch row "
+                    f"{self.batch_rows[row]} at step {self.steps[row]}: float16 on a CPU overflows (use "
+                    "float32 or bfloat16), or its weights are damaged"
+                )
+        return indices.tolist(), probs
+
+    def _likeliest_eos(self) -> list[int]:
+        """Per row, the primary's end-of-sequence id that its own scores prefer at this step."""
+        view = self.processor.primary_view
+        ids = sorted(i for i in view.eos_ids if i < self.scores.shape[-1])
+        if not ids:
+            return [view.eos_id] * self.rows
+        best = self.scores[:, torch.as_tensor(ids, device=self.scores.device)].argmax(dim=-1).tolist()
+        return [ids[b] for b in best]
+
+    def _allowed(self, emits: list[list[int | None]]) -> list[list[bool]]:
+        """False where the primary cannot emit a candidate or its processors set it to -inf."""
+        size = self.scores.shape[-1]
+        wanted = [[pid if pid is not None and pid < size else 0 for pid in emit] for emit in emits]
+        finite = gather_probabilities(self.scores.float(), wanted)  # exp(-inf) = 0
+        return [
+            [pid is not None and pid < size and value > 0 for pid, value in zip(emit, row)]
+            for emit, row in zip(emits, finite)
+        ]
+
+    def _gather(self, taking_part: list[list[int]], lookups: list[list[Lookups]]) -> list[list[list[float]]]:
+        """Per model, per row, the probabilities of the ids its lookups need: one gather per model."""
+        ids: list[list[list[int]]] = [[[] for _ in range(self.rows)] for _ in self.models]
+        for row, (models, plans) in enumerate(zip(taking_part, lookups)):
+            for model, plan in zip(models, plans):
+                ids[model][row] = plan.ids
+        return [gather_probabilities(model.logprobs, model_ids) for model, model_ids in zip(self.models, ids)]
 
 
 def _ids_of(view: TokenBytes, prompt: str | list[int]) -> list[int]:

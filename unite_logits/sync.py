@@ -24,7 +24,9 @@ window verifies is the unfrozen text re-encoded in full (rare; tested on real to
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from typing import TypeVar
 
 from .token_bytes import TokenBytes
 from .utf8 import split_utf8
@@ -32,6 +34,7 @@ from .utf8 import split_utf8
 __all__ = ["IdSync", "TokenSync"]
 
 _WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
+_SyncT = TypeVar("_SyncT", bound="_Ids")
 
 
 class _Ids:
@@ -39,6 +42,12 @@ class _Ids:
 
     ids: list[int]
     changed_from: int
+
+    def fork(self: "_SyncT") -> "_SyncT":
+        """An independent copy that shares the immutable tokenizer view: O(ids), no vocabulary copy."""
+        twin = copy.copy(self)
+        twin.ids = list(self.ids)
+        return twin
 
     def take_changed_from(self) -> int:
         """Index of the first id changed since the last call (ids before it are unchanged)."""

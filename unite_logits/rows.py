@@ -1,0 +1,273 @@
+"""The row store: every auxiliary's ids, cache and latest distribution for every row.
+
+A generation has rows (batch rows, or beams); each auxiliary keeps, per live row, its own
+token ids (`unite_logits.sync`), the ids its cache has seen, and its latest next-token
+log-probabilities. All rows of one auxiliary share ONE `RaggedKVCache`, so a step costs one
+forward pass per auxiliary whatever the number of rows:
+
+* `AuxiliaryRows.refresh` compares, per row, the ids with what the cache has seen (only
+  the part that changed since the last step, so the work does not grow with the text),
+  drops the stale tail of each row and feeds every row's new tokens in one padded pass.
+* `AuxiliaryRows.select` follows the generation's rows from one step to the next: beams
+  that split duplicate a row, finished rows leave (they cost nothing after that); it is
+  one gather along the batch axis of the cache and forks of the rows' ids, never a copy of
+  a tokenizer or vocabulary.
+* `RowStore` matches each row of a step to the row it continues (`match_parents` looks at
+  the newest columns only) and tracks finished rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from .ragged_cache import DEFAULT_MARGIN, RaggedKVCache, check_supported
+from .sync import IdSync, TokenSync
+
+__all__ = ["AuxiliaryRows", "LocalRunner", "RowStore", "context_limit", "match_parents"]
+
+logger = logging.getLogger(__name__)
+
+Sync = IdSync | TokenSync
+
+_PARENT_COLUMNS = 16
+"""Newest columns compared to match a row to the row it continues (more only on a tie)."""
+
+
+def context_limit(model: PreTrainedModel) -> int | None:
+    """The most positions ``model`` was trained for (None if its config does not say)."""
+    config = model.config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class LocalRunner:
+    """How one auxiliary model runs in this process, and what it cost.
+
+    Args:
+        model: the auxiliary causal LM.
+        vocab_size: ids at or past this never count.
+        name: the member's name, for messages.
+        margin: positions kept past a sliding window, so rollbacks this deep stay cheap.
+    """
+
+    def __init__(self, model: PreTrainedModel, vocab_size: int, name: str, margin: int = DEFAULT_MARGIN) -> None:
+        check_supported(model)
+        self.model = model
+        self.vocab_size = vocab_size
+        self.name = name
+        self.margin = margin
+        self.limit = context_limit(model)
+        self.caches: list[RaggedKVCache] = []  # of the generation in progress, for its counters
+        self.refills = 0
+
+    @property
+    def forward_passes(self) -> int:
+        return sum(cache.forward_passes for cache in self.caches)
+
+    def new_cache(self, rows: int) -> RaggedKVCache:
+        cache = RaggedKVCache(self.model, rows, self.vocab_size, self.margin)
+        self.caches = [cache]
+        return cache
+
+
+@dataclass
+class _Row:
+    """One row of one auxiliary: its ids (sync), what its cache has seen, and whether it votes."""
+
+    sync: Sync
+    fed: list[int] = field(default_factory=list)
+    past_context: bool = False
+
+    def fork(self) -> "_Row":
+        return _Row(self.sync.fork(), list(self.fed), self.past_context)
+
+    @property
+    def votes(self) -> bool:
+        return self.sync.ready and not self.past_context
+
+
+class AuxiliaryRows:
+    """One auxiliary's state over the live rows of a generation (prefilled at construction).
+
+    Args:
+        runner: the auxiliary.
+        syncs: one per row, holding the row's prompt ids.
+
+    Raises:
+        ValueError: a prompt is empty or longer than the member's context window.
+    """
+
+    def __init__(self, runner: LocalRunner, syncs: Sequence[Sync]) -> None:
+        self.runner = runner
+        for row, sync in enumerate(syncs):
+            if not sync.ids:
+                raise ValueError(
+                    f"member {runner.name!r}: the prompt of row {row} is empty after tokenization; give a "
+                    "non-empty prompt or a tokenizer that adds a BOS token"
+                )
+            if runner.limit is not None and len(sync.ids) > runner.limit:
+                raise ValueError(
+                    f"member {runner.name!r}: the prompt of row {row} has {len(sync.ids)} tokens, past its "
+                    f"context window of {runner.limit}; shorten the prompt or leave this member out"
+                )
+        self.rows = [_Row(sync) for sync in syncs]
+        unique: dict[tuple[int, ...], int] = {}
+        source = [unique.setdefault(tuple(sync.ids), len(unique)) for sync in syncs]
+        self.cache = runner.new_cache(len(unique))
+        self.logprobs = self.cache.feed([list(ids) for ids in unique])
+        if len(unique) < len(syncs):
+            self._select_cache(source)
+        for row in self.rows:
+            row.sync.take_changed_from()
+            row.fed = list(row.sync.ids)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def votes(self, row: int) -> bool:
+        """Whether this member takes part for ``row`` at this step."""
+        return self.rows[row].votes
+
+    def push_token(self, row: int, token_id: int, data: bytes | None) -> None:
+        self.rows[row].sync.push_token(token_id, data)
+
+    def select(self, parents: Sequence[int]) -> None:
+        """Row ``i`` continues row ``parents[i]``; rows not named are dropped (finished)."""
+        if list(parents) == list(range(len(self.rows))):
+            return
+        taken: set[int] = set()
+        rows = []
+        for parent in parents:
+            rows.append(self.rows[parent].fork() if parent in taken else self.rows[parent])
+            taken.add(parent)
+        self.rows = rows
+        if rows:
+            self._select_cache(parents)
+
+    def _select_cache(self, parents: Sequence[int]) -> None:
+        index = torch.as_tensor(list(parents), dtype=torch.long)
+        self.cache.select_rows(index)
+        self.logprobs = self.logprobs.index_select(0, index.to(self.logprobs.device))
+
+    def refresh(self) -> None:
+        """Bring every voting row's cache and distribution up to date: one forward pass."""
+        chunks: list[list[int]] = [self._stale_tail(index, row) for index, row in enumerate(self.rows)]
+        fed = [index for index, chunk in enumerate(chunks) if chunk]
+        if not fed:
+            return
+        logprobs = self.cache.feed(chunks)
+        if len(fed) == len(self.rows):
+            self.logprobs = logprobs
+        else:
+            index = torch.as_tensor(fed, dtype=torch.long, device=logprobs.device)
+            self.logprobs = self.logprobs.index_copy(0, index, logprobs.index_select(0, index))
+
+    def _stale_tail(self, index: int, row: _Row) -> list[int]:
+        """Drop what the cache holds past the ids' common prefix; the ids to feed after it."""
+        if not row.votes:
+            return []
+        ids = row.sync.ids
+        limit = self.runner.limit
+        if limit is not None and len(ids) > limit:
+            row.past_context = True
+            self.cache.clear(index)
+            logger.warning(
+                "member %r: row %d reached %d tokens, past its context window of %d; it abstains "
+                "for this row from now on", self.runner.name, index, len(ids), limit,
+            )
+            return []
+        fed = row.fed
+        common = min(row.sync.take_changed_from(), len(fed))
+        shared = min(len(ids), len(fed))
+        while common < shared and ids[common] == fed[common]:
+            common += 1
+        if common == len(ids) == len(fed):
+            return []
+        if common == len(ids):
+            common -= 1  # nothing new but a shorter text: re-feed the last id for its distribution
+        drop = len(fed) - common
+        if drop and not self.cache.can_drop(index, drop):
+            self.cache.clear(index)
+            self.runner.refills += 1
+            common = 0
+        elif drop:
+            self.cache.drop(index, drop)
+        chunk = ids[common:]
+        del fed[common:]
+        fed.extend(chunk)
+        return chunk
+
+
+def match_parents(input_ids: torch.Tensor, previous: torch.Tensor) -> list[int] | None:
+    """For each row of ``input_ids`` (one column longer), the row of ``previous`` it continues.
+
+    Compares the newest columns (and the first) only, so the cost does not grow with the
+    text; rows that tie there (beams that share their recent tokens) are told apart by a
+    full comparison. None if some row continues no previous row (a new generation).
+    """
+    if input_ids.shape[1] != previous.shape[1] + 1:
+        return None
+    previous = previous.to(input_ids.device)
+    width = min(_PARENT_COLUMNS, previous.shape[1])
+    now = torch.cat([input_ids[:, :1], input_ids[:, -width - 1 : -1]], dim=1)
+    then = torch.cat([previous[:, :1], previous[:, -width:]], dim=1)
+    if now.shape == then.shape and torch.equal(now, then):
+        return list(range(previous.shape[0]))
+    equal = (now[:, None, :] == then[None, :, :]).all(-1)
+    parents: list[int] = []
+    for row, candidates in enumerate(equal.tolist()):
+        matches = [p for p, same in enumerate(candidates) if same]
+        if len(matches) > 1 and width < previous.shape[1]:
+            matches = [p for p in matches if torch.equal(input_ids[row, :-1], previous[p])]
+        if not matches:
+            return None
+        parents.append(matches[0])
+    return parents
+
+
+class RowStore:
+    """The rows of the generation in progress: finished flags, steps, and each auxiliary's rows.
+
+    ``members[j]`` holds the live (unfinished) rows only, in the order of `live`.
+    """
+
+    def __init__(self, input_ids: torch.Tensor, members: list[AuxiliaryRows]) -> None:
+        self.last_ids = input_ids
+        self.members = members
+        self.finished = [False] * input_ids.shape[0]
+        self.steps = [0] * input_ids.shape[0]
+        self.live = list(range(input_ids.shape[0]))
+
+    def advance(self, input_ids: torch.Tensor, parents: Sequence[int], eos_ids: frozenset[int], bytes_of) -> None:
+        """Follow the rows to this step: each continues ``parents[i]`` with its newest token."""
+        position = {row: index for index, row in enumerate(self.live)}
+        tokens = input_ids[:, -1].tolist()
+        finished = [self.finished[p] for p in parents]
+        steps = [self.steps[p] + (0 if self.finished[p] else 1) for p in parents]
+        for row, token in enumerate(tokens):
+            if not finished[row] and token in eos_ids:
+                finished[row] = True
+        live = [row for row in range(len(parents)) if not finished[row]]
+        member_parents = [position[parents[row]] for row in live]
+        for member in self.members:
+            member.select(member_parents)
+        for index, row in enumerate(live):
+            data = bytes_of(tokens[row])
+            for member in self.members:
+                member.push_token(index, tokens[row], data)
+        self.finished, self.steps, self.live, self.last_ids = finished, steps, live, input_ids
+
+    def syncs_of(self, row: int) -> list[Sync] | None:
+        """Each member's ids of batch row ``row`` (None once the row has finished): for inspection."""
+        if self.finished[row]:
+            return None
+        index = self.live.index(row)
+        return [member.rows[index].sync for member in self.members]
