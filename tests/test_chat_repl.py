@@ -66,6 +66,16 @@ def test_reset_forgets_and_exit_leaves(ensemble, spy_member_prompts):
     assert code == 0 and answers[0] == answers[1]  # greedy, same history: same answer
 
 
+def test_a_turn_too_long_is_refused_in_one_line_and_the_chat_goes_on(ensemble, spy_member_prompts, capsys):
+    too_long = "pancakes " * 5000  # past the tiny primary's 4096 positions
+    code, out = chat(ensemble, f"{too_long}\nHello there\n")
+    err = capsys.readouterr().err
+    assert code == 0 and "context window" in err and len(err.strip().splitlines()) == 1
+    (only,) = spy_member_prompts  # the long turn left no trace in the history
+    assert only.count("[USER]") == 1 and "pancakes" not in only
+    assert len(out.splitlines()) == 1
+
+
 def test_the_cli_chat_reads_a_pipe(monkeypatch, ensemble, capsys):
     monkeypatch.setattr(cli, "_load_ensemble", lambda args: ensemble)
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello there\n"))

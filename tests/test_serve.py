@@ -254,7 +254,18 @@ def test_bad_chat_requests_get_400_with_an_openai_error_body(client, overrides, 
     assert client.models.list().data[0].id == MODEL  # still up
 
 
-@pytest.mark.parametrize("body", [b"{not json", b'{"model": "tiny-ensemble"}', b"[]"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_past_the_context_window_is_400_before_anything_streams(client, stream):
+    messages = [{"role": "user", "content": "pancakes " * 5000}]  # the tiny primary has 4096 positions
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, stream=stream)
+    assert caught.value.body["code"] == "context_length_exceeded" and caught.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as caught:  # a short prompt, but too many tokens asked for
+        client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=5000)
+    assert caught.value.body["code"] == "context_length_exceeded" and caught.value.body["param"] == "prompt"
+
+
+@pytest.mark.parametrize("body", [b'{"model": "tiny-ensemble", "prompt": "\\ud800 lone surrogate"}', b"{not json", b'{"model": "tiny-ensemble"}', b"[]"])
 def test_malformed_bodies_get_400(server, body):
     connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
     connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})

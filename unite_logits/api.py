@@ -165,7 +165,11 @@ class Ensemble:
     def generate(
         self, prompt: Prompt, *, chat: bool = False, streamer: Any = None, trace: bool = False, **generate_kwargs: Any
     ) -> GenerationResult:
-        """Ensembled continuation of ``prompt`` (a list of messages implies ``chat``)."""
+        """Ensembled continuation of ``prompt`` (a list of messages implies ``chat``).
+
+        A ``logits_processor`` list among ``generate_kwargs`` runs after the ensembling step
+        (it sees the ensembled log-probabilities), before any sampling warper.
+        """
         check_prompt(prompt)
         chat = chat or not isinstance(prompt, str)
         ids = encode_prompt(self.primary, prompt, chat=chat)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from .chat import has_chat_template
+from .prompt_checks import PromptError
 from .token_stream import GenerationOptions, Piece, generate_streamed
 
 __all__ = ["ChatSession", "run_chat", "COMMANDS"]
@@ -124,8 +125,13 @@ def run_chat(
             out.write("".join(f"{name}  {meaning}\n" for name, meaning in COMMANDS.items()))
             continue
         cancel = threading.Event()
-        with _ctrl_c_sets(cancel):
-            reason = session.answer(text, out, cancel)
+        try:
+            with _ctrl_c_sets(cancel):
+                reason = session.answer(text, out, cancel)
+        except PromptError as error:  # e.g. the conversation outgrew the context window
+            session.history.pop()
+            print(f"unite-logits chat: {error} (/reset starts over)", file=sys.stderr)
+            continue
         out.write(f" {INTERRUPTED}\n" if reason == "cancelled" else "\n")
         out.flush()
     return 0

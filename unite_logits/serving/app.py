@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..prompt_checks import PromptTooLongError
 from ..token_stream import Piece, StreamedResult
 from . import openai_format as fmt
 from .schemas import ChatCompletionRequest, CompletionRequest, _Sampling
@@ -65,6 +66,8 @@ class _Run:
 
     def __init__(self, worker: GenerationWorker, request_id: str, prompts: Sequence[Any], chat: bool,
                  body: _Sampling, top_logprobs: int | None, settings: ServerSettings) -> None:
+        self.prompt_param = "messages" if chat else "prompt"
+        self.has_started = False
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
         try:
@@ -83,7 +86,17 @@ class _Run:
     def cancel(self) -> None:
         self.job.cancel.set()
 
-    async def events_until_end(self, request: Request | None = None) -> AsyncIterator[tuple[str, int, Any]]:
+    async def started(self, request: Request) -> None:
+        """Wait until the worker takes the job; a prompt it refuses is a 400 (nothing was sent yet)."""
+        async for kind, _, payload in self.events_until_end(request, until="started"):
+            if kind == "rejected":
+                code = "context_length_exceeded" if isinstance(payload, PromptTooLongError) else "invalid_value"
+                raise OpenAIError(400, str(payload), param=self.prompt_param, code=code)
+        if not self.has_started:  # ended unstarted: cancelled while it waited
+            raise _ClientGone()
+
+    async def events_until_end(self, request: Request | None = None,
+                               until: str = "end") -> AsyncIterator[tuple[str, int, Any]]:
         """Pieces and per-choice results until the job ends; with ``request``, watch for a disconnect."""
         while True:
             try:
@@ -97,9 +110,16 @@ class _Run:
                 continue
             if kind == "error":
                 raise OpenAIError(500, f"generation failed: {payload}", "server_error")
+            if kind == "started":
+                self.has_started = True
+                if until == "started":
+                    return
+                continue
             if kind == "end":
                 return
             yield kind, index, payload
+            if kind == "rejected":
+                return
 
     async def results(self, request: Request) -> list[StreamedResult]:
         done: dict[int, StreamedResult] = {}
@@ -187,6 +207,10 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         run = _Run(worker, request_id, [body.template_messages()] * body.n, True, body, body.wanted_top_logprobs,
                    settings)
+        try:
+            await run.started(request)
+        except _ClientGone:
+            return JSONResponse(fmt.error_body("client disconnected"), status_code=499)
         if body.stream:
             return _event_stream(_chat_chunks(run, body, request_id, created=int(time.time())), run)
         try:
@@ -208,6 +232,10 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
         request_id = f"cmpl-{uuid.uuid4().hex}"
         prompts = [p for p in body.prompts for _ in range(body.n)]
         run = _Run(worker, request_id, prompts, False, body, body.logprobs, settings)
+        try:
+            await run.started(request)
+        except _ClientGone:
+            return JSONResponse(fmt.error_body("client disconnected"), status_code=499)
         if body.stream:
             return _event_stream(_completion_chunks(run, body, request_id, created=int(time.time())), run)
         try:

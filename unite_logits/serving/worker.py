@@ -7,8 +7,11 @@ its own sampling. Requests wait in a FIFO queue. Batching several requests into 
 ``generate`` call is the next step once batched auxiliaries land in the core.
 
 Events reach the caller through ``job.notify(kind, index, payload)`` from the worker thread:
-``("piece", i, Piece)`` as text becomes final, ``("done", i, StreamedResult)`` per choice,
-and finally ``("end", -1, None)`` or ``("error", -1, exception)``.
+first ``("started", -1, None)``, or ``("rejected", -1, PromptError)`` when a prompt cannot be
+used (too long for the primary's context window, invalid text) and nothing was generated;
+then ``("piece", i, Piece)`` as text becomes final, ``("done", i, StreamedResult)`` per
+choice, and finally ``("end", -1, None)`` or ``("error", -1, exception)``. The prompts are
+checked on the worker thread because encoding them uses the tokenizers that generation uses.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any
 
 import torch
 
+from ..api import check_prompt, encode_prompt
+from ..prompt_checks import PromptError, check_fits
 from ..token_stream import GenerationOptions, StreamedResult, generate_streamed
 
 __all__ = ["Job", "GenerationWorker", "FinishedJob"]
@@ -89,11 +94,30 @@ class GenerationWorker:
             else:
                 job.notify("end", -1, None)
 
+    def _check(self, prompt: Any, chat: bool, max_new_tokens: int) -> None:
+        """What `Ensemble.generate` would refuse, refused before a response has started."""
+        try:
+            check_prompt(prompt)
+        except PromptError:
+            raise
+        except ValueError as error:
+            raise PromptError(str(error)) from None
+        primary = self.ensemble.primary
+        check_fits(primary.model, primary.name, len(encode_prompt(primary, prompt, chat=chat)), max_new_tokens)
+
     def _run(self, job: Job) -> None:
         results: list[StreamedResult] = []
         if job.cancel.is_set():  # the client left while the job waited
             self.finished.append(FinishedJob(job.request_id, ("cancelled",), 0))
             return
+        try:
+            for prompt in {repr(p): p for p in job.prompts}.values():  # the n copies of a prompt once
+                self._check(prompt, job.chat, job.options.max_new_tokens)
+        except PromptError as error:
+            job.notify("rejected", -1, error)
+            self.finished.append(FinishedJob(job.request_id, ("rejected",), 0))
+            return
+        job.notify("started", -1, None)
         if job.seed is not None:
             torch.manual_seed(job.seed)
         for index, prompt in enumerate(job.prompts):
