@@ -22,6 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -123,7 +124,7 @@ class GenerationWorker:
         for index, prompt in enumerate(job.prompts):
             result = generate_streamed(
                 self.ensemble, prompt, chat=job.chat, options=job.options,
-                on_piece=lambda piece, index=index: job.notify("piece", index, piece), cancel=job.cancel,
+                on_piece=partial(job.notify, "piece", index), cancel=job.cancel,
             )
             results.append(result)
             job.notify("done", index, result)
