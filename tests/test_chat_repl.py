@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -128,3 +129,30 @@ def test_ctrl_c_stops_the_answer_and_the_conversation_goes_on():
             child.kill()
     assert code == 0, child.stderr.read().decode()
     assert len(out) < 4000  # both answers stopped long before their 4000 tokens
+
+
+# -- on the real models -------------------------------------------------------------------
+def _real_cli(args, stdin_text=""):
+    from _real_models import skip_unless_installed
+
+    for name in ("smollm2-135m-instruct", "gemma3-270m"):
+        skip_unless_installed(name)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "unite_logits", *args], input=stdin_text.encode(), cwd=ROOT, env=env,
+                          capture_output=True, timeout=900)
+
+
+@pytest.mark.real_models
+def test_real_generate_answers_a_bare_question_as_a_chat():
+    done = _real_cli(["generate", "What is the capital of France?", "--json", "--max-new-tokens", "24"])
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout)
+    assert result["format"] == "chat" and "Paris" in result["text"]
+
+
+@pytest.mark.real_models
+def test_real_chat_remembers_the_conversation():
+    done = _real_cli(["chat", "--max-new-tokens", "40"], "What is the capital of France?\nAnd of Italy?\n")
+    assert done.returncode == 0, done.stderr.decode()
+    first, second = done.stdout.decode().strip().splitlines()
+    assert "Paris" in first and "Rome" in second  # "And of Italy?" only makes sense with the first turn
