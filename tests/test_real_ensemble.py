@@ -65,5 +65,5 @@ def test_gemma_rollback_on_a_prompt_longer_than_its_sliding_window(pair):
     assert runner.refills == 0
     sliding = [group for group in member.cache._groups.values() if group.window is not None]
     assert sliding and all(
-        group.columns <= 2 * (group.window - 1 + 2 * member.cache.margin) < len(row.fed) for group in sliding
+        group.columns <= group.window - 1 + 2 * member.cache.margin + 16 < len(row.fed) for group in sliding
     )
