@@ -40,7 +40,7 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 def assert_one_line(code: int, err: str, *needles: str) -> None:
     assert code == cli.EXIT_USAGE, err
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith("Loading weights")]  # transformers' load bar
+    lines = [line for line in lines if not line.startswith(("Loading weights", "[unite-logits] "))]  # bars, stages
     assert "Traceback" not in err and len(lines) == 1, err
     for needle in needles:
         assert needle in err, err
@@ -151,3 +151,33 @@ def test_help_and_bad_options_do_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# -- messages go through logging; bars through one switch ------------------------------------
+def test_library_loads_silently_and_the_cli_shows_its_messages(folders, capsys):
+    from unite_logits.models.loading import load_model
+
+    load_model(folders[0], progress=False)
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", ""), "the library printed"
+    code, out, err = run(["generate", "hi", *_ensemble_args(folders)], capsys)
+    assert code == 0, err
+    assert f"[unite-logits] loading {Path(folders[0]).name}" in err
+
+
+def test_progress_false_turns_off_transformers_bars_for_the_call_only(folders, capsys):
+    from transformers.utils import logging as hf_logging
+
+    from unite_logits import progress
+    from unite_logits.models.loading import load_model
+
+    assert hf_logging.is_progress_bar_enabled() and progress.progress_bars_enabled()
+    load_model(folders[0], progress=False)
+    assert "Loading weights" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled() and progress.progress_bars_enabled()
+    progress.disable_progress_bars()
+    try:
+        with progress.progress_bars(True):  # the global switch wins
+            assert not progress.progress_bars_enabled()
+    finally:
+        progress.enable_progress_bars()

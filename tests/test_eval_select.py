@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from _eval_tiny import tiny_members, tiny_tokenizer, write_data
 from unite_logits.models.loading import LoadedModel
 from unite_logits.evaluation.selection import (
@@ -88,3 +90,38 @@ def test_select_end_to_end(tmp_path: Path) -> None:
     assert report.best_set[0] in {"a", "b"}
     assert "Suggested set" in (tmp_path / "out" / "arc.select.md").read_text()
     assert (tmp_path / "out" / "arc.select.json").is_file()
+
+
+def _report() -> "SelectReport":
+    from unite_logits.evaluation.selection import SelectReport
+
+    a, b = profile("a", 0.5, 100), profile("b", 0.5, 120)
+    pair = judge_pair(a, b, Thresholds(), top_k_agreement_a_in_b=0.7, top_k_agreement_b_in_a=0.4)
+    return SelectReport("arc", Thresholds(), [a, b], [pair], ["a", "b"], [])
+
+
+def test_heatmap_leaves_the_callers_backend_alone_and_prints_nothing(tmp_path: Path, capsys) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    from unite_logits.evaluation.selection.plot import save_heatmap
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # the caller's choice
+    try:
+        path = save_heatmap(_report(), tmp_path)
+        assert path is not None and path.read_bytes().startswith(b"\x89PNG")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert capsys.readouterr().out == ""
+
+
+def test_heatmap_without_matplotlib_is_a_logged_warning(tmp_path: Path, capsys, caplog, monkeypatch) -> None:
+    import sys
+
+    from unite_logits.evaluation.selection.plot import save_heatmap
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if absent
+    with caplog.at_level("WARNING"):
+        assert save_heatmap(_report(), tmp_path) is None
+    assert "matplotlib is not installed" in caplog.text
+    assert capsys.readouterr().out == ""

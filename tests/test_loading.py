@@ -88,7 +88,7 @@ def test_incomplete_target_is_replaced(cache_dir):
     assert not (target / "stale").exists() and (target / "new").exists()
 
 
-def _failing_convert(gguf_path: Path, out_dir: Path, *, progress: bool = True):
+def _failing_convert(gguf_path: Path, out_dir: Path):
     (out_dir / "model.safetensors").write_bytes(b"partial")
     raise RuntimeError("killed during conversion")
 
@@ -114,13 +114,13 @@ def test_conversion_output_becomes_the_cache_entry(cache_dir, tmp_path, monkeypa
     entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF", b"two"])
     seen = {}
 
-    def convert(gguf_path: Path, out_dir: Path, *, progress: bool = True):
+    def convert(gguf_path: Path, out_dir: Path):
         seen["gguf"] = gguf_path.read_bytes()
         (out_dir / "config.json").write_text("{}")
         return {"n_params": 7}
 
     monkeypatch.setattr(loading, "convert_gguf", convert)
-    folder = loading._convert_into_cache(loading.resolve(entry.name), progress=False)
+    folder = loading._convert_into_cache(loading.resolve(entry.name))
     assert seen["gguf"] == b"GGUFtwo"
     assert folder == loading.cached_dir(entry.name)
     marker = json.loads((folder / store.MARKER).read_text())
@@ -253,7 +253,7 @@ def _tiny_convert(calls: list[str] | None = None, pause: float = 0.0):
 
     import tiny
 
-    def convert(gguf_path: Path, out_dir: Path, *, progress: bool = True):
+    def convert(gguf_path: Path, out_dir: Path):
         if calls is not None:
             calls.append(str(out_dir))
         time.sleep(pause)
@@ -268,7 +268,7 @@ def _tiny_convert(calls: list[str] | None = None, pause: float = 0.0):
 def test_conversion_records_every_file_it_wrote(cache_dir, tmp_path, monkeypatch):
     entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
     monkeypatch.setattr(loading, "convert_gguf", _tiny_convert())
-    folder = loading._usable_cache_entry(resolve(entry.name), progress=False)
+    folder = loading._usable_cache_entry(resolve(entry.name))
     files = store.read_marker(folder)["files"]
     assert "model.safetensors" in files and "config.json" in files
     weights = folder / "model.safetensors"
@@ -312,11 +312,11 @@ def test_entry_from_before_file_records_is_checked_and_adopted(cache_dir, tmp_pa
     entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
     calls: list[str] = []
     monkeypatch.setattr(loading, "convert_gguf", _tiny_convert(calls))
-    folder = loading._usable_cache_entry(resolve(entry.name), progress=False)
+    folder = loading._usable_cache_entry(resolve(entry.name))
     marker = store.read_marker(folder)
     del marker["files"]
     (folder / store.MARKER).write_text(json.dumps(marker))
-    assert loading._usable_cache_entry(resolve(entry.name), progress=False) == folder
+    assert loading._usable_cache_entry(resolve(entry.name)) == folder
     assert len(calls) == 1 and "model.safetensors" in store.read_marker(folder)["files"]
 
 
@@ -344,7 +344,7 @@ def test_two_processes_converting_one_model_convert_once(cache_dir, tmp_path, mo
     entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
     log = tmp_path / "conversions.log"
 
-    def convert(gguf_path: Path, out_dir: Path, *, progress: bool = True):
+    def convert(gguf_path: Path, out_dir: Path):
         with open(log, "a") as handle:
             handle.write(f"{os.getpid()}\n")
         return _tiny_convert(pause=1.0)(gguf_path, out_dir)
@@ -354,7 +354,7 @@ def test_two_processes_converting_one_model_convert_once(cache_dir, tmp_path, mo
     results = context.Queue()
 
     def child() -> None:
-        results.put(str(loading._usable_cache_entry(resolve(entry.name), progress=False)))
+        results.put(str(loading._usable_cache_entry(resolve(entry.name))))
 
     workers = [context.Process(target=child) for _ in range(2)]
     for worker in workers:

@@ -111,3 +111,19 @@ def test_candidate_starting_with_unknown_gets_no_piece():
     view = token_bytes_view(tiny.wordpiece())
     assert view.unk_id is not None
     assert view.first_piece("\u2603".encode()) is None  # the snowman is not in its vocabulary
+
+
+def test_private_encoder_ignores_truncation_and_padding_of_the_shared_tokenizer():
+    import copy
+
+    tokenizer = copy.deepcopy(tiny.byte_bpe())
+    text = "The quick brown fox jumps over the lazy dog"
+    expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(expected) > 4
+    tokenizer.backend_tokenizer.enable_truncation(max_length=3)
+    tokenizer.backend_tokenizer.enable_padding(length=64, pad_id=tokenizer.pad_token_id or 0)
+    trapped = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
+    assert trapped[:3] == expected[:3] and len(trapped) == 64  # the trap is set: cut to 3, padded to 64
+    view = TokenBytes(tokenizer)
+    assert view.encode_text(text) == expected
+    assert view.encode_approximately(text) == expected

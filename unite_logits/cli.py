@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -378,6 +380,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+@contextmanager
+def _library_messages_on_stderr() -> Iterator[None]:
+    """Show the library's INFO messages (loading, converting) as ``[unite-logits] ...`` lines."""
+    logger = logging.getLogger("unite_logits")
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(f"[{PROG}] %(message)s"))
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+
 def _one_line_warning(message: Any, category: Any, filename: Any, lineno: Any, file: Any = None, line: Any = None) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr)
 
@@ -386,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a user's mistake)."""
     try:
         args = build_parser().parse_args(argv)
-        with warnings.catch_warnings():  # restores the default display afterwards
+        with warnings.catch_warnings(), _library_messages_on_stderr():  # both restored afterwards
             warnings.showwarning = _one_line_warning
             return int(args.handler(args))
     except UsageError as error:

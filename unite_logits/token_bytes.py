@@ -166,8 +166,11 @@ class TokenBytes:
         self.unk_id: int | None = tokenizer.unk_token_id
         # A private copy of the backend that encodes special-token strings as plain text, so a
         # candidate such as "<|im_end|>" written out by another model never becomes a control token.
+        # Truncation and padding set on the shared tokenizer would cut or pad every re-encoding.
         self._encoder = backend.__class__.from_str(backend.to_str())
         self._encoder.encode_special_tokens = True
+        self._encoder.no_truncation()
+        self._encoder.no_padding()
         self._rules = _DecoderRules(json.loads(backend.to_str()).get("decoder"))
         strings: list[str | None] = list(tokenizer.convert_ids_to_tokens(list(range(self.size))))
         self.id_bytes: list[bytes | None] = self._build_id_bytes(strings)

@@ -13,8 +13,6 @@ import copy
 import gc
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,27 +23,12 @@ if TYPE_CHECKING:
 
 from .errors import ModelLoadError
 
-__all__ = ["convert_gguf", "transformers_progress"]
+__all__ = ["convert_gguf"]
 
 logger = logging.getLogger(__name__)
 
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 1, 2, 3"
 _MAX_LOGIT_DRIFT = 1e-4
-
-
-@contextmanager
-def transformers_progress(enabled: bool) -> Iterator[None]:
-    """Silence transformers' own progress bars unless ``enabled`` (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if not enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _import_transformers():
@@ -79,7 +62,7 @@ def _probe_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids).logits.float()
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+def convert_gguf(gguf_path: Path, out_dir: Path) -> dict[str, Any]:
     """Write tokenizer and fp32 model of ``gguf_path`` into ``out_dir``; return facts about it.
 
     Raises:
@@ -87,11 +70,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool = True) -> di
             the saved folder does not reproduce the GGUF model's logits.
     """
     transformers = _import_transformers()
-    with transformers_progress(progress):
-        return _convert(transformers, gguf_path, out_dir, progress=progress)
+    return _convert(transformers, gguf_path, out_dir)
 
 
-def _convert(transformers: Any, gguf_path: Path, out_dir: Path, *, progress: bool) -> dict[str, Any]:
+def _convert(transformers: Any, gguf_path: Path, out_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     folder, filename = str(gguf_path.parent), gguf_path.name
     logger.info("converting %s to a cached fp32 folder (one time; tens of seconds)", filename)

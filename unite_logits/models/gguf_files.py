@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..progress import progress_bar
 from .catalogue import CatalogueEntry, part_paths
 from .errors import ModelIntegrityError
 
@@ -19,10 +20,8 @@ __all__ = ["sha256_file", "verify_sha256", "join_parts", "materialize_gguf"]
 _BLOCK = 1 << 20
 
 
-def _progress_bar(total: int, description: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="B", unit_scale=True, disable=not enabled, leave=False)
+def _progress_bar(total: int, description: str):
+    return progress_bar(total=total, desc=description, unit="B", unit_scale=True)
 
 
 def _blocks(paths: Iterable[Path]) -> Iterable[bytes]:
@@ -40,25 +39,25 @@ def _check_digest(actual: str, expected: str, what: str) -> None:
         )
 
 
-def sha256_file(path: str | os.PathLike[str], *, progress: bool = False) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in blocks."""
     path = Path(path)
     digest = hashlib.sha256()
-    with _progress_bar(path.stat().st_size, f"checking {path.name}", progress) as bar:
+    with _progress_bar(path.stat().st_size, f"checking {path.name}") as bar:
         for block in _blocks([path]):
             digest.update(block)
             bar.update(len(block))
     return digest.hexdigest()
 
 
-def verify_sha256(path: str | os.PathLike[str], expected: str, *, progress: bool = False) -> Path:
+def verify_sha256(path: str | os.PathLike[str], expected: str) -> Path:
     """Return ``path`` if its sha256 is ``expected``; `ModelIntegrityError` otherwise."""
-    _check_digest(sha256_file(path, progress=progress), expected, str(path))
+    _check_digest(sha256_file(path), expected, str(path))
     return Path(path)
 
 
 def join_parts(
-    parts: list[Path], destination: Path, expected_sha256: str, *, progress: bool = False
+    parts: list[Path], destination: Path, expected_sha256: str
 ) -> Path:
     """Concatenate ``parts`` into ``destination``, hashing while writing.
 
@@ -69,7 +68,7 @@ def join_parts(
     digest = hashlib.sha256()
     total = sum(part.stat().st_size for part in parts)
     try:
-        with open(partial, "wb") as out, _progress_bar(total, f"joining {destination.name}", progress) as bar:
+        with open(partial, "wb") as out, _progress_bar(total, f"joining {destination.name}") as bar:
             for block in _blocks(parts):
                 digest.update(block)
                 out.write(block)
@@ -81,9 +80,9 @@ def join_parts(
     return destination
 
 
-def materialize_gguf(entry: CatalogueEntry, workdir: Path, *, progress: bool = False) -> Path:
+def materialize_gguf(entry: CatalogueEntry, workdir: Path) -> Path:
     """A verified GGUF file for ``entry``: the installed file itself, or parts joined in ``workdir``."""
     parts = part_paths(entry)
     if len(parts) == 1:
-        return verify_sha256(parts[0], entry.sha256, progress=progress)
-    return join_parts(parts, workdir / entry.gguf_filename, entry.sha256, progress=progress)
+        return verify_sha256(parts[0], entry.sha256)
+    return join_parts(parts, workdir / entry.gguf_filename, entry.sha256)

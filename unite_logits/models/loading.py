@@ -22,7 +22,8 @@ import torch
 
 from . import store
 from .catalogue import CATALOGUE, CatalogueEntry, catalogue_names, get_entry, is_catalogue_name, part_paths
-from .conversion import convert_gguf, transformers_progress
+from ..progress import progress_bars
+from .conversion import convert_gguf
 from .errors import CacheNotWritableError, DeviceError, ModelFileError, ModelLoadError, UnknownModelError
 from .gguf_files import materialize_gguf, sha256_file
 from .integrity import check_weight_files, damaged_files, file_records, replace_json
@@ -271,7 +272,7 @@ def _not_writable(error: OSError) -> bool:
     return error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def _usable_cache_entry(source: ModelSource, *, progress: bool) -> Path:
+def _usable_cache_entry(source: ModelSource) -> Path:
     """The verified cache folder of ``source``, converting (or repairing) it first if needed.
 
     A damaged entry is converted again with a warning. One process converts at a time; the
@@ -290,7 +291,7 @@ def _usable_cache_entry(source: ModelSource, *, progress: bool) -> Path:
                 logger.warning("the cached conversion of %s is damaged (%s); converting it again",
                                source.name, "; ".join(problems))
                 store.discard(target)
-            return _convert_into_cache(source, progress=progress)
+            return _convert_into_cache(source)
     except OSError as error:
         if not _not_writable(error):
             raise
@@ -301,7 +302,7 @@ def _usable_cache_entry(source: ModelSource, *, progress: bool) -> Path:
         ) from None
 
 
-def _convert_into_cache(source: ModelSource, *, progress: bool) -> Path:
+def _convert_into_cache(source: ModelSource) -> Path:
     """Convert a GGUF-backed source into its cache folder (atomically) and return the folder."""
     target = store.entry_dir(_cache_key(source))
     marker: dict[str, Any] = {"spec": source.spec, "kind": source.kind}
@@ -313,19 +314,18 @@ def _convert_into_cache(source: ModelSource, *, progress: bool) -> Path:
                 gguf_path = source.path
             else:
                 assert source.entry is not None
-                gguf_path = materialize_gguf(source.entry, Path(workdir), progress=progress)
-            marker.update(convert_gguf(gguf_path, staging, progress=progress))
+                gguf_path = materialize_gguf(source.entry, Path(workdir))
+            marker.update(convert_gguf(gguf_path, staging))
         marker["files"] = file_records(staging)  # what `_cache_problems` checks on every load
     return target
 
 
-def _from_pretrained(where: str | Path, *, device: str, dtype: torch.dtype, progress: bool) -> tuple[Any, Any]:
+def _from_pretrained(where: str | Path, *, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        with transformers_progress(progress):
-            tokenizer = AutoTokenizer.from_pretrained(where)
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load a causal LM from {str(where)!r}: {error}") from error
     return model.to(device).eval(), tokenizer  # type: ignore[arg-type]  # transformers types `to` as unbound
@@ -342,11 +342,18 @@ def load_model(
     """Load ``spec`` (catalogue name, HF folder, ``.gguf`` file, or hub id) as ``(model, tokenizer)``.
 
     fp32 by default so the ensemble sees the same logits the model would give alone.
+    Stage messages go to ``logging`` (INFO); ``progress=False`` hides the progress bars of
+    this call (see `unite_logits.progress` for the global switch).
 
     Raises:
         ModelError: a subclass (unknown model, package not installed, digest mismatch, not
             enough memory, load failure), each with a message meant for the user.
     """
+    with progress_bars(progress):
+        return _load(spec, device=device, dtype=dtype, check_ram=check_ram)
+
+
+def _load(spec: str | os.PathLike[str], *, device: str, dtype: torch.dtype, check_ram: bool) -> LoadedModel:
     check_device(device)
     source = resolve(spec)
     if check_ram and not memory_check_skipped():
@@ -355,16 +362,15 @@ def load_model(
     where: str | Path
     digest: str | None = None
     if source.kind in ("catalogue", "gguf"):
-        where = _usable_cache_entry(source, progress=progress)
+        where = _usable_cache_entry(source)
         digest = source.entry.sha256 if source.entry is not None else source.sha256
     elif source.kind == "folder":
-        assert source.path is not None
-        check_weight_files(source.path)
+        assert source.path is not None  # its weight files were checked by `resolve`
         where, digest = source.path, _folder_digest(source.path)
     else:
         where = source.spec
     logger.info("loading %s", source.name)
-    model, tokenizer = _from_pretrained(where, device=device, dtype=dtype, progress=progress)
+    model, tokenizer = _from_pretrained(where, device=device, dtype=dtype)
     if source.entry is not None:
         _add_eos_tokens(model, tokenizer, source.entry.extra_eos_tokens)
     if source.kind in ("catalogue", "gguf"):  # a cache path means nothing to the user
