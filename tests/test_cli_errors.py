@@ -181,3 +181,20 @@ def test_progress_false_turns_off_transformers_bars_for_the_call_only(folders, c
             assert not progress.progress_bars_enabled()
     finally:
         progress.enable_progress_bars()
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"", "no scorable items"),
+        (b'{"question": "q?", "answer": "x"}\n[1, 2]\n', ":2: a record has to be a JSON object"),
+        (b'{"id": "x", "question": "q?", "answer": "a"}\n{"id": "x", "question": "r?", "answer": "b"}\n',
+         "'x' appears more than once"),
+        (b'{"question": null, "answer": "Paris"}\n', "'question' has to be non-empty text"),
+    ],
+)
+def test_eval_data_mistakes_are_one_line_before_any_model_loads(tmp_path, capsys, content, needle):
+    data = tmp_path / "qa.jsonl"
+    data.write_bytes(content)
+    code, out, err = run(["eval", "--task", "qa", "--data", str(data), "--members", "/no/such/model"], capsys)
+    assert_one_line(code, err, needle)
