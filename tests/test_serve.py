@@ -221,6 +221,33 @@ def test_a_client_leaving_mid_stream_stops_its_generation(client, server):
     assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2).usage.completion_tokens == 2
 
 
+def test_a_client_leaving_a_plain_request_stops_its_generation(server):
+    worker = server.app.state.worker
+    before = {f.request_id for f in worker.finished}
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    body = {"model": MODEL, "prompt": "The quick brown fox", "max_tokens": 3000}
+    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    time.sleep(1.0)  # generating
+    connection.close()  # gone without reading the answer
+    assert wait_for(lambda: {f.request_id for f in worker.finished} - before)
+    (finished,) = [f for f in worker.finished if f.request_id not in before]
+    assert finished.finish_reasons == ("cancelled",) and finished.completion_tokens < 3000
+
+
+def test_n_streamed_choices_arrive_by_index(client):
+    request = {"model": MODEL, "messages": HELLO, "max_tokens": 6, "n": 2, "temperature": 1.0, "seed": 5}
+    plain = client.chat.completions.create(**request)
+    texts = {0: "", 1: ""}
+    finishes = {}
+    for chunk in client.chat.completions.create(**request, stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert [texts[0], texts[1]] == [c.message.content for c in sorted(plain.choices, key=lambda c: c.index)]
+    assert texts[0] != texts[1] and finishes == {0: "length", 1: "length"}
+
+
 # -- bad requests -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("overrides", "param", "needle"),

@@ -98,15 +98,20 @@ class _Run:
     async def events_until_end(self, request: Request | None = None,
                                until: str = "end") -> AsyncIterator[tuple[str, int, Any]]:
         """Pieces and per-choice results until the job ends; with ``request``, watch for a disconnect."""
+        checked = time.monotonic()
         while True:
             try:
                 kind, index, payload = await asyncio.wait_for(
                     self.events.get(), timeout=DISCONNECT_POLL_S if request is not None else None
                 )
             except asyncio.TimeoutError:
-                if request is not None and await request.is_disconnected():
+                kind = ""
+            if request is not None and time.monotonic() - checked >= DISCONNECT_POLL_S:
+                checked = time.monotonic()
+                if await request.is_disconnected():
                     self.cancel()
-                    raise _ClientGone() from None
+                    raise _ClientGone()
+            if not kind:
                 continue
             if kind == "error":
                 raise OpenAIError(500, f"generation failed: {payload}", "server_error")

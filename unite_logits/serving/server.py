@@ -20,12 +20,14 @@ __all__ = ["serve", "BackgroundServer", "DEFAULT_HOST", "DEFAULT_PORT"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+GRACEFUL_SHUTDOWN_S = 5  # then open streams are cut, which cancels their generations
 
 
 def serve(ensemble: Any, settings: ServerSettings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           log_level: str = "info") -> None:
-    """Serve ``ensemble`` until interrupted (Ctrl-C or SIGTERM stop it gracefully)."""
-    uvicorn.run(create_app(ensemble, settings), host=host, port=port, log_level=log_level)
+    """Serve ``ensemble`` until interrupted (Ctrl-C or SIGTERM stop it; open streams get a few seconds)."""
+    uvicorn.run(create_app(ensemble, settings), host=host, port=port, log_level=log_level,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
 
 
 class BackgroundServer:
@@ -38,7 +40,8 @@ class BackgroundServer:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, 0))
         self.host, self.port = self._socket.getsockname()[:2]
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level=log_level, lifespan="on"))
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level=log_level, lifespan="on",
+                                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                         name="unite-logits-server", daemon=True)
 

@@ -67,6 +67,8 @@ class GenerationWorker:
         self.ensemble = ensemble
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self.finished: deque[FinishedJob] = deque(maxlen=history)
+        self._current: Job | None = None
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="unite-logits-generation", daemon=True)
         self._thread.start()
 
@@ -78,7 +80,11 @@ class GenerationWorker:
         return self._jobs.qsize()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Finish the job in progress, then stop the thread (jobs still queued are dropped)."""
+        """Cancel the job in progress and those queued, then stop the thread."""
+        self._closing.set()
+        current = self._current
+        if current is not None:
+            current.cancel.set()
         self._jobs.put(None)
         self._thread.join(timeout)
 
@@ -87,6 +93,9 @@ class GenerationWorker:
             job = self._jobs.get()
             if job is None:
                 return
+            if self._closing.is_set():
+                job.cancel.set()
+            self._current = job
             try:
                 self._run(job)
             except Exception as error:  # reported to its request; the worker goes on
@@ -94,6 +103,8 @@ class GenerationWorker:
                 job.notify("error", -1, error)
             else:
                 job.notify("end", -1, None)
+            finally:
+                self._current = None
 
     def _check(self, prompt: Any, chat: bool, max_new_tokens: int) -> None:
         """What `Ensemble.generate` would refuse, refused before a response has started."""
