@@ -323,6 +323,24 @@ def test_api_key_is_required_when_set(ensemble):
         assert connection.getresponse().status == 401
 
 
+def test_stopping_the_server_ends_open_streams_with_an_error(ensemble):
+    keyed = BackgroundServer(ensemble, ServerSettings(MODEL)).start()
+    client = openai.OpenAI(base_url=keyed.url, api_key="-", max_retries=0, timeout=60)
+    stream = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3000, stream=True)
+    chunks = iter(stream)
+    assert next(chunks).choices[0].delta.role == "assistant"
+    started = time.monotonic()
+    stopper = threading.Thread(target=keyed.stop)
+    stopper.start()
+    with pytest.raises(openai.APIError, match="shutting down"):
+        for _ in chunks:
+            pass
+    stopper.join(60)
+    assert not stopper.is_alive() and time.monotonic() - started < 10
+    (finished,) = keyed.app.state.worker.finished
+    assert finished.finish_reasons == ("cancelled",) and finished.completion_tokens < 3000
+
+
 # -- the command line ---------------------------------------------------------------------
 def test_serve_reports_a_taken_port_in_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "_load_ensemble", lambda args: pytest.fail("loaded models before checking the port"))

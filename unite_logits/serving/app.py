@@ -130,7 +130,7 @@ class _Run:
         done: dict[int, StreamedResult] = {}
         async for kind, index, payload in self.events_until_end(request):
             if kind == "done":
-                done[index] = payload
+                done[index] = _not_cancelled(payload)
         return [done[i] for i in sorted(done)]
 
 
@@ -259,6 +259,14 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
     return app
 
 
+def _not_cancelled(result: StreamedResult) -> StreamedResult:
+    """A generation cancelled while its client is still there: the server is shutting down."""
+    if result.finish_reason == "cancelled":
+        raise OpenAIError(503, "the server is shutting down; the answer was cut short", "server_error",
+                          code="server_shutdown")
+    return result
+
+
 def _usage(results: Sequence[StreamedResult], prompts: int) -> dict[str, int]:
     """Each distinct prompt counted once (n choices of one prompt share it), completions summed."""
     per_prompt = len(results) // max(prompts, 1) or 1
@@ -273,6 +281,7 @@ def _event_stream(chunks: AsyncIterator[str], run: _Run) -> StreamingResponse:
                 yield chunk
         except OpenAIError as error:  # headers are sent: report in the stream, as vLLM does
             yield fmt.sse(error.body)
+            yield fmt.SSE_DONE
         finally:  # also when the client went away (Starlette cancels this generator)
             run.cancel()
 
@@ -288,18 +297,16 @@ async def _chat_chunks(run: _Run, body: ChatCompletionRequest, request_id: str, 
         return fmt.sse({**head, "choices": [choice], **extra})
 
     results: list[StreamedResult] = []
-    started: set[int] = set()
+    for index in range(body.n):  # at once, so the client sees the answer has started
+        yield chunk(index, {"role": "assistant", "content": ""})
     async for kind, index, payload in run.events_until_end():
-        if index not in started:
-            started.add(index)
-            yield chunk(index, {"role": "assistant", "content": ""})
         if kind == "piece":
             piece: Piece = payload
             logprobs = fmt.chat_logprobs(piece.logprobs) if body.logprobs else None
             if piece.text or (logprobs and piece.logprobs):
                 yield chunk(index, {"content": piece.text}, logprobs)
         elif kind == "done":
-            results.append(payload)
+            results.append(_not_cancelled(payload))
             yield chunk(index, {}, None, fmt.finish_reason(payload))
     if body.include_usage:
         yield fmt.sse({**head, "choices": [], "usage": _usage(results, prompts=1)})
@@ -326,7 +333,7 @@ async def _completion_chunks(run: _Run, body: CompletionRequest, request_id: str
             if piece.text or piece.logprobs:
                 yield chunk(index, piece.text, logprobs)
         elif kind == "done":
-            results.append(payload)
+            results.append(_not_cancelled(payload))
             yield chunk(index, "", None, fmt.finish_reason(payload))
     if body.include_usage:
         yield fmt.sse({**head, "choices": [], "usage": _usage(results, prompts=len(body.prompts))})

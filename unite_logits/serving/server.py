@@ -15,19 +15,34 @@ from typing import Any
 import uvicorn
 
 from .app import ServerSettings, create_app
+from .worker import GenerationWorker
 
 __all__ = ["serve", "BackgroundServer", "DEFAULT_HOST", "DEFAULT_PORT"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-GRACEFUL_SHUTDOWN_S = 5  # then open streams are cut, which cancels their generations
+GRACEFUL_SHUTDOWN_S = 5  # for responses still open once their generations are cancelled
+
+
+class _CancellingServer(uvicorn.Server):
+    """On Ctrl-C or SIGTERM, cancel the generations first, so that open responses end at once."""
+
+    def __init__(self, config: uvicorn.Config, worker: GenerationWorker) -> None:
+        super().__init__(config)
+        self.worker = worker
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.worker.cancel_all()
+        super().handle_exit(sig, frame)
 
 
 def serve(ensemble: Any, settings: ServerSettings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           log_level: str = "info") -> None:
-    """Serve ``ensemble`` until interrupted (Ctrl-C or SIGTERM stop it; open streams get a few seconds)."""
-    uvicorn.run(create_app(ensemble, settings), host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    """Serve ``ensemble`` until Ctrl-C or SIGTERM; answers in progress end with a ``server_shutdown`` error."""
+    app = create_app(ensemble, settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    _CancellingServer(config, app.state.worker).run()
 
 
 class BackgroundServer:
@@ -60,6 +75,7 @@ class BackgroundServer:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
+        self.app.state.worker.cancel_all()
         self._server.should_exit = True
         self._thread.join(timeout)
         self._socket.close()

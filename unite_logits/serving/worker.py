@@ -79,12 +79,16 @@ class GenerationWorker:
     def waiting(self) -> int:
         return self._jobs.qsize()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Cancel the job in progress and those queued, then stop the thread."""
+    def cancel_all(self) -> None:
+        """Cancel the job in progress and every later one (the server is going down)."""
         self._closing.set()
         current = self._current
         if current is not None:
             current.cancel.set()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """`cancel_all`, then stop the thread."""
+        self.cancel_all()
         self._jobs.put(None)
         self._thread.join(timeout)
 
