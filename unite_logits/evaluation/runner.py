@@ -26,7 +26,7 @@ from unite_logits.evaluation.generation import generate
 from unite_logits.evaluation.identity import data_digest, run_identity
 from unite_logits.evaluation.records import RecordLog, check_meta
 from unite_logits.evaluation.summary import ENSEMBLE, Summary, summarize
-from unite_logits.evaluation.tasks import MODES, Item, Task, TaskData, get_task
+from unite_logits.evaluation.tasks import MODES, Item, Skipped, Task, TaskData, get_task
 from unite_logits.models.loading import LoadedModel
 
 __all__ = [
@@ -117,7 +117,8 @@ def evaluate_item(
 
 def _refuse_duplicate_ids(data: TaskData, source: str) -> None:
     seen: dict[str, int] = {}
-    for entry in sorted([*data.items, *data.skipped], key=lambda e: e.row):
+    entries: list[Item | Skipped] = [*data.items, *data.skipped]
+    for entry in sorted(entries, key=lambda e: e.row):
         if entry.id in seen:
             raise EvalUsageError(
                 f"{source}: item id {entry.id!r} appears more than once (records {seen[entry.id] + 1} and "

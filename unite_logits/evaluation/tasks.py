@@ -233,7 +233,7 @@ class MMLUTask(ChoiceTask):
         )
         return self._items(interleaved)
 
-    def _subject_rows(self, root: Path, subject: str) -> list[tuple[str, dict, tuple]]:
+    def _subject_rows(self, root: Path, subject: str) -> list[tuple[str, dict[str, Any], tuple[Any, ...], str]]:
         shots = []
         dev = root / "dev" / f"{subject}.jsonl"
         for i, row in enumerate(read_jsonl(dev)[: self.shots]):

@@ -244,6 +244,8 @@ def estimate_memory_bytes(spec: str | ModelSource, *, dtype: torch.dtype = torch
     else:
         assert source.path is not None  # a GGUF source always has its file
         n_params = _params_in_gguf(source.path)
+    if n_params is None:
+        return None
     if cached_dir(source) is not None:
         return load_estimate(n_params, bytes_per_param)
     return max(conversion_estimate(n_params), load_estimate(n_params, bytes_per_param))
