@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..prompt_checks import PromptTooLongError
 from ..token_stream import Piece, StreamedResult
 from . import openai_format as fmt
-from .schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+from .schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from .worker import GenerationWorker, Job
 
 __all__ = ["ServerSettings", "create_app", "OpenAIError"]
@@ -65,7 +65,7 @@ class _Run:
     """One submitted job, seen from the event loop: its events arrive on an asyncio queue."""
 
     def __init__(self, worker: GenerationWorker, request_id: str, prompts: Sequence[Any], chat: bool,
-                 body: _Sampling, top_logprobs: int | None, settings: ServerSettings) -> None:
+                 body: SamplingFields, top_logprobs: int | None, settings: ServerSettings) -> None:
         self.prompt_param = "messages" if chat else "prompt"
         self.has_started = False
         self.loop = asyncio.get_running_loop()

@@ -15,7 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..token_stream import MAX_TOP_LOGPROBS, GenerationOptions
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "MAX_CHOICES", "MAX_STOP_STRINGS", "MAX_COMPLETION_LOGPROBS"]
+__all__ = [
+    "SamplingFields",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "MAX_CHOICES",
+    "MAX_STOP_STRINGS",
+    "MAX_COMPLETION_LOGPROBS",
+]
 
 MAX_CHOICES = 8  # n (times prompts) per request: each choice is a full generation on a serial worker
 MAX_STOP_STRINGS = 4  # as the OpenAI API
@@ -55,7 +62,7 @@ class _StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
+class SamplingFields(BaseModel):
     """Fields common to both endpoints."""
 
     model_config = ConfigDict(extra="ignore")
@@ -84,7 +91,7 @@ class _Sampling(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _unsupported(self) -> "_Sampling":
+    def _unsupported(self) -> "SamplingFields":
         for name in ("frequency_penalty", "presence_penalty"):
             if getattr(self, name) not in (None, 0, 0.0):
                 raise ValueError(f"{name} is not supported by this server (leave it out or 0)")
@@ -112,7 +119,7 @@ class _Sampling(BaseModel):
         )
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
@@ -142,7 +149,7 @@ class ChatCompletionRequest(_Sampling):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingFields):
     """``POST /v1/completions``: plain continuation of one prompt or a list of prompts."""
 
     prompt: str | list[str]
