@@ -149,3 +149,20 @@ def test_sliding_window_model_rolls_back_past_its_window():
     member.refresh()
     torch.testing.assert_close(member.logprobs[0], fresh, atol=1e-4, rtol=1e-4)
     assert runner.refills == 0
+
+
+@pytest.mark.parametrize("name", ["sp_bpe", "unigram", "byte_bpe"])
+@settings(max_examples=25)
+@given(before=texts, ahead=texts, cuts=st.lists(st.integers(0, 400), max_size=8))
+def test_rollback_returns_to_the_checkpoint_exactly(name, before, ahead, cuts):
+    """Pushing text ahead of time and rolling it back leaves the sync as if never pushed."""
+    view = token_bytes_view(tiny.TOKENIZERS[name]())
+    sync = TokenSync.from_text(view, "The quick")
+    for chunk in chunked(before.encode("utf-8"), cuts):
+        sync.push(chunk)
+    state = (list(sync.ids), sync.pending, sync.frozen, sync.changed_from)
+    sync.checkpoint()
+    for chunk in chunked(ahead.encode("utf-8"), cuts):
+        sync.push(chunk)
+    sync.rollback()
+    assert (sync.ids, sync.pending, sync.frozen, sync.changed_from) == state

@@ -18,7 +18,10 @@ processors). Beam search works: states are keyed by each beam's token prefix, no
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import collections
+import functools
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -45,8 +48,12 @@ from .rows import AuxiliaryRows, LocalRunner, RowStore, match_parents
 from .sync import IdSync, TokenSync
 from .token_bytes import TokenBytes, token_bytes_view
 from .trace import StepRecord
+from .workers import MemberError, Round, Workers
 
-__all__ = ["NonFiniteScoresError", "UniTEProcessor"]
+__all__ = ["MemberError", "NonFiniteScoresError", "UniTEProcessor"]
+
+_GUESS_WINDOW = 8
+"""Recent guesses looked at: guessing pauses while fewer than half of them were right."""
 
 MemberPrompt = str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]]
 
@@ -67,6 +74,13 @@ class UniTEProcessor(LogitsProcessor):
         primary_eos_token_ids: ids that end the primary's sequence besides its tokenizer's EOS.
         trace: record a `StepRecord` per step and row in `trace`.
         primary_name: label of the primary in traces.
+        concurrent: run the auxiliaries at the same time, each on its own worker thread, and
+            start them on the token greedy search is about to pick while the primary runs its
+            next forward pass (undone when the guess was wrong, so outputs are the same as
+            with ``concurrent=False``, which runs them one after another). Call `close` (or
+            use the processor as a context manager) to stop the workers.
+        member_threads: torch threads of each auxiliary's worker; default: the machine's
+            cores divided among the primary and the auxiliaries.
 
     Raises:
         TypeError, ValueError: on invalid arguments, before any generation starts.
@@ -93,6 +107,8 @@ class UniTEProcessor(LogitsProcessor):
         primary_eos_token_ids: Sequence[int] | None = None,
         trace: bool = False,
         primary_name: str = "primary",
+        concurrent: bool = True,
+        member_threads: int | None = None,
     ) -> None:
         check_top_k(top_k)
         if not isinstance(members, (list, tuple)):
@@ -124,6 +140,10 @@ class UniTEProcessor(LogitsProcessor):
         self.record_trace = trace
         self.trace: list[StepRecord] = []
         self._store: RowStore | None = None
+        self._workers = Workers([runner.name for runner in self.runners], concurrent, member_threads)
+        self._guess: tuple[Round, list[int | None]] | None = None
+        self._hits: collections.deque[bool] = collections.deque(maxlen=_GUESS_WINDOW)
+        self._timing = _Timing(len(self.runners))
 
     # -- LogitsProcessor contract -------------------------------------------------------
     @torch.no_grad()
@@ -138,6 +158,14 @@ class UniTEProcessor(LogitsProcessor):
             NonFiniteScoresError: a model's distribution is NaN or infinite for a row.
         """
         self._check_inputs(input_ids, scores)
+        self._timing = _Timing(len(self.runners))
+        try:
+            return self._ensemble(input_ids, scores)
+        except BaseException:
+            self.close()  # waits for work in flight: no worker outlives the error
+            raise
+
+    def _ensemble(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.FloatTensor:
         store = self._store_for(input_ids)
         out = scores.clone()  # finished rows keep the primary's scores
         live = store.live
@@ -147,8 +175,7 @@ class UniTEProcessor(LogitsProcessor):
         live_index = torch.as_tensor(live, dtype=torch.long, device=scores.device)
         live_scores = scores.index_select(0, live_index)[:, :vocab]
         primary_logprobs = torch.log_softmax(live_scores.float(), dim=-1)
-        for member in store.members:
-            member.refresh()
+        self._run([member.refresh for member in store.members])
         models = [_Model(self.primary_view, primary_logprobs, self.primary_weight, self.names[0], None)]
         models += [
             _Model(self.member_views[j], rows.logprobs, self.members[j].weight, self.names[j + 1], rows)
@@ -167,6 +194,7 @@ class UniTEProcessor(LogitsProcessor):
         if rows:
             where = (torch.as_tensor(rows, device=scores.device), torch.as_tensor(ids, device=scores.device))
             out.index_put_(where, torch.tensor(values, dtype=torch.float32, device=scores.device).log().to(scores.dtype))
+        self._guess_next(store, out)
         return cast(torch.FloatTensor, out)
 
     @classmethod
@@ -217,14 +245,85 @@ class UniTEProcessor(LogitsProcessor):
     def _store_for(self, input_ids: torch.Tensor) -> RowStore:
         """The rows of this generation, advanced by the token the primary emitted last step."""
         store = self._store
-        if store is not None:
-            parents = match_parents(input_ids, store.last_ids)
-            if parents is not None:
-                store.advance(input_ids, parents, self.primary_view.eos_ids, self.primary_view.bytes_of)
-                return store
+        parents = match_parents(input_ids, store.last_ids) if store is not None else None
+        applied = self._settle_guess(input_ids, parents)
+        if store is not None and parents is not None:
+            store.advance(input_ids, parents, self.primary_view.eos_ids, self.primary_view.bytes_of, applied)
+            return store
         self.trace.clear()
+        self._hits.clear()
         self._store = RowStore(input_ids, self._start_members(input_ids))
         return self._store
+
+    # -- concurrency ----------------------------------------------------------------------
+    def _run(self, jobs: Sequence[Callable[[], None] | None]) -> None:
+        """Run one job per active member on the workers and wait for all (timed in the trace)."""
+        self._collect(self._workers.start(jobs))
+
+    def _collect(self, round_: Round) -> None:
+        started = time.perf_counter()
+        seconds = self._workers.wait(round_)
+        self._timing.wait += time.perf_counter() - started
+        for index, value in enumerate(seconds):
+            self._timing.members[index] += value
+
+    def _guess_next(self, store: RowStore, out: torch.Tensor) -> None:
+        """Start the auxiliaries on the token greedy search will pick, while the primary runs.
+
+        The guess is each row's best ensembled candidate; rows whose best is EOS (they would
+        end) are not advanced. The next call keeps the rows whose guess was right and undoes
+        the others (`AuxiliaryRows.settle`), so outputs never depend on it. It is skipped
+        when members run one after another, and while most recent guesses were wrong
+        (sampling, or a later processor that changes the choice).
+        """
+        if not self._workers.concurrent or not store.members:
+            return
+        if len(self._hits) >= _GUESS_WINDOW and sum(self._hits) < _GUESS_WINDOW // 2:
+            return
+        best = out.index_select(0, torch.as_tensor(store.live, device=out.device)).argmax(dim=-1).tolist()
+        view = self.primary_view
+        tokens = [None if token in view.eos_ids else (token, view.bytes_of(token)) for token in best]
+        if all(token is None for token in tokens):
+            return
+        jobs = [functools.partial(member.speculate, tokens) for member in store.members]
+        self._guess = (self._workers.start(jobs), [None if t is None else t[0] for t in tokens])
+
+    def _settle_guess(self, input_ids: torch.Tensor, parents: list[int] | None) -> list[bool]:
+        """Wait for the guess in flight; per live row of the last step, whether it was right."""
+        if self._guess is None:
+            return []
+        round_, guessed = self._guess
+        self._guess = None
+        self._collect(round_)
+        store = self._store
+        if store is None or parents is None:
+            return []
+        if parents == list(range(len(parents))):
+            actual = input_ids[store.live, -1].tolist()
+            right = [token is not None and token == real for token, real in zip(guessed, actual)]
+        else:  # beams reordered: undo every guess
+            right = [False] * len(guessed)
+        for member in store.members:
+            member.settle(right)
+        self._hits.extend(ok for ok, token in zip(right, guessed) if token is not None)
+        return right
+
+    def close(self) -> None:
+        """Forget the generation in progress and stop the auxiliaries' worker threads, waiting
+        for work in flight. A later call starts them again. Also done on any error."""
+        guess, self._guess, self._store = self._guess, None, None
+        if guess is not None:
+            try:
+                self._workers.wait(guess[0])
+            except BaseException:  # noqa: BLE001 - only stopping; the caller's error says what failed
+                pass
+        self._workers.close()
+
+    def __enter__(self) -> "UniTEProcessor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _start_members(self, input_ids: torch.Tensor) -> list[AuxiliaryRows]:
         """Each active member's rows, prefilled in one forward pass per member."""
@@ -235,10 +334,16 @@ class UniTEProcessor(LogitsProcessor):
             while pad is not None and start < len(ids) and ids[start] == pad:
                 start += 1
             prompts.append(tuple(ids[start:]))
-        return [
-            AuxiliaryRows(runner, [self._sync(j, row, prompt) for row, prompt in enumerate(prompts)])
-            for runner, j in zip(self.runners, self._active)
-        ]
+        syncs = [[self._sync(j, row, prompt) for row, prompt in enumerate(prompts)] for j in self._active]
+        for runner, member_syncs in zip(self.runners, syncs):
+            AuxiliaryRows.check_prompts(runner, member_syncs)  # user errors as themselves, before work
+        members: list[AuxiliaryRows | None] = [None] * len(syncs)
+
+        def prefill(index: int) -> None:
+            members[index] = AuxiliaryRows(self.runners[index], syncs[index])
+
+        self._run([functools.partial(prefill, index) for index in range(len(syncs))])
+        return [member for member in members if member is not None]
 
     def _row_prompt(self, member: int, row: int) -> str | list[int] | None:
         prompt = self.member_prompts[member]
@@ -298,8 +403,20 @@ class UniTEProcessor(LogitsProcessor):
                 proposers=proposers,
                 prob=probs[winner],
                 abstained=tuple(name for name in self.names if name not in voting),
+                member_ms={
+                    runner.name: 1000 * seconds for runner, seconds in zip(self.runners, self._timing.members)
+                },
+                wait_ms=1000 * self._timing.wait,
             )
         )
+
+
+class _Timing:
+    """Seconds each active member worked for this step, and the processor waited on them."""
+
+    def __init__(self, members: int) -> None:
+        self.members = [0.0] * members
+        self.wait = 0.0
 
 
 @dataclass

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-__all__ = ["DEFAULT_MARGIN", "RaggedKVCache", "UnsupportedModelError"]
+__all__ = ["DEFAULT_MARGIN", "CacheSnapshot", "RaggedKVCache", "UnsupportedModelError"]
 
 DEFAULT_MARGIN = 64
 """Positions kept past a sliding window: drops up to this many tokens are always exact."""
@@ -48,6 +48,14 @@ _ATTENTION = ("sdpa", "eager")
 
 class UnsupportedModelError(TypeError):
     """The model's cache layers or attention cannot be driven with a prepared mask."""
+
+
+@dataclass(frozen=True)
+class CacheSnapshot:
+    """Per-row positions of a `RaggedKVCache` at one moment (see `RaggedKVCache.snapshot`)."""
+
+    pos: dict[int | None, torch.Tensor]
+    lengths: torch.Tensor
 
 
 @dataclass
@@ -166,9 +174,31 @@ class RaggedKVCache:
         self.lengths[row] = 0
 
     # -- the forward pass -----------------------------------------------------------------
+    def snapshot(self) -> "CacheSnapshot":
+        """The rows' positions now, so that `restore_rows` can undo feeds made without
+        `maintain` (their columns are only ever appended). Cost: one copy of the positions."""
+        return CacheSnapshot({w: g.pos.clone() for w, g in self._groups.items()}, self.lengths.clone())
+
+    def restore_rows(self, snapshot: "CacheSnapshot", rows: Sequence[int]) -> None:
+        """Return ``rows`` to ``snapshot``: what they were fed since becomes holes."""
+        if not rows:
+            return
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
+        for window, group in self._groups.items():
+            saved = snapshot.pos[window]
+            if saved.shape[1] > group.columns or saved.shape[0] != self.rows:
+                raise RuntimeError("the cache was maintained or reordered since the snapshot")
+            restored = torch.full((len(rows), group.columns), -1, dtype=torch.long, device=self.device)
+            restored[:, : saved.shape[1]] = saved.index_select(0, index)
+            group.pos[index] = restored
+        self.lengths[index] = snapshot.lengths.index_select(0, index)
+
     @torch.no_grad()
-    def feed(self, chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+    def feed(self, chunks: Sequence[Sequence[int]], maintain: bool = True) -> torch.Tensor:
         """Append ``chunks[b]`` to row ``b`` (may be empty) in one forward pass.
+
+        With ``maintain`` False, columns are only appended (no trimming or compaction), so
+        a `snapshot` taken before stays valid; call `maintain` later.
 
         Returns:
             ``(rows, vocab_size)`` float32 next-token log-probabilities after each row's last
@@ -201,8 +231,8 @@ class RaggedKVCache:
         for group in self._groups.values():
             group.pos = torch.cat([group.pos, new_pos], dim=1)
         self.lengths += (new_pos >= 0).sum(dim=1)
-        self._trim_sliding()
-        self._compact_holes()
+        if maintain:
+            self.maintain()
         logits = outputs.logits[:, -1, : self.vocab_size].float()
         return torch.log_softmax(logits, dim=-1)
 
@@ -234,6 +264,11 @@ class RaggedKVCache:
         if len(sliding) != 1 or full is None:
             raise UnsupportedModelError("models with several sliding-window sizes are not supported")
         return {"full_attention": full, "sliding_attention": sliding[0]}
+
+    def maintain(self) -> None:
+        """Turn positions no row can attend to again into holes, and compact holes."""
+        self._trim_sliding()
+        self._compact_holes()
 
     def _trim_sliding(self) -> None:
         """In sliding-window groups, turn the positions no row can attend to again into holes."""

@@ -19,13 +19,13 @@ forward pass per auxiliary whatever the number of rows:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
 
-from .ragged_cache import DEFAULT_MARGIN, RaggedKVCache, check_supported
+from .ragged_cache import DEFAULT_MARGIN, CacheSnapshot, RaggedKVCache, check_supported
 from .sync import IdSync, TokenSync
 
 __all__ = ["AuxiliaryRows", "LocalRunner", "RowStore", "context_limit", "match_parents"]
@@ -85,6 +85,7 @@ class _Row:
     sync: Sync
     fed: list[int] = field(default_factory=list)
     past_context: bool = False
+    undo_fed: tuple[int, list[int]] | None = None  # (start, overwritten tail) while speculating
 
     def fork(self) -> "_Row":
         return _Row(self.sync.fork(), list(self.fed), self.past_context)
@@ -107,6 +108,23 @@ class AuxiliaryRows:
 
     def __init__(self, runner: LocalRunner, syncs: Sequence[Sync]) -> None:
         self.runner = runner
+        self.check_prompts(runner, syncs)
+        self.rows = [_Row(sync) for sync in syncs]
+        self._speculating = False
+        self._before: tuple[CacheSnapshot, torch.Tensor, list[bool]] | None = None
+        unique: dict[tuple[int, ...], int] = {}
+        source = [unique.setdefault(tuple(sync.ids), len(unique)) for sync in syncs]
+        self.cache = runner.new_cache(len(unique))
+        self.logprobs = self.cache.feed([list(ids) for ids in unique])
+        if len(unique) < len(syncs):
+            self._select_cache(source)
+        for row in self.rows:
+            row.sync.take_changed_from()
+            row.fed = list(row.sync.ids)
+
+    @staticmethod
+    def check_prompts(runner: LocalRunner, syncs: Sequence[Sync]) -> None:
+        """Refuse an empty prompt or one past the member's context window (before any work)."""
         for row, sync in enumerate(syncs):
             if not sync.ids:
                 raise ValueError(
@@ -118,16 +136,6 @@ class AuxiliaryRows:
                     f"member {runner.name!r}: the prompt of row {row} has {len(sync.ids)} tokens, past its "
                     f"context window of {runner.limit}; shorten the prompt or leave this member out"
                 )
-        self.rows = [_Row(sync) for sync in syncs]
-        unique: dict[tuple[int, ...], int] = {}
-        source = [unique.setdefault(tuple(sync.ids), len(unique)) for sync in syncs]
-        self.cache = runner.new_cache(len(unique))
-        self.logprobs = self.cache.feed([list(ids) for ids in unique])
-        if len(unique) < len(syncs):
-            self._select_cache(source)
-        for row in self.rows:
-            row.sync.take_changed_from()
-            row.fed = list(row.sync.ids)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -157,18 +165,58 @@ class AuxiliaryRows:
         self.cache.select_rows(index)
         self.logprobs = self.logprobs.index_select(0, index.to(self.logprobs.device))
 
-    def refresh(self) -> None:
+    def refresh(self, maintain: bool = True) -> None:
         """Bring every voting row's cache and distribution up to date: one forward pass."""
         chunks: list[list[int]] = [self._stale_tail(index, row) for index, row in enumerate(self.rows)]
         fed = [index for index, chunk in enumerate(chunks) if chunk]
         if not fed:
             return
-        logprobs = self.cache.feed(chunks)
+        logprobs = self.cache.feed(chunks, maintain=maintain)
         if len(fed) == len(self.rows):
             self.logprobs = logprobs
         else:
             index = torch.as_tensor(fed, dtype=torch.long, device=logprobs.device)
             self.logprobs = self.logprobs.index_copy(0, index, logprobs.index_select(0, index))
+
+    # -- ahead of time ------------------------------------------------------------------
+    def speculate(self, tokens: Sequence[tuple[int, bytes | None] | None]) -> None:
+        """Advance row ``i`` by ``tokens[i]`` (None: not at all) before the primary has chosen it.
+
+        Everything changed is recorded: `settle` keeps the rows whose guess was right and
+        returns the others exactly to where they were. Cost: that of a `refresh`, plus a
+        copy of the cache's positions.
+        """
+        self._before = (self.cache.snapshot(), self.logprobs, [row.past_context for row in self.rows])
+        self._speculating = True
+        for row, token in zip(self.rows, tokens):
+            if token is not None:
+                row.sync.checkpoint()
+                row.sync.push_token(*token)
+        self.refresh(maintain=False)
+
+    def settle(self, right: Sequence[bool]) -> None:
+        """Keep the rows whose guess was ``right``; undo the others (see `speculate`)."""
+        if self._before is None:
+            raise RuntimeError("settle without speculate")
+        snapshot, logprobs, past_context = self._before
+        wrong = [index for index, ok in enumerate(right) if not ok]
+        for index, row in enumerate(self.rows):
+            if right[index]:
+                row.sync.commit()
+            else:
+                if row.sync.recording:
+                    row.sync.rollback()
+                if row.undo_fed is not None:
+                    start, tail = row.undo_fed
+                    row.fed[start:] = tail
+                row.past_context = past_context[index]
+            row.undo_fed = None
+        self.cache.restore_rows(snapshot, wrong)
+        if wrong and logprobs is not self.logprobs:
+            index = torch.as_tensor(wrong, dtype=torch.long, device=self.logprobs.device)
+            self.logprobs = self.logprobs.index_copy(0, index, logprobs.index_select(0, index))
+        self._before, self._speculating = None, False
+        self.cache.maintain()
 
     def _stale_tail(self, index: int, row: _Row) -> list[int]:
         """Drop what the cache holds past the ids' common prefix; the ids to feed after it."""
@@ -201,6 +249,8 @@ class AuxiliaryRows:
         elif drop:
             self.cache.drop(index, drop)
         chunk = ids[common:]
+        if row.undo_fed is None and self._speculating:
+            row.undo_fed = (common, fed[common:])
         del fed[common:]
         fed.extend(chunk)
         return chunk
@@ -246,8 +296,19 @@ class RowStore:
         self.steps = [0] * input_ids.shape[0]
         self.live = list(range(input_ids.shape[0]))
 
-    def advance(self, input_ids: torch.Tensor, parents: Sequence[int], eos_ids: frozenset[int], bytes_of) -> None:
-        """Follow the rows to this step: each continues ``parents[i]`` with its newest token."""
+    def advance(
+        self,
+        input_ids: torch.Tensor,
+        parents: Sequence[int],
+        eos_ids: frozenset[int],
+        bytes_of: Callable[[int], bytes | None],
+        applied: Sequence[bool] = (),
+    ) -> None:
+        """Follow the rows to this step: each continues ``parents[i]`` with its newest token.
+
+        ``applied[j]``: live row ``j`` of the last step already holds its newest token (a
+        right guess of `AuxiliaryRows.speculate`), so it is not pushed again.
+        """
         position = {row: index for index, row in enumerate(self.live)}
         tokens = input_ids[:, -1].tolist()
         finished = [self.finished[p] for p in parents]
@@ -260,6 +321,8 @@ class RowStore:
         for member in self.members:
             member.select(member_parents)
         for index, row in enumerate(live):
+            if applied and applied[position[parents[row]]]:
+                continue
             data = bytes_of(tokens[row])
             for member in self.members:
                 member.push_token(index, tokens[row], data)

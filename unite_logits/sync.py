@@ -38,16 +38,55 @@ _SyncT = TypeVar("_SyncT", bound="_Ids")
 
 
 class _Ids:
-    """Ids that change at their end, with a record of where they last changed."""
+    """Ids that change at their end, with a record of where they last changed.
+
+    Every change goes through `_replace_from`, so a `checkpoint` can record just what a
+    push overwrote and `rollback` can undo it: O(changed ids), never O(text). The
+    processor uses this to advance an auxiliary on a predicted token ahead of time.
+    """
 
     ids: list[int]
     changed_from: int
+    _STATE: tuple[str, ...] = ("changed_from",)
+    _journal: list[tuple[int, list[int]]] | None = None
+    _saved: tuple[object, ...] = ()
 
     def fork(self: "_SyncT") -> "_SyncT":
         """An independent copy that shares the immutable tokenizer view: O(ids), no vocabulary copy."""
         twin = copy.copy(self)
         twin.ids = list(self.ids)
+        twin._journal = None
         return twin
+
+    def checkpoint(self) -> None:
+        """Start recording changes, so that `rollback` can return to this state."""
+        self._journal = []
+        self._saved = tuple(getattr(self, name) for name in self._STATE)
+
+    @property
+    def recording(self) -> bool:
+        """Whether changes are being recorded since a `checkpoint`."""
+        return self._journal is not None
+
+    def rollback(self) -> None:
+        """Undo every change since `checkpoint` (then recording stops)."""
+        if self._journal is None:
+            raise RuntimeError("rollback without a checkpoint")
+        for start, old in reversed(self._journal):
+            self.ids[start:] = old
+        for name, value in zip(self._STATE, self._saved):
+            setattr(self, name, value)
+        self._journal = None
+
+    def commit(self) -> None:
+        """Keep the changes since `checkpoint`; stop recording."""
+        self._journal = None
+
+    def _replace_from(self, start: int, new_ids: Sequence[int]) -> None:
+        if self._journal is not None:
+            self._journal.append((start, self.ids[start:]))
+        self.ids[start:] = new_ids
+        self.changed_from = min(self.changed_from, start)
 
     def take_changed_from(self) -> int:
         """Index of the first id changed since the last call (ids before it are unchanged)."""
@@ -69,7 +108,7 @@ class IdSync(_Ids):
         self.changed_from = 0
 
     def push_token(self, token_id: int, data: bytes | None) -> None:
-        self.ids.append(token_id)
+        self._replace_from(len(self.ids), [token_id])
 
 
 class TokenSync(_Ids):
@@ -83,6 +122,8 @@ class TokenSync(_Ids):
         window: at most this many tokens are re-encoded per step before falling back to a
             full re-encode of the unfrozen text.
     """
+
+    _STATE = ("changed_from", "pending", "frozen")
 
     def __init__(self, view: TokenBytes, prompt_ids: Sequence[int], frozen: int, window: int = 32) -> None:
         self.view = view
@@ -128,15 +169,10 @@ class TokenSync(_Ids):
             self.push(data)
 
     # -- internals ------------------------------------------------------------------------
-    def _replace_from(self, start: int, new_ids: list[int]) -> None:
-        self.ids[start:] = new_ids
-        self.changed_from = min(self.changed_from, start)
-
     def _append_raw_byte(self, byte: int) -> None:
         token = self.view.byte_ids.get(bytes([byte]))
         if token is not None:
-            self.ids.append(token)
-            self.changed_from = min(self.changed_from, len(self.ids) - 1)
+            self._replace_from(len(self.ids), [token])
         self.frozen = len(self.ids)
 
     def _append_text(self, text: str) -> None:
@@ -152,8 +188,7 @@ class TokenSync(_Ids):
             # This tokenizer cannot write the text exactly (lossy normalisation, or a dummy
             # prefix space at a mid-word start after a barrier). Take its closest spelling of
             # the new text and freeze it, so the approximation costs nothing later.
-            self.ids.extend(self.view.encode_approximately(text))
-            self.changed_from = min(self.changed_from, len(self.ids))
+            self._replace_from(len(self.ids), self.view.encode_approximately(text))
             self.frozen = len(self.ids)
             return
         self._replace_from(self.frozen, new_ids)

@@ -20,7 +20,11 @@ class StepRecord:
         proposers: the models whose top-k contained the winner.
         prob: the ensembled probability of the winner.
         abstained: models that took no part in this step: waiting for an incomplete
-            character, no mass on the union, or weight 0.
+            character, no mass on the union, past its context window, or weight 0.
+        member_ms: per auxiliary, milliseconds its work for this step took (the part done
+            ahead of time, while the primary ran, included).
+        wait_ms: milliseconds the processor waited for the auxiliaries during this step
+            (shared by the rows of one step).
     """
 
     step: int
@@ -31,3 +35,5 @@ class StepRecord:
     proposers: tuple[str, ...]
     prob: float
     abstained: tuple[str, ...] = field(default=())
+    member_ms: dict[str, float] = field(default_factory=dict)
+    wait_ms: float = 0.0

@@ -1,0 +1,126 @@
+"""Run the auxiliaries' work at the same time: one worker thread per auxiliary.
+
+An auxiliary's step is mostly a forward pass, and torch releases the GIL inside its
+kernels (so does a network call), so auxiliaries on one machine overlap with each other
+and with the primary's own forward pass. Each worker sets its own torch thread count
+(`torch.set_num_threads` is per thread in torch's CPU builds), so that models running at
+once do not oversubscribe the cores.
+
+`Workers(concurrent=False)` runs the same jobs inline, one after another: the reference
+path, and what the tests compare against.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+__all__ = ["MemberError", "Round", "Workers", "default_member_threads"]
+
+
+class MemberError(RuntimeError):
+    """An auxiliary failed while it worked for the ensemble; the message names it."""
+
+
+def default_member_threads(members: int) -> int:
+    """Torch threads per auxiliary worker: the cores shared between the primary and them."""
+    return max(1, (os.cpu_count() or 1) // (members + 1))
+
+
+class Round:
+    """Jobs handed to the workers together; `Workers.wait` collects them."""
+
+    def __init__(self, futures: list[Future[float] | None], inline: list[float | BaseException | None]) -> None:
+        self.futures = futures
+        self.inline = inline
+
+
+class Workers:
+    """One worker per auxiliary (or inline, one after another, when not ``concurrent``).
+
+    Args:
+        names: the auxiliaries' names, for errors.
+        concurrent: run each auxiliary's jobs on its own thread.
+        threads: torch threads of each worker (None: `default_member_threads`).
+    """
+
+    def __init__(self, names: Sequence[str], concurrent: bool = True, threads: int | None = None) -> None:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"`member_threads` has to be a positive integer, but is {threads!r}")
+        self.names = list(names)
+        self.concurrent = concurrent and bool(names)
+        self.threads = threads or default_member_threads(len(names))
+        self._pools: list[ThreadPoolExecutor] = []
+        self._lock = threading.Lock()
+
+    def _pool(self, index: int) -> ThreadPoolExecutor:
+        with self._lock:
+            while len(self._pools) <= index:
+                self._pools.append(
+                    ThreadPoolExecutor(
+                        max_workers=1, thread_name_prefix=f"unite-logits-{self.names[len(self._pools)]}",
+                        initializer=torch.set_num_threads, initargs=(self.threads,),
+                    )
+                )
+            return self._pools[index]
+
+    def start(self, jobs: Sequence[Callable[[], None] | None]) -> Round:
+        """Start ``jobs[i]`` on auxiliary ``i``'s worker (None: nothing for it)."""
+        if not self.concurrent:
+            return Round([None] * len(jobs), [_timed_or_error(job) if job else None for job in jobs])
+        futures: list[Future[float] | None] = [
+            self._pool(index).submit(_timed, job) if job else None for index, job in enumerate(jobs)
+        ]
+        return Round(futures, [None] * len(jobs))
+
+    def wait(self, round_: Round) -> list[float]:
+        """Seconds each auxiliary's job took (0 for none); a failed job raises `MemberError`.
+
+        Every job is waited for, even after one failed, so no worker still touches the
+        state when this returns or raises.
+        """
+        seconds: list[float] = []
+        failure: tuple[int, BaseException] | None = None
+        for index, (future, inline) in enumerate(zip(round_.futures, round_.inline)):
+            try:
+                outcome: float | BaseException | None = future.result() if future is not None else inline
+            except BaseException as error:  # noqa: BLE001 - re-raised below, naming the member
+                outcome = error
+            if isinstance(outcome, BaseException):
+                failure = failure or (index, outcome)
+                seconds.append(0.0)
+            else:
+                seconds.append(outcome or 0.0)
+        if failure is not None:
+            index, error = failure
+            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise error
+            raise MemberError(f"auxiliary {self.names[index]!r} failed: {type(error).__name__}: {error}") from error
+        return seconds
+
+    def close(self) -> None:
+        """Stop the worker threads (waiting for a job in flight). Idempotent."""
+        with self._lock:
+            pools, self._pools = self._pools, []
+        for pool in pools:
+            pool.shutdown(wait=True)
+
+
+def _timed(job: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    job()
+    return time.perf_counter() - started
+
+
+def _timed_or_error(job: Callable[[], None]) -> float | BaseException:
+    try:
+        return _timed(job)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # noqa: BLE001 - reported by Workers.wait, naming the member
+        return error
