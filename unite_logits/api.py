@@ -174,8 +174,8 @@ class Ensemble:
         chat = chat or not isinstance(prompt, str)
         ids = encode_prompt(self.primary, prompt, chat=chat)
         check_fits(self.primary.model, self.primary.name, len(ids), int(generate_kwargs.get("max_new_tokens", 64)))
-        processor = self.processor(prompt, chat=chat, trace=trace)
-        return self._run(self.primary, ids, streamer, [processor], generate_kwargs)
+        with self.processor(prompt, chat=chat, trace=trace) as processor:  # stops its worker threads after
+            return self._run(self.primary, ids, streamer, [processor], generate_kwargs)
 
     def generate_alone(
         self, index: int, prompt: Prompt, *, chat: bool = False, streamer: Any = None, **generate_kwargs: Any

@@ -274,10 +274,10 @@ class UniTEProcessor(LogitsProcessor):
         end) are not advanced. The next call keeps the rows whose guess was right and undoes
         the others (`AuxiliaryRows.settle`), so outputs never depend on it. It is skipped
         when members run one after another, and while most recent guesses were wrong
-        (sampling, or a later processor that changes the choice).
+        (sampling, or a later processor that changes the choice), and at the first step.
         """
-        if not self._workers.concurrent or not store.members:
-            return
+        if not self._workers.concurrent or not store.members or not any(store.steps):
+            return  # not at a generation's first step: a single call (scoring) must not leave work behind
         if len(self._hits) >= _GUESS_WINDOW and sum(self._hits) < _GUESS_WINDOW // 2:
             return
         best = out.index_select(0, torch.as_tensor(store.live, device=out.device)).argmax(dim=-1).tolist()

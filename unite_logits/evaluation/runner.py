@@ -106,7 +106,12 @@ def evaluate_item(
     record: dict[str, Any] = {"id": item.id, "mode": mode, "gold": item.gold,
                               "answers": {}, "correct": {}, "tokens": {}, "seconds": {}, "outputs": {}}
     for name, member, processor in runs:
-        result = _answer(task, item, mode, member, processor, max_new_tokens)
+        try:
+            result = _answer(task, item, mode, member, processor, max_new_tokens)
+        finally:
+            close = getattr(processor, "close", None)
+            if close is not None:
+                close()  # the ensemble's worker threads end with the item
         record["answers"][name] = result["answer"]
         record["correct"][name] = task.is_correct(result["answer"], item)
         record["tokens"][name] = result["tokens"]
