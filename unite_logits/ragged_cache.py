@@ -32,11 +32,12 @@ Qwen2, Gemma 3, Mistral, ... ). Anything else is refused at construction.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 __all__ = ["DEFAULT_MARGIN", "CacheSnapshot", "RaggedKVCache", "UnsupportedModelError"]
 
@@ -79,14 +80,16 @@ def _layer_windows(model: PreTrainedModel) -> list[int | None]:
     types = getattr(config, "layer_types", None)
     if types is None:
         uses_window = window is not None and getattr(config, "use_sliding_window", True) is not False
-        return [int(window) if uses_window else None] * layers
+        return [int(window) if window is not None and uses_window else None] * layers
     unknown = sorted(set(types) - {"full_attention", "sliding_attention"})
     if unknown:
         raise UnsupportedModelError(
             f"{type(model).__name__} has layers of kind {unknown}; batched auxiliaries support "
             "full-attention and sliding-window layers only"
         )
-    return [int(window) if kind == "sliding_attention" else None for kind in types]
+    if window is None and "sliding_attention" in types:
+        raise UnsupportedModelError(f"{type(model).__name__} has sliding-window layers but no `sliding_window`")
+    return [int(window) if kind == "sliding_attention" and window is not None else None for kind in types]
 
 
 class RaggedKVCache:
@@ -130,10 +133,8 @@ class RaggedKVCache:
         self.lengths = self.lengths.index_select(0, index)
         for group in self._groups.values():
             group.pos = group.pos.index_select(0, index)
-        for layer in self._cache.layers:
-            if layer.is_initialized:
-                layer.keys = layer.keys.index_select(0, index)
-                layer.values = layer.values.index_select(0, index)
+        for layer, keys, values in self._stored_layers(range(len(self._cache.layers))):
+            layer.keys, layer.values = keys.index_select(0, index), values.index_select(0, index)
 
     def can_drop(self, row: int, tokens: int) -> bool:
         """Whether dropping the last ``tokens`` of ``row`` keeps what the next step attends to.
@@ -299,17 +300,20 @@ class RaggedKVCache:
             group.pos = group.pos[:, index]
         else:
             group.pos = group.pos.gather(1, index)
-        for layer_index in group.layers:
-            if layer_index >= len(self._cache.layers):
-                continue
-            layer = self._cache.layers[layer_index]
-            if not layer.is_initialized:
-                continue
+        for layer, keys, values in self._stored_layers(group.layers):
             if isinstance(index, slice):
-                layer.keys, layer.values = layer.keys[:, :, index, :], layer.values[:, :, index, :]
+                layer.keys, layer.values = keys[:, :, index, :], values[:, :, index, :]
             else:
-                gather = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
-                layer.keys, layer.values = layer.keys.gather(2, gather), layer.values.gather(2, gather)
+                gather = index[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+                layer.keys, layer.values = keys.gather(2, gather), values.gather(2, gather)
+
+    def _stored_layers(self, indices: Iterable[int]) -> Iterator[tuple[DynamicLayer, torch.Tensor, torch.Tensor]]:
+        """The cache layers among ``indices`` that hold states, with their keys and values."""
+        layers = self._cache.layers
+        for index in indices:
+            layer = layers[index] if index < len(layers) else None
+            if isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None:
+                yield layer, layer.keys, layer.values
 
 
 def check_supported(model: PreTrainedModel) -> None:

@@ -213,8 +213,8 @@ class AuxiliaryRows:
             row.undo_fed = None
         self.cache.restore_rows(snapshot, wrong)
         if wrong and logprobs is not self.logprobs:
-            index = torch.as_tensor(wrong, dtype=torch.long, device=self.logprobs.device)
-            self.logprobs = self.logprobs.index_copy(0, index, logprobs.index_select(0, index))
+            rows = torch.as_tensor(wrong, dtype=torch.long, device=self.logprobs.device)
+            self.logprobs = self.logprobs.index_copy(0, rows, logprobs.index_select(0, rows))
         self._before, self._speculating = None, False
         self.cache.maintain()
 

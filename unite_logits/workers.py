@@ -89,8 +89,8 @@ class Workers:
         for index, (future, inline) in enumerate(zip(round_.futures, round_.inline)):
             try:
                 outcome: float | BaseException | None = future.result() if future is not None else inline
-            except BaseException as error:  # noqa: BLE001 - re-raised below, naming the member
-                outcome = error
+            except BaseException as raised:  # noqa: BLE001 - re-raised below, naming the member
+                outcome = raised
             if isinstance(outcome, BaseException):
                 failure = failure or (index, outcome)
                 seconds.append(0.0)
