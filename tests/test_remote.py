@@ -1,0 +1,237 @@
+"""Remote members: a model behind llama.cpp's llama-server (or an OpenAI-compatible server).
+
+Three kinds of test:
+
+* the wire formats on literal answers (pure functions);
+* the failure paths against `ScriptedServer`, a small real HTTP server on loopback that
+  answers what each test scripts (bad JSON, error statuses, silence, too few candidates);
+* the model itself against a REAL ``llama-server`` serving the catalogue's Gemma 3 270M
+  (`gemma_server`, 1 thread, 4 slots), compared with the same GGUF loaded in transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import pytest
+import torch
+
+import tiny
+from llama_server import LlamaServer, gemma_gguf, gemma_server, llama_server_binary, require_llama_server  # noqa: F401
+from scripted_server import Reply, ScriptedServer, llama_cpp_answer, vllm_answer
+from unite_logits.remote import RemoteMember, RemoteMemberError, RemoteRunner
+from unite_logits.remote.protocols import MalformedAnswer, completion_request, parse_candidates
+from unite_logits.remote.runner import candidates_for
+from unite_logits.remote.spec import remote_member_from_spec, split_remote_spec
+
+FAST = {"timeout": 5.0, "retries": 1}
+
+
+# -- wire formats --------------------------------------------------------------------------
+def test_llama_cpp_request_sends_ids_and_asks_for_one_token_with_probabilities():
+    path, body = completion_request("llama.cpp", [2, 17, 5], 40)
+    assert path == "/completion"
+    assert body["prompt"] == [2, 17, 5] and body["n_predict"] == 1 and body["n_probs"] == 40
+    assert body["cache_prompt"] is True
+
+
+def test_openai_request_uses_token_id_prompt_and_logprobs():
+    path, body = completion_request("openai", [2, 17], 8, model="m")
+    assert path == "/v1/completions"
+    assert body["prompt"] == [2, 17] and body["max_tokens"] == 1 and body["logprobs"] == 8 and body["model"] == "m"
+    assert body["return_tokens_as_token_ids"] is True
+
+
+def test_parses_llama_cpp_answer_and_maps_a_zero_probability_to_minus_inf():
+    answer = llama_cpp_answer([(5, -0.1), (9, -2.5), (1, -3.4028234663852886e38)])
+    candidates = parse_candidates("llama.cpp", answer)
+    assert candidates.ids == (5, 9, 1)
+    assert candidates.logprobs[:2] == (-0.1, -2.5) and candidates.logprobs[2] == -math.inf
+
+
+def test_parses_vllm_legacy_answer_keyed_by_token_ids():
+    candidates = parse_candidates("openai", vllm_answer([(7, -0.2), (3, -1.0)]))
+    assert dict(zip(candidates.ids, candidates.logprobs)) == {7: -0.2, 3: -1.0}
+
+
+def test_parses_llama_server_openai_answer_with_ids():
+    answer = {"choices": [{"logprobs": {"content": [{"id": 4, "logprob": -0.3,
+                                                      "top_logprobs": [{"id": 4, "logprob": -0.3}]}]}}]}
+    assert parse_candidates("openai", answer).ids == (4,)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "answer", "says"),
+    [
+        ("llama.cpp", {"content": "x"}, "completion_probabilities"),
+        ("llama.cpp", [], "not a JSON object"),
+        ("llama.cpp", {"completion_probabilities": [{"top_logprobs": [{"logprob": -1}]}]}, "no 'id'"),
+        ("llama.cpp", {"completion_probabilities": [{"top_logprobs": [{"id": "7", "logprob": -1}]}]}, "not a token id"),
+        ("llama.cpp", {"completion_probabilities": [{"top_logprobs": [{"id": 7, "logprob": 2.0}]}]}, "<= 0"),
+        ("llama.cpp", {"completion_probabilities": [{"top_logprobs": [{"id": 7, "logprob": None}]}]}, "not a number"),
+        ("openai", {"choices": [{"logprobs": None}]}, "no log-probabilities"),
+        ("openai", {"choices": [{"logprobs": {"top_logprobs": [{" the": -0.1}]}}]}, "token strings"),
+        ("openai", {"choices": []}, "no 0"),
+    ],
+)
+def test_malformed_answers_say_what_is_wrong(protocol, answer, says):
+    with pytest.raises(MalformedAnswer, match=says):
+        parse_candidates(protocol, answer)
+
+
+def test_candidates_asked_for_default_to_four_times_top_k_and_never_fewer_than_top_k():
+    assert candidates_for(10, None) == 40
+    assert candidates_for(10, 12) == 12
+    assert candidates_for(10, 3) == 10
+
+
+# -- SPEC@URL ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("gemma3-270m@http://127.0.0.1:8080", ("gemma3-270m", "http://127.0.0.1:8080")),
+        ("gemma3-270m@127.0.0.1:8080", ("gemma3-270m", "http://127.0.0.1:8080")),
+        ("./models/tok@https://user:pw@node:8000/v1", ("./models/tok", "https://user:pw@node:8000/v1")),
+        ("./m@[::1]:80", ("./m", "http://[::1]:80")),
+        ("gemma3-270m", None),
+        ("/models/release@v2", None),
+        ("localhost:8080", None),
+    ],
+)
+def test_split_remote_spec(text, expected):
+    assert split_remote_spec(text) == expected
+
+
+def test_split_remote_spec_wants_a_spec_before_the_url():
+    with pytest.raises(ValueError, match="before the @"):
+        split_remote_spec("@http://127.0.0.1:8080")
+
+
+# -- failures, against a scripted real HTTP server ----------------------------------------
+@pytest.fixture()
+def scripted():
+    with ScriptedServer(tiny.byte_bpe()) as server:
+        yield server
+
+
+def _runner(server, top_k=3, **options):
+    member = RemoteMember(server.url, server.tokenizer, name="tiny", **{**FAST, **options})
+    return member, member.runner(top_k)
+
+
+def test_runner_returns_dense_rows_with_minus_inf_outside_the_candidates(scripted):
+    scripted.completion = lambda body: Reply.json(llama_cpp_answer([(5, -0.5), (2, -1.5), (9, -2.0)]))
+    member, runner = _runner(scripted)
+    out = runner.logprobs([[1, 2, 3], [4]])
+    assert out.shape == (2, len(scripted.tokenizer)) and out.dtype == torch.float32
+    for row in out:
+        finite = torch.isfinite(row).nonzero().flatten().tolist()
+        assert sorted(finite) == [2, 5, 9] and row[5].item() == pytest.approx(-0.5)
+    assert [b["prompt"] for b in scripted.bodies] in ([[1, 2, 3], [4]], [[4], [1, 2, 3]])
+    assert all(b["n_probs"] == candidates_for(3, None) for b in scripted.bodies)
+
+
+def test_ids_past_the_tokenizer_vocabulary_never_count(scripted):
+    size = len(scripted.tokenizer)
+    scripted.completion = lambda body: Reply.json(llama_cpp_answer([(size + 3, -0.1), (1, -1.0), (2, -2.0)]))
+    _, runner = _runner(scripted, top_k=2)
+    row = runner.logprobs([[1]])[0]
+    assert torch.isfinite(row).nonzero().flatten().tolist() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("reply", "says"),
+    [
+        (Reply(200, b"{not json"), "not JSON"),
+        (Reply(500, b'{"error": "kaboom"}'), "HTTP 500: .*kaboom"),
+        (Reply.json({"completion_probabilities": []}), "malformed answer"),
+        (Reply.json(llama_cpp_answer([(1, -0.1)])), "1 candidates, fewer than top_k=3"),
+    ],
+)
+def test_bad_answers_raise_one_clear_error_naming_member_and_url(scripted, reply, says):
+    scripted.completion = lambda body: reply
+    _, runner = _runner(scripted)
+    with pytest.raises(RemoteMemberError, match=says) as caught:
+        runner.logprobs([[1, 2]])
+    assert "'tiny'" in str(caught.value) and scripted.url in str(caught.value)
+
+
+def test_silence_past_the_timeout_is_an_error_not_a_hang(scripted):
+    scripted.completion = lambda body: Reply(200, b"{}", delay_s=3.0)
+    _, runner = _runner(scripted, timeout=0.5)
+    with pytest.raises(RemoteMemberError, match="within the timeout of 0.5 s"):
+        runner.logprobs([[1]])
+
+
+def test_abstain_mode_gives_all_minus_inf_and_a_warning(scripted, caplog):
+    scripted.completion = lambda body: Reply(500, b"overloaded")
+    _, runner = _runner(scripted, on_error="abstain")
+    with caplog.at_level(logging.WARNING, logger="unite_logits.remote.runner"):
+        out = runner.logprobs([[1], [2, 3]])
+    assert torch.isinf(out).all() and (out < 0).all()
+    assert runner.abstentions == 2
+    assert any("abstains" in r.getMessage() and "HTTP 500" in r.getMessage() for r in caplog.records)
+
+
+def test_openai_protocol_reads_vllm_style_answers(scripted):
+    scripted.llama_cpp = False
+    scripted.completion = lambda body: Reply.json(vllm_answer([(3, -0.7), (8, -1.1)]))
+    member, runner = _runner(scripted, top_k=2)
+    assert member.protocol == "openai" and member.server.model == "scripted"
+    row = runner.logprobs([[5, 6]])[0]
+    assert row[3].item() == pytest.approx(-0.7) and row[8].item() == pytest.approx(-1.1)
+    assert scripted.bodies[-1]["model"] == "scripted" and scripted.bodies[-1]["logprobs"] == candidates_for(2, None)
+
+
+def test_rows_longer_than_the_servers_context_fail_before_sending(scripted):
+    scripted.n_ctx = 8
+    _, runner = _runner(scripted)
+    assert runner.limit == 7
+    with pytest.raises(RemoteMemberError, match="past the server's context of 8"):
+        runner.logprobs([list(range(1, 9))])
+    assert scripted.bodies == []
+
+
+@pytest.mark.parametrize(
+    ("served_size", "says"),
+    [
+        (-1, f"the served model has {len(tiny.byte_bpe())} tokens but the tokenizer {len(tiny.sp_bpe())}"),
+        (None, "tokenizes a probe text differently"),
+    ],
+)
+def test_construction_against_a_mismatched_tokenizer_fails_clearly(served_size, says):
+    assert len(tiny.byte_bpe()) < len(tiny.sp_bpe())  # the size check applies
+    with ScriptedServer(tiny.byte_bpe(), n_vocab=served_size) as server:
+        with pytest.raises(RemoteMemberError, match=says) as caught:
+            RemoteMember(server.url, tiny.sp_bpe(), name="wrong", **FAST)
+    assert server.url in str(caught.value) and "'wrong'" in str(caught.value)
+    assert server.bodies == []  # nothing was ever asked of the model
+
+
+def test_construction_against_a_dead_url_fails_clearly():
+    from llama_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(RemoteMemberError, match="cannot reach the server") as caught:
+        RemoteMember(url, tiny.byte_bpe(), name="nobody", timeout=2.0, retries=1)
+    assert url in str(caught.value) and "'nobody'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"url": "127.0.0.1:8080"}, "http:// or https://"),
+        ({"weight": -1}, "non-negative"),
+        ({"timeout": 0}, "positive number of seconds"),
+        ({"retries": -1}, "non-negative integer"),
+        ({"protocol": "grpc"}, "one of llama.cpp, openai"),
+        ({"on_error": "ignore"}, "'raise' or 'abstain'"),
+        ({"top_n": 0}, "positive integer"),
+    ],
+)
+def test_bad_arguments_fail_before_any_request(options, says):
+    arguments = {"url": "http://127.0.0.1:9", "tokenizer": tiny.byte_bpe(), **options}
+    with pytest.raises((ValueError, TypeError), match=says):
+        RemoteMember(**arguments)

@@ -1,0 +1,158 @@
+"""`RemoteRunner`: one step of a served member for every row of a batch, as dense log-probabilities.
+
+The row store hands the runner each row's FULL id sequence; the runner sends one request
+per row, all rows at once from a small thread pool (each thread blocks on the network, not
+on Python), and the server's prefix cache makes each request cost only the tokens that are
+new since that row's previous step. What comes back is the server's top-n: dense rows of
+``vocab_size`` log-probabilities, ``-inf`` for every id the server did not list (and for ids
+at or past ``vocab_size``, which the tokenizer never produces).
+
+A row fails as a whole (`RemoteMemberError`), or, with ``on_error="abstain"``, comes back
+all ``-inf`` with a warning: the core treats such a row as this member abstaining.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import torch
+
+from .client import JsonClient
+from .errors import RemoteMemberError
+from .protocols import Candidates, MalformedAnswer, completion_request, parse_candidates
+from .server import ServerInfo
+
+__all__ = ["RemoteRunner", "OnError", "candidates_for"]
+
+logger = logging.getLogger(__name__)
+
+OnError = Literal["raise", "abstain"]
+
+
+def candidates_for(top_k: int, top_n: int | None) -> int:
+    """How many candidates to ask for: ``top_n`` if given, else 4 x ``top_k``, never below ``top_k``.
+
+    More than ``top_k`` so that the alignment finds most of the OTHER members' candidates in
+    this member's answer too; each extra candidate costs a few bytes of JSON.
+    """
+    return max(top_k, top_n if top_n is not None else 4 * top_k)
+
+
+class RemoteRunner:
+    """Next-token log-probabilities of a served model, a batch of rows at a time.
+
+    Built by `RemoteMember.runner`. Thread-safe; `close` ends its threads and connections.
+
+    Attributes:
+        vocab_size: the tokenizer's vocabulary size; ids at or past it never count.
+        name: the member's name.
+        limit: the most tokens a row may hold on the server (None if it does not say).
+        requests: requests sent so far (one per row and step).
+        abstentions: rows answered all ``-inf`` because the server failed (``on_error="abstain"``).
+    """
+
+    def __init__(
+        self,
+        client: JsonClient,
+        info: ServerInfo,
+        *,
+        vocab_size: int,
+        top_k: int,
+        top_n: int,
+        on_error: OnError,
+        concurrency: int,
+    ) -> None:
+        self.client = client
+        self.info = info
+        self.vocab_size = vocab_size
+        self.name = client.member
+        self.limit = None if info.n_ctx is None else info.n_ctx - 1  # room for the one token asked for
+        self.top_k = top_k
+        self.top_n = top_n
+        self.on_error = on_error
+        self.concurrency = concurrency
+        self.requests = 0
+        self.abstentions = 0
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def logprobs(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        """For each row's full id sequence, next-token log-probabilities, shape ``(len(batch), vocab_size)``.
+
+        Raises:
+            RemoteMemberError: a row failed and ``on_error`` is ``"raise"``.
+        """
+        out = torch.full((len(batch), self.vocab_size), -math.inf, dtype=torch.float32)
+        if len(batch) == 1 or self.concurrency == 1:
+            answers = [self._row_candidates(ids) for ids in batch]
+        else:
+            answers = list(self._executor().map(self._row_candidates, batch))
+        for row, candidates in enumerate(answers):
+            if candidates is None:
+                continue
+            ids = torch.tensor(candidates.ids, dtype=torch.long)
+            values = torch.tensor(candidates.logprobs, dtype=torch.float32)
+            keep = ids < self.vocab_size
+            # amax: a server that lists an id twice cannot make it likelier than its best entry
+            out[row].scatter_reduce_(0, ids[keep], values[keep], reduce="amax", include_self=True)
+        return out
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"remote-{self.name}")
+            return self._pool
+
+    def _row_candidates(self, ids: Sequence[int]) -> Candidates | None:
+        """The row's candidates; None if it failed and the member abstains."""
+        try:
+            return self._ask(ids)
+        except RemoteMemberError as error:
+            if self.on_error == "raise":
+                raise
+            with self._lock:
+                self.abstentions += 1
+            logger.warning("%s; the member abstains for this row and step", error)
+            return None
+
+    def _ask(self, ids: Sequence[int]) -> Candidates:
+        if not ids:
+            raise self.client.error("a row with no tokens has no next-token distribution")
+        if self.limit is not None and len(ids) > self.limit:
+            raise self.client.error(
+                f"a row has {len(ids)} tokens, past the server's context of {self.info.n_ctx} per request "
+                "(start llama-server with a larger -c, or fewer -np slots)"
+            )
+        path, body = completion_request(self.info.protocol, ids, self.top_n, self.info.model)
+        with self._lock:
+            self.requests += 1
+        answer = self.client.post(path, body)
+        try:
+            candidates = parse_candidates(self.info.protocol, answer)
+        except MalformedAnswer as error:
+            raise self.client.error(f"malformed answer to POST {path}: {error}") from None
+        needed = min(self.top_k, self.vocab_size)
+        if len(candidates) < needed:
+            raise self.client.error(
+                f"POST {path} returned {len(candidates)} candidates, fewer than top_k={self.top_k} "
+                "(vLLM caps them at --max-logprobs)"
+            )
+        return candidates
+
+    def close(self) -> None:
+        """End the worker threads (a later call starts new ones); the member owns the connections."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> "RemoteRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
