@@ -72,14 +72,15 @@ def served_decode(runner, ids: list[int], steps: int, rows: int) -> dict[str, fl
 @torch.no_grad()
 def transformers_decode(model, ids: list[int], steps: int) -> float:
     """Median ms per generated token of the same model in transformers (fp32, KV cache)."""
-    out = model(torch.tensor([ids]), use_cache=True, logits_to_keep=1)
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)  # filled in place by each forward
+    token = model(torch.tensor([ids]), cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1:].argmax(-1)
     times = []
     for _ in range(steps):
         started = time.perf_counter()
-        out = model(token, past_key_values=cache, use_cache=True)
+        token = model(token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
         times.append(time.perf_counter() - started)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
     return round(1000 * statistics.median(times), 1)
 
 

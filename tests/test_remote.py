@@ -87,6 +87,16 @@ def test_candidates_asked_for_default_to_four_times_top_k_and_never_fewer_than_t
     assert candidates_for(10, 3) == 10
 
 
+def test_remote_member_and_its_error_are_public_and_the_error_is_a_model_error():
+    import unite_logits
+    from unite_logits.models.errors import ModelError
+
+    assert unite_logits.RemoteMember is RemoteMember and unite_logits.RemoteMemberError is RemoteMemberError
+    assert {"RemoteMember", "RemoteMemberError"} <= set(unite_logits.__all__)
+    error = RemoteMemberError("m", "http://h:1", "down")
+    assert isinstance(error, ModelError) and str(error) == "remote member 'm' at http://h:1: down"
+
+
 # -- SPEC@URL ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "expected"),

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .member import Member
     from .models.loading import load_model
     from .processor import UniTEProcessor
+    from .remote import RemoteMember, RemoteMemberError
     from .token_bytes import TokenBytes, token_bytes_view
     from .trace import StepRecord
 
@@ -26,6 +27,8 @@ _HOMES = {
     "load_model": ".models.loading",
     "Member": ".member",
     "UniTEProcessor": ".processor",
+    "RemoteMember": ".remote",
+    "RemoteMemberError": ".remote",
     "TokenBytes": ".token_bytes",
     "token_bytes_view": ".token_bytes",
     "StepRecord": ".trace",
@@ -34,6 +37,8 @@ _HOMES = {
 __all__ = [
     "Ensemble",
     "Member",
+    "RemoteMember",
+    "RemoteMemberError",
     "StepRecord",
     "TokenBytes",
     "UniTEProcessor",
