@@ -17,13 +17,15 @@ import os
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tiny
 from llama_server import LlamaServer, gemma_gguf, gemma_server, llama_server_binary, require_llama_server  # noqa: F401
 from scripted_server import Reply, ScriptedServer, llama_cpp_answer, vllm_answer
 from unite_logits.remote import RemoteMember, RemoteMemberError, RemoteRunner
-from unite_logits.remote.protocols import MalformedAnswer, completion_request, parse_candidates
-from unite_logits.remote.runner import candidates_for
+from unite_logits.remote.protocols import Candidates, MalformedAnswer, completion_request, parse_candidates
+from unite_logits.remote.runner import candidates_for, dense_logprobs
 from unite_logits.remote.spec import remote_member_from_spec, split_remote_spec
 
 FAST = {"timeout": 5.0, "retries": 1}
@@ -79,6 +81,25 @@ def test_parses_llama_server_openai_answer_with_ids():
 def test_malformed_answers_say_what_is_wrong(protocol, answer, says):
     with pytest.raises(MalformedAnswer, match=says):
         parse_candidates(protocol, answer)
+
+
+_CANDIDATE = st.tuples(st.integers(0, 40), st.floats(-50.0, 0.0) | st.just(-math.inf))
+
+
+@given(rows=st.lists(st.none() | st.lists(_CANDIDATE, max_size=12), max_size=4), vocab_size=st.integers(1, 32))
+def test_dense_rows_hold_each_candidates_best_value_and_minus_inf_elsewhere(rows, vocab_size):
+    answers = [None if row is None else Candidates(tuple(i for i, _ in row), tuple(v for _, v in row)) for row in rows]
+    out = dense_logprobs(answers, vocab_size)
+    assert out.shape == (len(rows), vocab_size) and out.dtype == torch.float32
+    for dense, row in zip(out, rows):
+        best: dict[int, float] = {}
+        for token_id, value in row or []:
+            if token_id < vocab_size:
+                best[token_id] = max(best.get(token_id, -math.inf), value)
+        expected = torch.full((vocab_size,), -math.inf)
+        for token_id, value in best.items():
+            expected[token_id] = value
+        torch.testing.assert_close(dense, expected)
 
 
 def test_candidates_asked_for_default_to_four_times_top_k_and_never_fewer_than_top_k():
@@ -169,6 +190,23 @@ def test_bad_answers_raise_one_clear_error_naming_member_and_url(scripted, reply
     assert "'tiny'" in str(caught.value) and scripted.url in str(caught.value)
 
 
+def test_a_503_is_retried_with_backoff_then_answered(scripted):
+    replies = iter([Reply(503, b"loading model"), Reply(503, b"loading model")])
+    good = Reply.json(llama_cpp_answer([(5, -0.5), (2, -1.5), (9, -2.0)]))
+    scripted.completion = lambda body: next(replies, good)
+    _, runner = _runner(scripted, retries=2)
+    assert torch.isfinite(runner.logprobs([[1]])).sum() == 3
+    assert len(scripted.bodies) == 3
+
+
+def test_a_503_past_the_retries_is_the_clear_error(scripted):
+    scripted.completion = lambda body: Reply(503, b"loading model")
+    _, runner = _runner(scripted, retries=1)
+    with pytest.raises(RemoteMemberError, match="HTTP 503: loading model"):
+        runner.logprobs([[1]])
+    assert len(scripted.bodies) == 2
+
+
 def test_silence_past_the_timeout_is_an_error_not_a_hang(scripted):
     scripted.completion = lambda body: Reply(200, b"{}", delay_s=3.0)
     _, runner = _runner(scripted, timeout=0.5)
@@ -219,6 +257,13 @@ def test_construction_against_a_mismatched_tokenizer_fails_clearly(served_size, 
             RemoteMember(server.url, tiny.sp_bpe(), name="wrong", **FAST)
     assert server.url in str(caught.value) and "'wrong'" in str(caught.value)
     assert server.bodies == []  # nothing was ever asked of the model
+
+
+def test_the_vocabulary_check_can_be_left_out():
+    with ScriptedServer(tiny.byte_bpe()) as server:
+        member = RemoteMember(server.url, tiny.sp_bpe(), check_vocabulary=False, **FAST)
+        assert member.protocol == "llama.cpp" and member.vocab_size == len(tiny.sp_bpe())
+        member.close()
 
 
 def test_construction_against_a_dead_url_fails_clearly():

@@ -6,7 +6,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -14,7 +14,8 @@ from ..member import check_top_k, check_weight
 from .client import JsonClient
 from .protocols import PROTOCOLS, Protocol
 from .runner import OnError, RemoteRunner, candidates_for
-from .server import ServerInfo, check_vocabulary, describe_server
+from .server import ServerInfo, describe_server
+from .server import check_vocabulary as _check_vocabulary  # the name is also an option of RemoteMember
 
 __all__ = ["RemoteMember", "DEFAULT_CONCURRENCY"]
 
@@ -83,7 +84,7 @@ class RemoteMember:
         try:
             self.server = describe_server(self.client, self.protocol, self.model)
             if self.check_vocabulary:
-                check_vocabulary(self.client, self.server, self.tokenizer)
+                _check_vocabulary(self.client, self.server, self.tokenizer)
         except BaseException:
             self.client.close()
             raise

@@ -27,7 +27,7 @@ from .errors import RemoteMemberError
 from .protocols import Candidates, MalformedAnswer, completion_request, parse_candidates
 from .server import ServerInfo
 
-__all__ = ["RemoteRunner", "OnError", "candidates_for"]
+__all__ = ["RemoteRunner", "OnError", "candidates_for", "dense_logprobs"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,23 @@ def candidates_for(top_k: int, top_n: int | None) -> int:
     this member's answer too; each extra candidate costs a few bytes of JSON.
     """
     return max(top_k, top_n if top_n is not None else 4 * top_k)
+
+
+def dense_logprobs(answers: Sequence[Candidates | None], vocab_size: int) -> torch.Tensor:
+    """Rows of ``vocab_size`` log-probabilities: each row's candidates, ``-inf`` elsewhere.
+
+    A None row (the member abstains) is all ``-inf``; ids at or past ``vocab_size`` are
+    dropped; an id listed twice keeps its largest value (never likelier than its best entry).
+    """
+    out = torch.full((len(answers), vocab_size), -math.inf, dtype=torch.float32)
+    for row, candidates in enumerate(answers):
+        if candidates is None or not len(candidates):
+            continue
+        ids = torch.tensor(candidates.ids, dtype=torch.long)
+        values = torch.tensor(candidates.logprobs, dtype=torch.float32)
+        keep = ids < vocab_size
+        out[row].scatter_reduce_(0, ids[keep], values[keep], reduce="amax", include_self=True)
+    return out
 
 
 class RemoteRunner:
@@ -87,20 +104,11 @@ class RemoteRunner:
         Raises:
             RemoteMemberError: a row failed and ``on_error`` is ``"raise"``.
         """
-        out = torch.full((len(batch), self.vocab_size), -math.inf, dtype=torch.float32)
         if len(batch) == 1 or self.concurrency == 1:
             answers = [self._row_candidates(ids) for ids in batch]
         else:
             answers = list(self._executor().map(self._row_candidates, batch))
-        for row, candidates in enumerate(answers):
-            if candidates is None:
-                continue
-            ids = torch.tensor(candidates.ids, dtype=torch.long)
-            values = torch.tensor(candidates.logprobs, dtype=torch.float32)
-            keep = ids < self.vocab_size
-            # amax: a server that lists an id twice cannot make it likelier than its best entry
-            out[row].scatter_reduce_(0, ids[keep], values[keep], reduce="amax", include_self=True)
-        return out
+        return dense_logprobs(answers, self.vocab_size)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
