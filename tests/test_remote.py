@@ -279,6 +279,9 @@ def test_construction_against_a_dead_url_fails_clearly():
     ("options", "says"),
     [
         ({"url": "127.0.0.1:8080"}, "http:// or https://"),
+        ({"url": "http://"}, "no valid host"),
+        ({"url": "http://bad host:80"}, "no valid host"),
+        ({"url": "http://127.0.0.1:99999"}, "not a valid URL"),
         ({"weight": -1}, "non-negative"),
         ({"timeout": 0}, "positive number of seconds"),
         ({"retries": -1}, "non-negative integer"),

@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from transformers import PreTrainedTokenizerBase
 
@@ -96,6 +97,13 @@ class RemoteMember:
     def _check_arguments(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
             raise ValueError(f"`url` has to be an http:// or https:// URL, but is {self.url!r}")
+        try:
+            parts = urlsplit(self.url)
+            parts.port  # noqa: B018  (raises on a port that is not a number in range)
+        except ValueError as error:
+            raise ValueError(f"`url` {self.url!r} is not a valid URL: {error}") from None
+        if not parts.hostname or " " in parts.netloc:
+            raise ValueError(f"`url` {self.url!r} names no valid host (e.g. http://127.0.0.1:8080)")
         if not isinstance(self.tokenizer, PreTrainedTokenizerBase):
             raise TypeError(f"`tokenizer` has to be a transformers tokenizer, but is {type(self.tokenizer).__name__}")
         self.weight = check_weight("weight", self.weight)
