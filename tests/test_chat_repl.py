@@ -156,3 +156,53 @@ def test_real_chat_remembers_the_conversation():
     assert done.returncode == 0, done.stderr.decode()
     first, second = done.stdout.decode().strip().splitlines()
     assert "Paris" in first and "Rome" in second  # "And of Italy?" only makes sense with the first turn
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
+def test_in_a_terminal_ctrl_c_and_ctrl_d_behave_as_in_a_shell():
+    """On a real (pseudo-)terminal: a prompt, Ctrl-C stops the answer, Ctrl-C at the prompt hints, Ctrl-D leaves."""
+    import pty
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    main_fd, child_fd = pty.openpty()
+    def own_terminal():  # a new session whose controlling terminal is the pty, as a shell sets it up
+        import fcntl
+        import termios
+
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(testkit=str(ROOT / "testkit"))], cwd=ROOT, env=env,
+                             stdin=child_fd, stdout=child_fd, stderr=subprocess.PIPE, preexec_fn=own_terminal)
+    os.close(child_fd)
+    os.set_blocking(main_fd, False)
+    screen = b""
+
+    def wait_for_screen(needle: bytes, count: int = 1, seconds: float = 180.0) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + seconds
+        while screen.count(needle) < count and time.monotonic() < deadline:
+            try:
+                screen += os.read(main_fd, 65536)
+            except (BlockingIOError, OSError):
+                time.sleep(0.05)
+        assert screen.count(needle) >= count, (needle, screen[-500:])
+
+    try:
+        wait_for_screen(b">>> ")
+        assert b"Chatting with tiny-primary + tiny-aux" in screen and b"/reset" in screen
+        os.write(main_fd, b"Hello there\n")
+        wait_for_screen(b"Hello there")  # the terminal echoes the line
+        time.sleep(0.5)  # the answer is streaming
+        os.write(main_fd, b"\x03")  # Ctrl-C, turned into SIGINT by the terminal
+        wait_for_screen(INTERRUPTED.encode(), seconds=60)
+        wait_for_screen(b">>> ", count=2, seconds=60)  # the conversation goes on
+        os.write(main_fd, b"\x03")  # Ctrl-C at the prompt
+        wait_for_screen(b"Ctrl-D leaves", seconds=60)
+        os.write(main_fd, b"\x04")  # Ctrl-D
+        code = child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        os.close(main_fd)
+    assert code == 0, child.stderr.read().decode()

@@ -72,6 +72,11 @@ def _ctrl_c_sets(flag: threading.Event) -> Iterator[None]:
 
 def _lines(stdin: TextIO, out: TextIO, interactive: bool) -> Iterator[str]:
     """User turns: ``input()`` with a prompt on a terminal (line editing), plain lines otherwise."""
+    if interactive:
+        try:  # line editing and history for input(); it also writes the prompt to stdout, not stderr
+            import readline  # noqa: F401
+        except ImportError:
+            pass
     while True:
         if not interactive:
             line = stdin.readline()
