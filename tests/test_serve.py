@@ -128,9 +128,19 @@ def test_completions_plain_and_streamed_match_the_ensemble(client, ensemble):
     assert streamed[-1].choices[0].finish_reason == "length"
 
 
-def test_several_prompts_and_n(client, ensemble):
+def test_several_prompts_and_n(client, ensemble, monkeypatch):
+    from unite_logits.serving import worker as worker_module
+
+    generations = []
+
+    def counting(*args, **kwargs):
+        generations.append(args[1])
+        return generate_streamed(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "generate_streamed", counting)
     prompts = ["The quick brown fox", "Muffins and pancakes"]
     response = client.completions.create(model=MODEL, prompt=prompts, max_tokens=5, n=2)
+    assert generations == prompts  # greedy: each prompt generated once, its n choices share the answer
     texts = [c.text for c in sorted(response.choices, key=lambda c: c.index)]
     first, second = (alone(ensemble, p, chat=False, max_new_tokens=5).text for p in prompts)
     assert texts == [first, first, second, second]  # greedy: the n choices of one prompt agree

@@ -22,14 +22,13 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
 
 from ..api import check_prompt, encode_prompt
 from ..prompt_checks import PromptError, check_fits
-from ..token_stream import GenerationOptions, StreamedResult, generate_streamed
+from ..token_stream import GenerationOptions, Piece, StreamedResult, generate_streamed
 
 __all__ = ["Job", "GenerationWorker", "FinishedJob"]
 
@@ -136,11 +135,24 @@ class GenerationWorker:
         job.notify("started", -1, None)
         if job.seed is not None:
             torch.manual_seed(job.seed)
+        greedy_answers: dict[str, tuple[StreamedResult, list[Piece]]] = {}
         for index, prompt in enumerate(job.prompts):
-            result = generate_streamed(
-                self.ensemble, prompt, chat=job.chat, options=job.options,
-                on_piece=partial(job.notify, "piece", index), cancel=job.cancel,
-            )
+            key = repr(prompt)
+            if key in greedy_answers:  # greedy decoding answers a prompt the same way every time
+                result, pieces = greedy_answers[key]
+                for piece in pieces:
+                    job.notify("piece", index, piece)
+            else:
+                pieces = []
+
+                def on_piece(piece: Piece, index: int = index, pieces: list[Piece] = pieces) -> None:
+                    pieces.append(piece)
+                    job.notify("piece", index, piece)
+
+                result = generate_streamed(self.ensemble, prompt, chat=job.chat, options=job.options,
+                                           on_piece=on_piece, cancel=job.cancel)
+                if not job.options.sampling and result.finish_reason != "cancelled":
+                    greedy_answers[key] = (result, pieces)
             results.append(result)
             job.notify("done", index, result)
             if result.finish_reason == "cancelled":
