@@ -77,6 +77,16 @@ def test_a_turn_too_long_is_refused_in_one_line_and_the_chat_goes_on(ensemble, s
     assert len(out.splitlines()) == 1
 
 
+def test_a_template_that_refuses_the_conversation_is_one_line(capsys):
+    strict = tiny_ensemble()
+    strict.models[1].tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + strict.models[1].tokenizer.chat_template)
+    code, out = chat(strict, "Hello there\n", system="Be brief.")
+    err = capsys.readouterr().err
+    assert code == 0 and out == "" and "System role not supported" in err and len(err.strip().splitlines()) == 1
+
+
 def test_the_cli_chat_reads_a_pipe(monkeypatch, ensemble, capsys):
     monkeypatch.setattr(cli, "_load_ensemble", lambda args: ensemble)
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello there\n"))

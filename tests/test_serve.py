@@ -318,6 +318,20 @@ def test_bad_completion_requests(client):
             client.completions.create(model=MODEL, max_tokens=2, **request)
 
 
+def test_a_conversation_a_members_template_refuses_is_400():
+    ensemble = tiny_ensemble()
+    ensemble.models[1].tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + ensemble.models[1].tokenizer.chat_template)
+    with BackgroundServer(ensemble, ServerSettings(MODEL)) as strict:
+        client = openai.OpenAI(base_url=strict.url, api_key="-", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=MODEL, max_tokens=2, stream=True,
+                                           messages=[{"role": "system", "content": "Be brief."}, *HELLO])
+        assert "tiny-aux" in caught.value.body["message"] and "System role not supported" in caught.value.body["message"]
+        assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2).usage.completion_tokens == 2
+
+
 # -- API key ------------------------------------------------------------------------------
 def test_api_key_is_required_when_set(ensemble):
     with BackgroundServer(ensemble, ServerSettings(MODEL, api_key="sekret")) as keyed:

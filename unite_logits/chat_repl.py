@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from jinja2 import TemplateError
+
 from .chat import has_chat_template
 from .prompt_checks import PromptError
 from .token_stream import GenerationOptions, Piece, generate_streamed
@@ -133,7 +135,7 @@ def run_chat(
         try:
             with _ctrl_c_sets(cancel):
                 reason = session.answer(text, out, cancel)
-        except PromptError as error:  # e.g. the conversation outgrew the context window
+        except (PromptError, TemplateError) as error:  # outgrew the context window, a template refuses it
             session.history.pop()
             print(f"unite-logits chat: {error} (/reset starts over)", file=sys.stderr)
             continue

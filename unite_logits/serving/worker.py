@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 
 from ..api import check_prompt, encode_prompt
 from ..prompt_checks import PromptError, check_fits
@@ -110,7 +111,11 @@ class GenerationWorker:
                 self._current = None
 
     def _check(self, prompt: Any, chat: bool, max_new_tokens: int) -> None:
-        """What `Ensemble.generate` would refuse, refused before a response has started."""
+        """What `Ensemble.generate` would refuse, refused before a response has started.
+
+        Every member's chat template is applied once here: a template may refuse a
+        conversation (roles out of order, a system message it does not take).
+        """
         try:
             check_prompt(prompt)
         except PromptError:
@@ -118,7 +123,13 @@ class GenerationWorker:
         except ValueError as error:
             raise PromptError(str(error)) from None
         primary = self.ensemble.primary
-        check_fits(primary.model, primary.name, len(encode_prompt(primary, prompt, chat=chat)), max_new_tokens)
+        for loaded in self.ensemble.models if chat else [primary]:
+            try:
+                ids = encode_prompt(loaded, prompt, chat=chat)
+            except TemplateError as error:
+                raise PromptError(f"the chat template of {loaded.name} refuses these messages: {error}") from None
+            if loaded is primary:
+                check_fits(primary.model, primary.name, len(ids), max_new_tokens)
 
     def _run(self, job: Job) -> None:
         results: list[StreamedResult] = []
