@@ -491,3 +491,72 @@ def test_killing_the_server_mid_use_gives_the_clear_error_or_abstains(tmp_path, 
             out = lenient_runner.logprobs([ids + [ids[-1]], ids])
         assert torch.isneginf(out).all() and lenient_runner.abstentions == 2
         assert sum("'lenient'" in r.getMessage() and "abstains" in r.getMessage() for r in caplog.records) == 2
+
+
+# -- the row store's cache view (what the processor's AuxiliaryRows calls) ----------------
+def test_row_cache_sends_each_fed_rows_full_ids_and_edits_only_its_lists(scripted):
+    scripted.completion = lambda body: Reply.json(llama_cpp_answer([(5, -0.5), (2, -1.5), (9, -2.0)]))
+    _, runner = _runner(scripted)
+    cache = runner.new_cache(2)
+    out = cache.feed([[1, 2], [3]])
+    assert sorted(b["prompt"] for b in scripted.bodies) == [[1, 2], [3]] and torch.isfinite(out).sum() == 6
+    scripted.bodies.clear()
+    out = cache.feed([[4], []])  # only row 0 moves on
+    assert [b["prompt"] for b in scripted.bodies] == [[1, 2, 4]]
+    assert torch.isfinite(out[0]).sum() == 3 and torch.isneginf(out[1]).all()
+    snapshot = cache.snapshot()
+    cache.drop(0, 2)
+    cache.select_rows(torch.tensor([1, 0, 0]))
+    assert cache.ids == [[3], [1], [1]]
+    cache.restore_rows(snapshot, [0, 1])
+    assert cache.ids == [[1, 2, 4], [3], [1]]
+    assert not cache.can_drop(2, 2) and runner.forward_passes == cache.forward_passes == 2
+
+
+def test_the_row_store_runs_a_remote_member_through_its_row_cache(scripted):
+    """The processor's own AuxiliaryRows drives a RemoteRunner as it drives a local one."""
+    from unite_logits.rows import AuxiliaryRows
+    from unite_logits.sync import IdSync
+
+    scripted.completion = lambda body: Reply.json(llama_cpp_answer([(5, -0.5), (2, -1.5), (len(body["prompt"]), -2.0)]))
+    _, runner = _runner(scripted)
+    rows = AuxiliaryRows(runner, [IdSync([1, 2, 3]), IdSync([1, 2, 3]), IdSync([4])])
+    assert sorted(b["prompt"] for b in scripted.bodies) == [[1, 2, 3], [4]]  # a prompt given twice is sent once
+    assert rows.logprobs.shape == (3, len(scripted.tokenizer)) and rows.logprobs[1, 3] == -2.0
+    scripted.bodies.clear()
+    rows.push_token(0, 7, None)
+    rows.push_token(2, 8, None)
+    rows.refresh()
+    assert sorted(b["prompt"] for b in scripted.bodies) == [[1, 2, 3, 7], [4, 8]]
+    assert rows.logprobs[0, 4] == -2.0 and rows.logprobs[1, 3] == -2.0 and rows.logprobs[2, 2] == -1.5
+    rows.select([2, 0])
+    scripted.bodies.clear()
+    rows.push_token(1, 9, None)
+    rows.refresh()
+    assert [b["prompt"] for b in scripted.bodies] == [[1, 2, 3, 7, 9]]
+
+
+@pytest.mark.real_models
+def test_remote_rows_follow_the_local_rows_of_the_same_model(gemma_member):
+    """Greedy steps through the row store: the served Gemma picks what the local Gemma picks."""
+    from _real_models import load_real
+
+    from unite_logits.rows import AuxiliaryRows, LocalRunner
+    from unite_logits.sync import IdSync
+
+    model, tokenizer = load_real("gemma3-270m")
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS[:3]]
+    local = AuxiliaryRows(LocalRunner(model, len(tokenizer), "local"), [IdSync(p) for p in prompts])
+    remote = AuxiliaryRows(gemma_member.runner(top_k=10), [IdSync(p) for p in prompts])
+    agree, steps = 0, 8
+    for step in range(steps):
+        if step:
+            for row, token in enumerate(local.logprobs.argmax(-1).tolist()):  # both follow the local text
+                local.push_token(row, token, None)
+                remote.push_token(row, token, None)
+            local.refresh()
+            remote.refresh()
+        agree += int((local.logprobs.argmax(-1) == remote.logprobs.argmax(-1)).sum())
+    print(f"row store: served top-1 == local top-1 in {agree}/{steps * len(prompts)} row-steps")
+    assert remote.runner.requests == steps * len(prompts)
+    assert agree >= steps * len(prompts) - 2  # Q4 vs fp32: a near-tie may flip (see the agreement test)

@@ -27,7 +27,7 @@ from .errors import RemoteMemberError
 from .protocols import Candidates, MalformedAnswer, completion_request, parse_candidates
 from .server import ServerInfo
 
-__all__ = ["RemoteRunner", "OnError", "candidates_for", "dense_logprobs"]
+__all__ = ["RemoteRunner", "RemoteRowCache", "OnError", "candidates_for", "dense_logprobs"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,21 @@ class RemoteRunner:
         self.concurrency = concurrency
         self.requests = 0
         self.abstentions = 0
+        self.refills = 0  # the row store counts rollbacks deeper than a cache holds; never for a server
+        self.caches: list[RemoteRowCache] = []
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def forward_passes(self) -> int:
+        """Batches sent by the row caches of the generation in progress (one per step)."""
+        return sum(cache.forward_passes for cache in self.caches)
+
+    def new_cache(self, rows: int) -> "RemoteRowCache":
+        """The row store's cache for ``rows`` rows (see `RemoteRowCache`)."""
+        cache = RemoteRowCache(self, rows)
+        self.caches = [cache]
+        return cache
 
     def logprobs(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         """For each row's full id sequence, next-token log-probabilities, shape ``(len(batch), vocab_size)``.
@@ -164,3 +177,65 @@ class RemoteRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RemoteRowCache:
+    """What the row store keeps for a served member: each row's ids; the server holds the KV cache.
+
+    It offers the methods of `unite_logits.ragged_cache.RaggedKVCache` that the row store
+    (`unite_logits.rows.AuxiliaryRows`) calls, so a `RemoteRunner` can stand where a local
+    runner does. `feed` sends each fed row's FULL ids (what it held plus the new chunk); the
+    server's prefix cache turns that into the chunk's work. Dropping, clearing, selecting and
+    restoring rows edit the id lists only: there is nothing to free on the server, and the
+    next request of a row that lost its tail simply shares a shorter prefix with the last.
+    """
+
+    def __init__(self, runner: RemoteRunner, rows: int) -> None:
+        self.runner = runner
+        self.ids: list[list[int]] = [[] for _ in range(rows)]
+        self.forward_passes = 0
+
+    def feed(self, chunks: Sequence[Sequence[int]], maintain: bool = True) -> torch.Tensor:
+        """Append each chunk to its row; next-token log-probabilities of the rows that got one.
+
+        Rows with an empty chunk come back all ``-inf`` (the row store keeps their previous
+        distribution). Raises `RemoteMemberError` as `RemoteRunner.logprobs` does.
+        """
+        if len(chunks) != len(self.ids):
+            raise ValueError(f"got {len(chunks)} chunks for {len(self.ids)} rows")
+        fed = [row for row, chunk in enumerate(chunks) if len(chunk)]
+        out = torch.full((len(chunks), self.runner.vocab_size), -math.inf, dtype=torch.float32)
+        if not fed:
+            return out
+        for row in fed:
+            self.ids[row].extend(int(token) for token in chunks[row])
+        out[fed] = self.runner.logprobs([self.ids[row] for row in fed])
+        self.forward_passes += 1
+        return out
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Row ``i`` becomes a copy of row ``index[i]`` (beams that split, rows that finished)."""
+        self.ids = [list(self.ids[parent]) for parent in index.tolist()]
+
+    def can_drop(self, row: int, tokens: int) -> bool:
+        return 0 <= tokens <= len(self.ids[row])
+
+    def drop(self, row: int, tokens: int) -> None:
+        """Forget the row's last ``tokens`` ids (a rollback)."""
+        if not self.can_drop(row, tokens):
+            raise ValueError(f"row {row} holds {len(self.ids[row])} ids, cannot drop {tokens}")
+        del self.ids[row][len(self.ids[row]) - tokens :]
+
+    def clear(self, row: int) -> None:
+        self.ids[row] = []
+
+    def snapshot(self) -> list[list[int]]:
+        return [list(ids) for ids in self.ids]
+
+    def restore_rows(self, snapshot: list[list[int]], rows: Sequence[int]) -> None:
+        """Put ``rows`` back to where `snapshot` found them (a wrong guess undone)."""
+        for row in rows:
+            self.ids[row] = list(snapshot[row])
+
+    def maintain(self) -> None:
+        """Nothing to trim: the server manages its own cache."""
