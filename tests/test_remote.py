@@ -560,3 +560,91 @@ def test_remote_rows_follow_the_local_rows_of_the_same_model(gemma_member):
     print(f"row store: served top-1 == local top-1 in {agree}/{steps * len(prompts)} row-steps")
     assert remote.runner.requests == steps * len(prompts)
     assert agree >= steps * len(prompts) - 2  # Q4 vs fp32: a near-tie may flip (see the agreement test)
+
+
+# -- a served member inside the ensemble (UniTEProcessor in generate, the CLI) ---------------
+def _smollm2():
+    from _real_models import load_real
+
+    return load_real("smollm2-135m-instruct")
+
+
+def _greedy(model, tok, prompt, processors, new_tokens=12):
+    enc = tok(prompt, return_tensors="pt")
+    out = model.generate(**enc, logits_processor=processors, do_sample=False, max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, pad_token_id=tok.eos_token_id)
+    return out[0, enc["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.real_models
+def test_an_ensemble_with_the_served_member_follows_the_ensemble_with_the_local_one(gemma_member):
+    """SmolLM2 + served Gemma (Q4) against SmolLM2 + the same Gemma in transformers (fp32)."""
+    from _real_models import load_real
+
+    from unite_logits import Member, UniTEProcessor
+
+    primary, tok = _smollm2()
+    gemma, gemma_tok = load_real("gemma3-270m")
+    same, prefix_lengths = 0, []
+    prompts = PROMPTS[:3]
+    for prompt in prompts:
+        with UniTEProcessor(tok, [gemma_member], top_k=10) as served, \
+                UniTEProcessor(tok, [Member(gemma, gemma_tok, name="gemma-local")], top_k=10) as local:
+            a, b = _greedy(primary, tok, prompt, [served]), _greedy(primary, tok, prompt, [local])
+        common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+        prefix_lengths.append(common)
+        same += a == b
+    print(f"served vs local member: {same}/{len(prompts)} identical, agreeing prefixes {prefix_lengths} of 12")
+    assert sum(length >= 6 for length in prefix_lengths) >= 2
+
+
+@pytest.mark.real_models
+@pytest.mark.parametrize("on_error", ["raise", "abstain"])
+def test_killing_the_server_mid_generation(tmp_path, gemma_tokenizer, on_error, caplog):
+    """The clear error naming member and URL, or (abstain) the generation goes on without it."""
+    from unite_logits import UniTEProcessor
+
+    primary, tok = _smollm2()
+    with LlamaServer(require_llama_server(), gemma_gguf(tmp_path), slots=1) as server:
+        member = RemoteMember(server.url, gemma_tokenizer, name="gemma", timeout=10.0, retries=1, on_error=on_error)
+        calls = []
+
+        def kill_at_third_step(input_ids, scores):
+            calls.append(1)
+            if len(calls) == 3:
+                server.kill()
+            return scores
+
+        proc = UniTEProcessor(tok, [member], top_k=10, trace=True)
+        try:
+            if on_error == "raise":
+                with pytest.raises(RemoteMemberError, match="remote member 'gemma' at http://127.0.0.1") as caught:
+                    _greedy(primary, tok, PROMPTS[0], [proc, kill_at_third_step])
+                assert "cannot reach the server" in str(caught.value)
+            else:
+                with caplog.at_level(logging.WARNING, logger="unite_logits.remote.runner"):
+                    out = _greedy(primary, tok, PROMPTS[0], [proc, kill_at_third_step])
+                assert len(out) == 12
+                assert "gemma" not in proc.trace[0].abstained and "gemma" in proc.trace[-1].abstained
+        finally:
+            proc.close()
+            member.close()
+
+
+@pytest.mark.real_models
+def test_cli_generate_with_a_served_auxiliary(gemma_server, capsys):
+    import json
+
+    from unite_logits.cli import main
+
+    code = main(["generate", "What is 12 plus 30?", "--aux", f"gemma3-270m@{gemma_server.url}",
+                 "--max-new-tokens", "8", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["models"][1] == f"gemma3-270m@{gemma_server.url}" and out["new_tokens"] >= 1
+
+
+def test_cli_refuses_a_served_primary_and_a_dead_server_in_one_line(capsys):
+    from unite_logits.cli import main
+
+    assert main(["generate", "hi", "--primary", "gemma3-270m@http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0

@@ -17,6 +17,8 @@ import torch
 
 from .chat import chat_prompt_ids, plain_text
 from .models.loading import LoadedModel, load_model
+from .remote import RemoteMember
+from .remote.spec import remote_member_from_spec, split_remote_spec
 from .member import check_top_k, check_weight
 from .prompt_checks import check_fits, check_text
 
@@ -54,7 +56,7 @@ def _messages(prompt: Prompt) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
 
 
-def encode_prompt(loaded: LoadedModel, prompt: Prompt, *, chat: bool) -> list[int]:
+def encode_prompt(loaded: LoadedModel | RemoteMember, prompt: Prompt, *, chat: bool) -> list[int]:
     """Token ids of ``prompt`` as this model expects them.
 
     With ``chat`` the model's own chat template is applied (generation prompt added); a model
@@ -84,12 +86,17 @@ class GenerationResult:
 class Ensemble:
     """Loaded models (primary first) with their weights and ``top_k``.
 
-    Use `load` to build one from names; a spec given twice is loaded once.
+    Use `load` to build one from names; a spec given twice is loaded once. An auxiliary may
+    be a `RemoteMember` (a model behind a server; spec ``SPEC@URL``); the primary runs here.
     """
 
-    def __init__(self, models: Sequence[LoadedModel], *, weights: Sequence[float] | None = None, top_k: int = 10):
+    def __init__(
+        self, models: Sequence[LoadedModel | RemoteMember], *, weights: Sequence[float] | None = None, top_k: int = 10
+    ):
         if not models:
             raise ValueError("an ensemble needs at least one model")
+        if isinstance(models[0], RemoteMember):
+            raise ValueError(f"the primary runs `generate` in this process; {models[0].name!r} is served remotely")
         self.models = list(models)
         self.weights = check_weights(weights, len(self.models))
         self.top_k = check_top_k(top_k)
@@ -105,18 +112,31 @@ class Ensemble:
         dtype: torch.dtype = torch.float32,
         progress: bool = True,
     ) -> "Ensemble":
-        """Check the options, then load each distinct spec once (primary first)."""
-        check_weights(weights, len(specs))
+        """Check the options, then load each distinct spec once (primary first).
+
+        An auxiliary ``SPEC@URL`` (e.g. ``gemma3-270m@http://127.0.0.1:8080``) becomes a
+        `RemoteMember`: only its tokenizer is loaded here, and its server is checked.
+        """
+        checked = check_weights(weights, len(specs))
         check_top_k(top_k)
+        if split_remote_spec(specs[0]) is not None:
+            raise ValueError(f"the primary runs `generate` in this process and cannot be served remotely: {specs[0]!r}")
         loaded: dict[str, LoadedModel] = {}
-        for spec in specs:
+        models: list[LoadedModel | RemoteMember] = []
+        for spec, weight in zip(specs, checked):
+            if split_remote_spec(spec) is not None:
+                models.append(remote_member_from_spec(spec, weight=weight))
+                continue
             if spec not in loaded:
                 loaded[spec] = load_model(spec, device=device, dtype=dtype, progress=progress)
-        return cls([loaded[spec] for spec in specs], weights=weights, top_k=top_k)
+            models.append(loaded[spec])
+        return cls(models, weights=weights, top_k=top_k)
 
     @property
     def primary(self) -> LoadedModel:
-        return self.models[0]
+        primary = self.models[0]
+        assert isinstance(primary, LoadedModel)
+        return primary
 
     def _run(
         self, loaded: LoadedModel, ids: list[int], streamer: Any, processors: list[Any], generate_kwargs: dict[str, Any]
@@ -149,7 +169,9 @@ class Ensemble:
         from . import Member, UniTEProcessor
 
         auxiliaries = self.models[1:]
-        members = [Member.from_loaded(m, w) for m, w in zip(auxiliaries, self.weights[1:])]
+        members = [
+            m if isinstance(m, RemoteMember) else Member.from_loaded(m, w) for m, w in zip(auxiliaries, self.weights[1:])
+        ]
         member_prompts = [encode_prompt(m, prompt, chat=True) for m in auxiliaries] if chat else None
         return UniTEProcessor(
             primary_tokenizer=self.primary.tokenizer,
@@ -183,6 +205,8 @@ class Ensemble:
         """What model ``index`` generates by itself (for comparison with the ensemble)."""
         check_prompt(prompt)
         loaded = self.models[index]
+        if isinstance(loaded, RemoteMember):
+            raise ValueError(f"{loaded.name!r} is served remotely; only models in this process generate alone")
         ids = encode_prompt(loaded, prompt, chat=chat or not isinstance(prompt, str))
         check_fits(loaded.model, loaded.name, len(ids), int(generate_kwargs.get("max_new_tokens", 64)))
         return self._run(loaded, ids, streamer, [], generate_kwargs)

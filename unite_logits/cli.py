@@ -138,7 +138,9 @@ def _add_ensemble_options(parser: argparse.ArgumentParser) -> None:
     """Which models, how they are weighted, where they run."""
     parser.add_argument("--primary", default=DEFAULT_PRIMARY, help=f"model whose generate runs (default {DEFAULT_PRIMARY})")
     parser.add_argument(
-        "--aux", action="append", help=f"auxiliary model; repeat for several (default {DEFAULT_AUX})"
+        "--aux", action="append",
+        help=f"auxiliary model; repeat for several (default {DEFAULT_AUX}); SPEC@URL: served by llama-server "
+             "or an OpenAI-compatible server at URL, tokenizer from SPEC (e.g. gemma3-270m@http://127.0.0.1:8080)"
     )
     parser.add_argument("--weights", type=_weights, help="comma list of weights, primary first (default all 1)")
     parser.add_argument("--top-k", type=_positive_int, default=10, help="candidates per model and step (default 10)")
@@ -161,15 +163,20 @@ def _load_ensemble(args: argparse.Namespace, *, prompt: Any = None) -> Any:
     from .api import Ensemble, check_prompt, check_weights
     from .models.loading import resolve
 
+    from .remote.spec import split_remote_spec
+
     specs = [args.primary, *(args.aux or [DEFAULT_AUX])]
     try:
+        if split_remote_spec(args.primary) is not None:
+            raise ValueError(f"the primary runs generate here and cannot be SPEC@URL: {args.primary!r}")
         if prompt is not None:
             check_prompt(prompt)
         check_weights(args.weights, len(specs))
     except ValueError as error:
         raise UsageError(f"{PROG} {args.command}: error: {error}") from None
-    for spec in specs:  # name and install errors before any slow load
-        resolve(spec)
+    for spec in specs:  # name and install errors before any slow load (SPEC@URL: checked when loaded)
+        if split_remote_spec(spec) is None:
+            resolve(spec)
     return Ensemble.load(specs, weights=args.weights, top_k=args.top_k, device=args.device, dtype=getattr(torch, args.dtype))
 
 
@@ -230,6 +237,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .chat import has_chat_template
+    from .remote import RemoteMember
 
     args.prompt = _read_prompt(args)
     ensemble = _load_ensemble(args, prompt=args.prompt)
@@ -255,7 +263,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     alone = {}
     if args.compare:
         for index, loaded in enumerate(ensemble.models):
-            if loaded.name in alone:
+            if loaded.name in alone or isinstance(loaded, RemoteMember):  # a served member does not run here
                 continue
             if not args.json:
                 print(f"--- {loaded.name} alone (greedy) ---")

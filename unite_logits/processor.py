@@ -44,7 +44,8 @@ from .alignment import (
 from .chat import chat_prompt_ids, validate_messages
 from .combine import Combined, combine
 from .member import Member, check_top_k, check_weight
-from .rows import AuxiliaryRows, LocalRunner, RowStore, match_parents
+from .remote import RemoteMember, RemoteRunner
+from .rows import AuxiliaryRows, LocalRunner, RowStore, Runner, match_parents
 from .sync import IdSync, TokenSync
 from .token_bytes import TokenBytes, token_bytes_view
 from .trace import StepRecord
@@ -63,7 +64,8 @@ class UniTEProcessor(LogitsProcessor):
 
     Args:
         primary_tokenizer: tokenizer of the model whose ``generate`` runs.
-        members: the auxiliary models (see `Member`); may be empty.
+        members: the auxiliary models: `Member` (a model in this process) or `RemoteMember`
+            (a model behind llama.cpp's server or an OpenAI-compatible one); may be empty.
         top_k: candidates each model proposes per step.
         primary_weight: weight of the primary in the average (only ratios matter).
         member_prompts: optional, one entry per member, overriding the default auxiliary prompt
@@ -100,7 +102,7 @@ class UniTEProcessor(LogitsProcessor):
     def __init__(
         self,
         primary_tokenizer: PreTrainedTokenizerBase,
-        members: Sequence[Member] = (),
+        members: Sequence[Member | RemoteMember] = (),
         top_k: int = 10,
         primary_weight: float = 1.0,
         member_prompts: Sequence[MemberPrompt | None] | None = None,
@@ -114,9 +116,10 @@ class UniTEProcessor(LogitsProcessor):
         if not isinstance(members, (list, tuple)):
             raise TypeError(f"`members` has to be a list of Member, but is {type(members).__name__}")
         for index, member in enumerate(members):
-            if not isinstance(member, Member):
+            if not isinstance(member, (Member, RemoteMember)):
                 raise TypeError(
-                    f"`members[{index}]` has to be a unite_logits.Member, but is {type(member).__name__}"
+                    f"`members[{index}]` has to be a unite_logits.Member or RemoteMember, but is "
+                    f"{type(member).__name__}"
                 )
         self.primary_weight = check_weight("primary_weight", primary_weight)
         if self.primary_weight + sum(m.weight for m in members) <= 0:
@@ -131,9 +134,7 @@ class UniTEProcessor(LogitsProcessor):
         self.primary_view = token_bytes_view(primary_tokenizer, primary_eos_token_ids or ())
         self.member_views = [token_bytes_view(m.tokenizer, m.eos_token_ids or ()) for m in members]
         self._active = [j for j, member in enumerate(members) if member.weight > 0]
-        self.runners = [
-            LocalRunner(members[j].model, self.member_views[j].size, str(members[j].name)) for j in self._active
-        ]
+        self.runners = [self._runner(members[j], self.member_views[j]) for j in self._active]
         self._shares_vocab = [view.id_bytes == self.primary_view.id_bytes for view in self.member_views]
         self.names = [primary_name] + [str(m.name) for m in members]
         self.weights = [self.primary_weight] + [m.weight for m in members]
@@ -144,6 +145,11 @@ class UniTEProcessor(LogitsProcessor):
         self._guess: tuple[Round, list[int | None]] | None = None
         self._hits: collections.deque[bool] = collections.deque(maxlen=_GUESS_WINDOW)
         self._timing = _Timing(len(self.runners))
+
+    def _runner(self, member: Member | RemoteMember, view: TokenBytes) -> Runner:
+        if isinstance(member, RemoteMember):
+            return member.runner(self.top_k)
+        return LocalRunner(member.model, view.size, str(member.name))
 
     # -- LogitsProcessor contract -------------------------------------------------------
     @torch.no_grad()
@@ -318,6 +324,9 @@ class UniTEProcessor(LogitsProcessor):
             except BaseException:  # noqa: BLE001 - only stopping; the caller's error says what failed
                 pass
         self._workers.close()
+        for runner in self.runners:
+            if isinstance(runner, RemoteRunner):
+                runner.close()
 
     def __enter__(self) -> "UniTEProcessor":
         return self
@@ -464,7 +473,7 @@ class _StepBatch:
         for row in range(self.rows):
             row_proposals, row_models = [], []
             for index, (model, (top_ids, top_probs)) in enumerate(zip(self.models, tops)):
-                if model.weight > 0 and model.votes(row):
+                if model.weight > 0 and model.votes(row) and top_probs[row][0] > 0:  # all -inf: abstains
                     proposal = Proposal(model.view, None, top_ids[row], top_probs[row], model.weight, index == 0)
                     row_proposals.append(proposal)
                     row_models.append(index)

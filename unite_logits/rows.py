@@ -2,7 +2,8 @@
 
 A generation has rows (batch rows, or beams); each auxiliary keeps, per live row, its own
 token ids (`unite_logits.sync`), the ids its cache has seen, and its latest next-token
-log-probabilities. All rows of one auxiliary share ONE `RaggedKVCache`, so a step costs one
+log-probabilities. All rows of one auxiliary share ONE `RaggedKVCache` (or, for a member
+behind a server, one `unite_logits.remote.runner.RemoteRowCache`), so a step costs one
 forward pass per auxiliary whatever the number of rows:
 
 * `AuxiliaryRows.refresh` compares, per row, the ids with what the cache has seen (only
@@ -21,14 +22,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedModel
 
-from .ragged_cache import DEFAULT_MARGIN, CacheSnapshot, RaggedKVCache, check_supported
+from .ragged_cache import DEFAULT_MARGIN, RaggedKVCache, check_supported
 from .sync import IdSync, TokenSync
 
-__all__ = ["AuxiliaryRows", "LocalRunner", "RowStore", "context_limit", "match_parents"]
+__all__ = ["AuxiliaryRows", "LocalRunner", "RowCache", "RowStore", "Runner", "context_limit", "match_parents"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,37 @@ def context_limit(model: PreTrainedModel) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+class RowCache(Protocol):
+    """What `AuxiliaryRows` needs of a member's per-row state: a local `RaggedKVCache` or,
+    for a member behind a server, `unite_logits.remote.runner.RemoteRowCache`."""
+
+    def feed(self, chunks: Sequence[Sequence[int]], maintain: bool = True) -> torch.Tensor: ...
+
+    def select_rows(self, index: torch.Tensor) -> None: ...
+
+    def can_drop(self, row: int, tokens: int) -> bool: ...
+
+    def drop(self, row: int, tokens: int) -> None: ...
+
+    def clear(self, row: int) -> None: ...
+
+    def snapshot(self) -> Any: ...
+
+    def restore_rows(self, snapshot: Any, rows: Sequence[int]) -> None: ...
+
+    def maintain(self) -> None: ...
+
+
+class Runner(Protocol):
+    """An auxiliary as the row store runs it: `LocalRunner`, or `unite_logits.remote.RemoteRunner`."""
+
+    name: str
+    limit: int | None
+    refills: int
+
+    def new_cache(self, rows: int) -> RowCache: ...
 
 
 class LocalRunner:
@@ -106,12 +139,12 @@ class AuxiliaryRows:
         ValueError: a prompt is empty or longer than the member's context window.
     """
 
-    def __init__(self, runner: LocalRunner, syncs: Sequence[Sync]) -> None:
+    def __init__(self, runner: Runner, syncs: Sequence[Sync]) -> None:
         self.runner = runner
         self.check_prompts(runner, syncs)
         self.rows = [_Row(sync) for sync in syncs]
         self._speculating = False
-        self._before: tuple[CacheSnapshot, torch.Tensor, list[bool]] | None = None
+        self._before: tuple[Any, torch.Tensor, list[bool]] | None = None
         unique: dict[tuple[int, ...], int] = {}
         source = [unique.setdefault(tuple(sync.ids), len(unique)) for sync in syncs]
         self.cache = runner.new_cache(len(unique))
@@ -123,7 +156,7 @@ class AuxiliaryRows:
             row.fed = list(row.sync.ids)
 
     @staticmethod
-    def check_prompts(runner: LocalRunner, syncs: Sequence[Sync]) -> None:
+    def check_prompts(runner: Runner, syncs: Sequence[Sync]) -> None:
         """Refuse an empty prompt or one past the member's context window (before any work)."""
         for row, sync in enumerate(syncs):
             if not sync.ids:

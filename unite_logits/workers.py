@@ -79,7 +79,8 @@ class Workers:
         return Round(futures, [None] * len(jobs))
 
     def wait(self, round_: Round) -> list[float]:
-        """Seconds each auxiliary's job took (0 for none); a failed job raises `MemberError`.
+        """Seconds each auxiliary's job took (0 for none); a failed job raises `MemberError`
+        (or its own error, if that already names the member: `RemoteMemberError`).
 
         Every job is waited for, even after one failed, so no worker still touches the
         state when this returns or raises.
@@ -98,8 +99,8 @@ class Workers:
                 seconds.append(outcome or 0.0)
         if failure is not None:
             index, error = failure
-            if isinstance(error, (KeyboardInterrupt, SystemExit)):
-                raise error
+            if isinstance(error, (KeyboardInterrupt, SystemExit)) or getattr(error, "member", None) == self.names[index]:
+                raise error  # an interrupt, or an error that already names the member (a served one's)
             raise MemberError(f"auxiliary {self.names[index]!r} failed: {type(error).__name__}: {error}") from error
         return seconds
 

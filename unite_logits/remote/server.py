@@ -75,7 +75,8 @@ def describe_server(client: JsonClient, protocol: Protocol | None, model: str | 
     if models is None and protocol == "openai":
         raise client.error("GET /v1/models is not there: the server is neither llama-server nor OpenAI-compatible")
     first = _first_model(models)
-    meta = first.get("meta") if isinstance(first.get("meta"), dict) else {}
+    meta = first.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
     n_ctx = slots = None
     if isinstance(props, dict):
         settings = props.get("default_generation_settings")
