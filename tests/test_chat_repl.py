@@ -188,22 +188,27 @@ def test_in_a_terminal_ctrl_c_and_ctrl_d_behave_as_in_a_shell():
     os.set_blocking(main_fd, False)
     screen = b""
 
-    def wait_for_screen(needle: bytes, count: int = 1, seconds: float = 180.0) -> None:
+    def read_while(waiting, seconds: float) -> None:
         nonlocal screen
         deadline = time.monotonic() + seconds
-        while screen.count(needle) < count and time.monotonic() < deadline:
+        while waiting() and time.monotonic() < deadline:
             try:
                 screen += os.read(main_fd, 65536)
             except (BlockingIOError, OSError):
                 time.sleep(0.05)
+
+    def wait_for_screen(needle: bytes, count: int = 1, seconds: float = 180.0) -> None:
+        read_while(lambda: screen.count(needle) < count, seconds)
         assert screen.count(needle) >= count, (needle, screen[-500:])
 
     try:
         wait_for_screen(b">>> ")
         assert b"Chatting with tiny-primary + tiny-aux" in screen and b"/reset" in screen
         os.write(main_fd, b"Hello there\n")
-        wait_for_screen(b"Hello there")  # the terminal echoes the line
-        time.sleep(0.5)  # the answer is streaming
+        wait_for_screen(b"Hello there\r\n")  # the terminal echoes the line
+        echoed = screen.index(b"Hello there\r\n") + len(b"Hello there\r\n")
+        read_while(lambda: len(screen) <= echoed, 120)  # until the answer streams (Ctrl-C now stops it)
+        assert len(screen) > echoed, "the answer never started"
         os.write(main_fd, b"\x03")  # Ctrl-C, turned into SIGINT by the terminal
         wait_for_screen(INTERRUPTED.encode(), seconds=60)
         wait_for_screen(b">>> ", count=2, seconds=60)  # the conversation goes on
