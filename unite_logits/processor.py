@@ -81,8 +81,8 @@ class UniTEProcessor(LogitsProcessor):
             next forward pass (undone when the guess was wrong, so outputs are the same as
             with ``concurrent=False``, which runs them one after another). Call `close` (or
             use the processor as a context manager) to stop the workers.
-        member_threads: torch threads of each auxiliary's worker; default: the machine's
-            cores divided among the primary and the auxiliaries.
+        member_threads: torch threads of each auxiliary's worker; default: as many as the
+            thread that builds the processor uses (`unite_logits.workers.default_member_threads`).
 
     Raises:
         TypeError, ValueError: on invalid arguments, before any generation starts.

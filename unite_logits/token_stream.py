@@ -12,7 +12,8 @@
   caller's cancel flag is set (Ctrl-C in the chat, a client that went away in the server).
 
 Costs per step: one ``log_softmax`` over the vocabulary when log-probs are asked for, and a
-decode of the new tokens (quadratic in the answer's length, negligible next to the models).
+decode of a window of the newest few tokens (the incremental detokenizing of vLLM and
+text-generation-inference), so the work does not grow with the answer's length.
 """
 
 from __future__ import annotations
@@ -159,6 +160,9 @@ class _StepWatcher:
         self.cancel = cancel
         self.prompt_length: int | None = None
         self.ids: list[int] = []
+        self.text = ""  # the answer's text decoded so far (only complete characters until the end)
+        self._prefix_offset = 0  # self.text is known up to ids[:_read_offset]; the decode window
+        self._read_offset = 0  # starts at _prefix_offset so a decoder sees the context of a word
         self.released = ""  # text handed out so far
         self.pending: list[TokenLogprob] = []  # log-probs of tokens whose text is held back
         self.all_logprobs: list[TokenLogprob] = []
@@ -194,8 +198,22 @@ class _StepWatcher:
             self._emit("")
 
     # -- text -----------------------------------------------------------------------------
+    def _decode_new(self, final: bool) -> None:
+        """Append to `text` what the newest tokens add: two decodes of a window of a few tokens.
+
+        A window that ends inside a character (``\ufffd``) waits for the next token, unless
+        ``final``.
+        """
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        after = decode(self.ids[self._prefix_offset :], skip_special_tokens=True)
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.text += after[len(before) :]
+            self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
+
     def _release(self, final: bool) -> None:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self._decode_new(final)
+        text = self.text
         end = len(text)
         cut = min((i for i in (text.find(s, max(0, len(self.released) - len(s) + 1)) for s in self.options.stop) if i >= 0),
                   default=-1)
@@ -203,18 +221,16 @@ class _StepWatcher:
             self.stopped_at_string = True
             end = cut
         elif not final:
-            while end > len(self.released) and text[end - 1] == "\ufffd":  # a character split across tokens
-                end -= 1
-            end -= self._partial_stop_length(text[:end])
+            end -= self._partial_stop_length(text, end)
         if end > len(self.released) or (final and self.pending):
             self._emit(text[len(self.released) : max(end, len(self.released))])
 
-    def _partial_stop_length(self, text: str) -> int:
-        """Length of the longest end of ``text`` that could begin a stop string."""
+    def _partial_stop_length(self, text: str, end: int) -> int:
+        """Length of the longest end of ``text[:end]`` that could begin a stop string."""
         longest = 0
         for stop in self.options.stop:
-            for size in range(min(len(stop) - 1, len(text) - len(self.released)), longest, -1):
-                if text.endswith(stop[:size]):
+            for size in range(min(len(stop) - 1, end - len(self.released)), longest, -1):
+                if text.endswith(stop[:size], 0, end):
                     longest = size
                     break
         return longest
