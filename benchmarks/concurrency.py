@@ -32,18 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "testkit"))
 
-from latency import SHORT_PROMPT, load_suite  # noqa: E402
+from latency import load_suite, ms_per_token  # noqa: E402
 
 from unite_logits import Member, UniTEProcessor  # noqa: E402
-
-
-@torch.no_grad()
-def ms_per_token(model, tokenizer, new_tokens: int, processor=None) -> float:
-    enc = tokenizer(SHORT_PROMPT, return_tensors="pt")
-    started = time.perf_counter()
-    model.generate(**enc, logits_processor=[processor] if processor else [], do_sample=False,
-                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id)
-    return 1000 * (time.perf_counter() - started) / new_tokens
 
 
 def ensemble_ms(members, new_tokens: int, concurrent: bool, member_threads: int | None) -> float:

@@ -117,6 +117,16 @@ def time_generate(model, tokenizer, prompt: str, new_tokens: int, processors=())
     return seconds, clock.median_step_ms(), int(enc["input_ids"].shape[1])
 
 
+@torch.no_grad()
+def ms_per_token(model, tokenizer, new_tokens: int, processor=None, prompt: str = SHORT_PROMPT) -> float:
+    """Wall ms per token of one greedy generation of exactly ``new_tokens`` (prefill included)."""
+    enc = tokenizer(prompt, return_tensors="pt")
+    started = time.perf_counter()
+    model.generate(**enc, logits_processor=[processor] if processor else [], do_sample=False,
+                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id)
+    return 1000 * (time.perf_counter() - started) / new_tokens
+
+
 def measure(members, prompt_name: str, prompt: str, new_tokens: int, top_k: int, repeats: int) -> Row:
     """Each repeat runs every member alone, then the ensemble, back to back.
 

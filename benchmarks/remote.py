@@ -38,13 +38,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "testkit"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from latency import SHORT_PROMPT, ms_per_token  # noqa: E402
 from llama_server import LlamaServer, llama_server_binary  # noqa: E402
 from unite_logits.models.catalogue import get_entry  # noqa: E402
 from unite_logits.models.gguf_files import materialize_gguf  # noqa: E402
 from unite_logits.remote import RemoteMember  # noqa: E402
 
-SHORT_PROMPT = "Question: Natalia sold clips to 48 of her friends in April. How many clips did she sell?\nAnswer:"
 GSM_PROMPT = ROOT.parent / "shared" / "data" / "GSM" / "gsm_prompt.txt"
 
 
@@ -89,15 +90,6 @@ def transformers_decode(model, ids: list[int], steps: int) -> float:
     return round(1000 * statistics.median(times), 1)
 
 
-@torch.no_grad()
-def generate_ms(model, tokenizer, new_tokens: int, processor=None) -> float:
-    enc = tokenizer(SHORT_PROMPT, return_tensors="pt")
-    started = time.perf_counter()
-    model.generate(**enc, logits_processor=[processor] if processor else [], do_sample=False,
-                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id)
-    return 1000 * (time.perf_counter() - started) / new_tokens
-
-
 def ensemble_rows(member, gemma, new_tokens: int, repeats: int, top_k: int) -> dict[str, object]:
     """SmolLM2 alone, with the served Gemma, and with the local Gemma: ms/token, interleaved."""
     from unite_logits import Member, UniTEProcessor
@@ -110,13 +102,13 @@ def ensemble_rows(member, gemma, new_tokens: int, repeats: int, top_k: int) -> d
 
     def one_round() -> dict[str, float]:
         row = {
-            "primary_alone": generate_ms(primary.model, primary.tokenizer, new_tokens),
+            "primary_alone": ms_per_token(primary.model, primary.tokenizer, new_tokens),
             "served_per_call": served_decode(runner, ids, new_tokens, rows=1)["ms_per_call"],
         }
         with UniTEProcessor(primary.tokenizer, [member], top_k=top_k) as proc:
-            row["with_served"] = generate_ms(primary.model, primary.tokenizer, new_tokens, proc)
+            row["with_served"] = ms_per_token(primary.model, primary.tokenizer, new_tokens, proc)
         with UniTEProcessor(primary.tokenizer, [local], top_k=top_k) as proc:
-            row["with_local"] = generate_ms(primary.model, primary.tokenizer, new_tokens, proc)
+            row["with_local"] = ms_per_token(primary.model, primary.tokenizer, new_tokens, proc)
         return row
 
     one_round()  # warm-up: byte views, allocator, the server's first prompt

@@ -31,3 +31,20 @@ def any_tokenizer(request):
 @pytest.fixture(scope="session", params=list(tiny.LOSSLESS))
 def lossless_tokenizer(request):
     return request.param, tiny.TOKENIZERS[request.param]()
+
+
+@pytest.fixture(scope="session")
+def primary():
+    """A tiny Llama over the byte-level BPE tokenizer: the primary of the processor tests."""
+    tokenizer = tiny.byte_bpe()
+    return tiny.tiny_llama(tokenizer, seed=0), tokenizer
+
+
+@pytest.fixture(scope="session")
+def members():
+    """Two auxiliaries with other tokenizers: a Gemma 3 with sliding-window layers, a GPT-2."""
+    from unite_logits import Member
+
+    sp, uni = tiny.sp_bpe(), tiny.unigram()
+    return [Member(tiny.tiny_gemma3(sp, seed=3, sliding_window=6), sp, name="gemma"),
+            Member(tiny.tiny_gpt2(uni, seed=4), uni, name="gpt2")]

@@ -15,20 +15,6 @@ PROMPT_PIECES = ["The quick brown fox", " 東京 is a city", " café au lait �
 prompts = st.lists(st.sampled_from(PROMPT_PIECES), min_size=1, max_size=3).map("".join)
 
 
-@pytest.fixture(scope="module")
-def primary():
-    tokenizer = tiny.byte_bpe()
-    return tiny.tiny_llama(tokenizer, seed=0), tokenizer
-
-
-@pytest.fixture(scope="module")
-def members():
-    """One auxiliary per lossless tiny tokenizer; one with sliding-window layers."""
-    sp, uni = tiny.sp_bpe(), tiny.unigram()
-    return [Member(tiny.tiny_gemma3(sp, seed=3, sliding_window=6), sp, name="gemma"),
-            Member(tiny.tiny_gpt2(uni, seed=4), uni, name="gpt2")]
-
-
 def run(model, tok, texts, proc, **kwargs):
     enc = tok(texts, return_tensors="pt", padding=True)
     kwargs.setdefault("do_sample", False)

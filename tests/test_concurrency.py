@@ -6,24 +6,10 @@ import time
 import pytest
 import torch
 
-import tiny
-from unite_logits import Member, UniTEProcessor
+from unite_logits import UniTEProcessor
 from unite_logits.workers import MemberError
 
 PROMPTS = ["The quick brown fox", "Question: What is 12 plus 30? 東京 🙂"]
-
-
-@pytest.fixture(scope="module")
-def primary():
-    tokenizer = tiny.byte_bpe()
-    return tiny.tiny_llama(tokenizer, seed=0), tokenizer
-
-
-@pytest.fixture(scope="module")
-def members():
-    sp, uni = tiny.sp_bpe(), tiny.unigram()
-    return [Member(tiny.tiny_gemma3(sp, seed=3, sliding_window=6), sp, name="gemma"),
-            Member(tiny.tiny_gpt2(uni, seed=4), uni, name="gpt2")]
 
 
 def run(model, tok, processors, texts=PROMPTS, **kwargs):

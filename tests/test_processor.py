@@ -11,12 +11,6 @@ PROMPTS = ["The quick brown fox", "Question: What is 12 plus 30?"]
 
 
 @pytest.fixture(scope="module")
-def primary():
-    tokenizer = tiny.byte_bpe()
-    return tiny.tiny_llama(tokenizer, seed=0), tokenizer
-
-
-@pytest.fixture(scope="module")
 def auxiliaries():
     sp, uni = tiny.sp_bpe(), tiny.unigram()
     return [(tiny.tiny_llama(sp, seed=3), sp), (tiny.tiny_gpt2(uni, seed=4), uni)]
