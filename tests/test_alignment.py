@@ -170,3 +170,21 @@ def test_primary_emits_the_space_it_would_write_first(views):
     (emitted,) = primary_ids(byte_level, [text.encode()])
     assert byte_level.bytes_of(emitted) == b" "
     assert byte_level.first_piece(text.encode()) == pieces[1]
+
+
+def test_special_tokens_with_the_same_content_match_across_vocabularies(views):
+    """<|im_end|> of two vocabularies is one candidate, scored by each model and emitted by the primary."""
+    byte_level, sentencepiece, unigram = views
+    ids = [view.tokenizer.convert_tokens_to_ids("<|im_end|>") for view in (byte_level, sentencepiece)]
+    keys = {candidate_key(view, token) for view, token in zip((byte_level, sentencepiece), ids)}
+    assert keys == {("special", "<|im_end|>")}
+    a = proposal(byte_level, {byte_level.byte_ids[b" the"]: 0.6}, primary=True)
+    b = proposal(sentencepiece, {ids[1]: 0.5})
+    union = build_union([a, b])
+    assert ("special", "<|im_end|>") in union
+    assert primary_ids(byte_level, union)[union.index(("special", "<|im_end|>"))] == ids[0]
+    assert aligned_probabilities(a, union).probs[union.index(("special", "<|im_end|>"))] >= 0.0
+    expected = b.top_probs[b.top_ids.index(ids[1])]
+    assert aligned_probabilities(b, union).probs[union.index(("special", "<|im_end|>"))] == pytest.approx(expected)
+    # a special the primary lacks is not something it can emit
+    assert primary_ids(byte_level, [("special", "<not-a-token>")]) == [None]
