@@ -145,3 +145,19 @@ def test_keyboard_interrupt_in_a_member_reaches_the_caller(primary, members):
 def test_member_threads_must_be_a_positive_integer(primary, members, threads):
     with pytest.raises(ValueError, match="`member_threads` has to be a positive integer"):
         UniTEProcessor(primary[1], members, member_threads=threads)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="POSIX signal masks")
+def test_worker_threads_leave_ctrl_c_to_the_main_thread():
+    """A SIGINT must interrupt the main thread's blocking read (a chat prompt), not land in a worker."""
+    import signal
+
+    from unite_logits.workers import Workers
+
+    seen = []
+    workers = Workers(["a"], concurrent=True, threads=1)
+    try:
+        workers.wait(workers.start([lambda: seen.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))]))
+    finally:
+        workers.close()
+    assert signal.SIGINT in seen[0] and signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])

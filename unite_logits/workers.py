@@ -12,6 +12,7 @@ path, and what the tests compare against.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,11 +20,25 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-__all__ = ["MemberError", "Round", "Workers", "default_member_threads"]
+__all__ = ["MemberError", "Round", "Workers", "default_member_threads", "start_worker_thread"]
 
 
 class MemberError(RuntimeError):
     """An auxiliary failed while it worked for the ensemble; the message names it."""
+
+
+def start_worker_thread(threads: int | None = None) -> None:
+    """Set up a worker thread: Ctrl-C and termination signals stay with the main thread, and
+    (if given) its own torch thread count.
+
+    Blocking the signals here keeps the kernel from delivering SIGINT to a worker (or to
+    the OpenMP threads it starts, which inherit the mask), where it would not interrupt the
+    main thread's blocking read of a prompt.
+    """
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def default_member_threads() -> int:
@@ -69,7 +84,7 @@ class Workers:
                 self._pools.append(
                     ThreadPoolExecutor(
                         max_workers=1, thread_name_prefix=f"unite-logits-{self.names[len(self._pools)]}",
-                        initializer=torch.set_num_threads, initargs=(self.threads,),
+                        initializer=start_worker_thread, initargs=(self.threads,),
                     )
                 )
             return self._pools[index]

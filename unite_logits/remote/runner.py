@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 
+from ..workers import start_worker_thread
 from .client import JsonClient
 from .errors import RemoteMemberError
 from .protocols import Candidates, MalformedAnswer, completion_request, parse_candidates
@@ -126,7 +127,9 @@ class RemoteRunner:
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"remote-{self.name}")
+                self._pool = ThreadPoolExecutor(
+                    self.concurrency, thread_name_prefix=f"remote-{self.name}", initializer=start_worker_thread
+                )
             return self._pool
 
     def _row_candidates(self, ids: Sequence[int]) -> Candidates | None:
