@@ -434,7 +434,7 @@ def test_a_batch_gives_what_each_row_gives_alone(gemma_member, gemma_tokenizer):
     both = torch.isfinite(together) & torch.isfinite(alone)
     overlap = both.sum(-1).float() / torch.isfinite(together).sum(-1).float()
     assert bool((overlap >= 0.8).all()), overlap
-    assert float((together[both] - alone[both]).abs().max()) < 0.3
+    assert float((together[both] - alone[both]).abs().max()) < 0.5  # as served vs transformers below
 
 
 @pytest.mark.real_models
