@@ -88,7 +88,7 @@ def test_latency_approaches_the_slowest_member(primary, members):
     finally:
         for handle in handles:
             handle.remove()
-    assert per_token[False] >= 2.7 * delay
+    assert per_token[False] >= 2.4 * delay  # three sleeps a step (the divisor counts the prefill step too)
     assert per_token[True] <= 1.7 * delay, per_token  # generous: the benchmark reports the exact figure
 
 
