@@ -31,14 +31,15 @@ def ensemble():
 def spy_member_prompts(monkeypatch, ensemble):
     """What each auxiliary was given, turn by turn (decoded), from the processors built."""
     seen: list[str] = []
-    build = api.Ensemble.processor
+    build = api.Ensemble._processor
 
-    def processor(self, prompt, **kwargs):
-        made = build(self, prompt, **kwargs)
-        seen.append(self.models[1].tokenizer.decode(made.member_prompts[0]))
+    def processor(self, member_prompts, trace):
+        made = build(self, member_prompts, trace)
+        (row,) = made.member_prompts[0]  # the auxiliary's prompt for the one row of the chat turn
+        seen.append(self.models[1].tokenizer.decode(row))
         return made
 
-    monkeypatch.setattr(api.Ensemble, "processor", processor)
+    monkeypatch.setattr(api.Ensemble, "_processor", processor)
     return seen
 
 

@@ -7,9 +7,11 @@ import threading
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tiny_ensemble import tiny_ensemble
 
-from unite_logits.token_stream import GenerationOptions, generate_streamed
+from unite_logits.token_stream import GenerationOptions, StreamRequest, generate_streamed, generate_streamed_batch
 
 MESSAGES = [{"role": "user", "content": "What is 12 plus 30?"}]
 
@@ -96,3 +98,74 @@ def test_temperature_zero_is_greedy_and_positive_samples():
     assert GenerationOptions(temperature=0.0).generate_kwargs() == {"max_new_tokens": 64, "do_sample": False}
     assert GenerationOptions(temperature=0.7, top_p=0.9).generate_kwargs() == {
         "max_new_tokens": 64, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
+
+
+# -- batches: every row is the request alone -------------------------------------------
+PROMPTS = ["The quick brown fox", "naïve façade 🚀", "def add(a, b):\n", "Numbers: 1, 2, 3",
+           [{"role": "user", "content": "Hello there"}], MESSAGES,
+           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "東京はどこ?"}]]
+
+
+def streamed_batch(ensemble, rows, cancels=None):
+    """``rows`` of (prompt, options) as one batch: results, and the pieces each row streamed."""
+    pieces = [[] for _ in rows]
+    requests = [
+        StreamRequest(ensemble.prepare(prompt, max_new_tokens=options.max_new_tokens), options, pieces[i].append,
+                      (cancels or {}).get(i))
+        for i, (prompt, options) in enumerate(rows)
+    ]
+    return generate_streamed_batch(ensemble, requests), pieces
+
+
+def check_row_equals_alone(ensemble, prompt, options, got, pieces):
+    alone = generate_streamed(ensemble, prompt, chat=not isinstance(prompt, str), options=options)
+    assert got.text == alone.text and "".join(p.text for p in pieces) == got.text
+    assert (got.finish_reason, got.completion_tokens, got.prompt_tokens) == (
+        alone.finish_reason, alone.completion_tokens, alone.prompt_tokens)
+    assert [t.token for t in got.logprobs] == [t.token for t in alone.logprobs]
+    for entry, reference in zip(got.logprobs, alone.logprobs):
+        assert entry.logprob == pytest.approx(reference.logprob, abs=1e-4)
+        assert [t.token for t in entry.top] == [t.token for t in reference.top]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(
+    st.tuples(st.sampled_from(PROMPTS), st.integers(1, 10), st.sampled_from([(), ("e",), ("the", " a")]),
+              st.sampled_from([None, 0, 3])),
+    min_size=2, max_size=4))
+def test_every_row_of_a_streamed_batch_equals_that_request_alone(ensemble, rows):
+    batch = [(prompt, GenerationOptions(max_new_tokens=new, stop=stop, top_logprobs=top))
+             for prompt, new, stop, top in rows]
+    results, pieces = streamed_batch(ensemble, batch)
+    for (prompt, options), got, streamed in zip(batch, results, pieces):
+        check_row_equals_alone(ensemble, prompt, options, got, streamed)
+
+
+def test_rows_end_on_their_own_and_a_cancelled_row_leaves_the_others_alone(ensemble):
+    cancel = threading.Event()
+    rows = [("The quick brown fox", GenerationOptions(max_new_tokens=3)),
+            (MESSAGES, GenerationOptions(max_new_tokens=12)),
+            ("Numbers: 1, 2, 3", GenerationOptions(max_new_tokens=12))]
+    steps = []
+    options = rows[2][1]
+
+    def cancel_after_two(piece):
+        steps.append(piece)
+        if len(steps) == 2:
+            cancel.set()
+
+    requests = [StreamRequest(ensemble.prepare(p, max_new_tokens=o.max_new_tokens), o) for p, o in rows[:2]]
+    requests.append(StreamRequest(ensemble.prepare(rows[2][0], max_new_tokens=12), options, cancel_after_two, cancel))
+    short, long, cancelled = generate_streamed_batch(ensemble, requests)
+    assert (short.finish_reason, short.completion_tokens) == ("length", 3)
+    assert (long.finish_reason, long.completion_tokens) == ("length", 12)
+    assert cancelled.finish_reason == "cancelled" and cancelled.completion_tokens < 12
+    for (prompt, options), got in zip(rows[:2], (short, long)):
+        check_row_equals_alone(ensemble, prompt, options, got, [got])
+
+
+def test_requests_that_decode_differently_cannot_share_a_batch(ensemble):
+    prepared = ensemble.prepare("The quick brown fox", max_new_tokens=4)
+    with pytest.raises(ValueError, match="decode alike"):
+        generate_streamed_batch(ensemble, [StreamRequest(prepared, GenerationOptions(max_new_tokens=4)),
+                                           StreamRequest(prepared, GenerationOptions(max_new_tokens=4, temperature=0.5))])

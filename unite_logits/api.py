@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
+from jinja2 import TemplateError
 
 from .chat import chat_prompt_ids, plain_text
 from .models.loading import LoadedModel, load_model
 from .remote import RemoteMember
 from .remote.spec import remote_member_from_spec, split_remote_spec
 from .member import check_top_k, check_weight
-from .prompt_checks import check_fits, check_text
+from .prompt_checks import PromptError, PromptTooLongError, check_fits, check_text
+from .rows import context_limit
 
-__all__ = ["Prompt", "GenerationResult", "Ensemble", "generate", "check_prompt", "check_weights"]
+__all__ = ["Prompt", "GenerationResult", "PreparedPrompt", "Ensemble", "generate", "check_prompt", "check_weights"]
 
 Prompt = Union[str, Sequence[Mapping[str, str]]]
 
@@ -72,15 +74,26 @@ def encode_prompt(loaded: LoadedModel | RemoteMember, prompt: Prompt, *, chat: b
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """Generated text and how long it took."""
+    """Generated text and how long it took (for a batch row, the whole batch's time)."""
 
     text: str
     new_tokens: int
     seconds: float
+    prompt_tokens: int = 0
 
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt checked for every model: the primary's ids, and each auxiliary's ids for a chat."""
+
+    prompt: Prompt
+    chat: bool
+    primary_ids: list[int]
+    member_ids: list[list[int] | None]  # None: the auxiliary re-encodes the primary's prompt text
 
 
 class Ensemble:
@@ -138,41 +151,96 @@ class Ensemble:
         assert isinstance(primary, LoadedModel)
         return primary
 
+    def prepare(self, prompt: Prompt, *, chat: bool = False, max_new_tokens: int = 64) -> PreparedPrompt:
+        """Encode ``prompt`` for every model and refuse, before any work, what generation would.
+
+        Raises `PromptError` (a `ValueError`) for an empty or invalid prompt, a conversation a
+        member's chat template refuses, and `PromptTooLongError` for a prompt that does not
+        fit the primary's context window with ``max_new_tokens``, or an auxiliary's.
+        Cost: one tokenization (and template) per model.
+        """
+        try:
+            check_prompt(prompt)
+        except PromptError:
+            raise
+        except ValueError as error:
+            raise PromptError(str(error)) from None
+        chat = chat or not isinstance(prompt, str)
+        ids: list[list[int]] = []
+        for loaded in self.models:
+            try:
+                ids.append(encode_prompt(loaded, prompt, chat=chat))
+            except TemplateError as error:
+                raise PromptError(f"the chat template of {loaded.name} refuses these messages: {error}") from None
+        primary = self.primary
+        check_fits(primary.model, primary.name, len(ids[0]), max_new_tokens)
+        for loaded, member_ids in zip(self.models[1:], ids[1:]):
+            limit = _prompt_limit(loaded)
+            if limit is not None and len(member_ids) > limit:
+                raise PromptTooLongError(
+                    f"the prompt is {len(member_ids)} tokens for {loaded.name}, past its context window of "
+                    f"{limit}: shorten the prompt or leave this member out"
+                )
+        return PreparedPrompt(prompt, chat, ids[0], [m if chat else None for m in ids[1:]])
+
     def _run(
-        self, loaded: LoadedModel, ids: list[int], streamer: Any, processors: list[Any], generate_kwargs: dict[str, Any]
-    ) -> GenerationResult:
+        self,
+        loaded: LoadedModel,
+        rows: Sequence[Sequence[int]],
+        streamer: Any,
+        processors: list[Any],
+        generate_kwargs: dict[str, Any],
+    ) -> list[GenerationResult]:
+        """``loaded.model.generate`` on ``rows`` of prompt ids, left-padded into one batch.
+
+        A row that has finished is filled with an EOS id (so the ensemble sees it finish);
+        a row's new tokens run up to and including its first EOS.
+        """
         model, tokenizer = loaded
-        input_ids = torch.tensor([ids], device=model.device)
-        pad = tokenizer.pad_token_id
+        eos = list(loaded.eos_token_ids)
+        pad = _left_pad_id(loaded)
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in rows], device=model.device)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows],
+                                      device=model.device)
         kwargs: dict[str, Any] = {
             "do_sample": False,
             "max_new_tokens": 64,
-            "eos_token_id": loaded.eos_token_ids or None,
-            "pad_token_id": pad if pad is not None else next(iter(loaded.eos_token_ids), None),
+            "eos_token_id": eos or None,
+            "pad_token_id": eos[0] if eos else pad,
         }
         kwargs.update(generate_kwargs)
         extra_processors = list(kwargs.pop("logits_processor", None) or [])  # the caller's run after ours
         started = time.perf_counter()
         output = model.generate(
             input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
+            attention_mask=attention_mask,
             logits_processor=[*processors, *extra_processors],
             streamer=streamer,
             **kwargs,
         )
         seconds = time.perf_counter() - started
-        new = output[0, input_ids.shape[1] :]
-        return GenerationResult(tokenizer.decode(new, skip_special_tokens=True), int(new.numel()), seconds)
+        results = []
+        for ids, row in zip(rows, output[:, width:].tolist()):
+            ends = [i for i, token in enumerate(row) if token in eos]
+            new = row[: ends[0] + 1] if ends else row
+            results.append(GenerationResult(tokenizer.decode(new, skip_special_tokens=True), len(new), seconds,
+                                            len(ids)))
+        return results
 
     def processor(self, prompt: Prompt, *, chat: bool = False, trace: bool = False) -> Any:
         """The `UniTEProcessor` for this ensemble and prompt."""
+        auxiliaries = self.models[1:]
+        member_prompts = [encode_prompt(m, prompt, chat=True) for m in auxiliaries] if chat else None
+        return self._processor(member_prompts, trace)
+
+    def _processor(self, member_prompts: list[Any] | None, trace: bool) -> Any:
         from . import Member, UniTEProcessor
 
         auxiliaries = self.models[1:]
         members = [
             m if isinstance(m, RemoteMember) else Member.from_loaded(m, w) for m, w in zip(auxiliaries, self.weights[1:])
         ]
-        member_prompts = [encode_prompt(m, prompt, chat=True) for m in auxiliaries] if chat else None
         return UniTEProcessor(
             primary_tokenizer=self.primary.tokenizer,
             members=members,
@@ -182,6 +250,7 @@ class Ensemble:
             primary_eos_token_ids=self.primary.eos_token_ids,
             trace=trace,
             primary_name=self.primary.name,
+            primary_pad_token_id=_left_pad_id(self.primary),
         )
 
     def generate(
@@ -192,12 +261,38 @@ class Ensemble:
         A ``logits_processor`` list among ``generate_kwargs`` runs after the ensembling step
         (it sees the ensembled log-probabilities), before any sampling warper.
         """
-        check_prompt(prompt)
-        chat = chat or not isinstance(prompt, str)
-        ids = encode_prompt(self.primary, prompt, chat=chat)
-        check_fits(self.primary.model, self.primary.name, len(ids), int(generate_kwargs.get("max_new_tokens", 64)))
-        with self.processor(prompt, chat=chat, trace=trace) as processor:  # stops its worker threads after
-            return self._run(self.primary, ids, streamer, [processor], generate_kwargs)
+        max_new_tokens = int(generate_kwargs.get("max_new_tokens", 64))
+        prepared = self.prepare(prompt, chat=chat, max_new_tokens=max_new_tokens)
+        return self.generate_prepared([prepared], streamer=streamer, trace=trace, **generate_kwargs)[0]
+
+    def generate_batch(
+        self, prompts: Sequence[Prompt], *, chat: bool = False, trace: bool = False, **generate_kwargs: Any
+    ) -> list[GenerationResult]:
+        """`generate` for several prompts at once, in one batch (each row as it would be alone).
+
+        Prompts may mix text and conversations (a list of messages implies ``chat`` for its
+        row). Every prompt is checked before any work starts. Costs about one generation of
+        the longest answer: each step is one batched forward pass per model.
+        """
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+            raise ValueError("`prompts` has to be a non-empty list of prompts")
+        max_new_tokens = int(generate_kwargs.get("max_new_tokens", 64))
+        prepared = [self.prepare(p, chat=chat, max_new_tokens=max_new_tokens) for p in prompts]
+        return self.generate_prepared(prepared, trace=trace, **generate_kwargs)
+
+    def generate_prepared(
+        self, prepared: Sequence[PreparedPrompt], *, streamer: Any = None, trace: bool = False, **generate_kwargs: Any
+    ) -> list[GenerationResult]:
+        """Rows from `prepare` through the primary's ``generate``, one processor for the batch.
+
+        The rows' ``max_new_tokens`` checks in `prepare` have to cover ``generate_kwargs``'s.
+        """
+        member_prompts: list[Any] | None = None
+        if any(row.chat for row in prepared):
+            member_prompts = [[row.member_ids[j] for row in prepared] for j in range(len(self.models) - 1)]
+        with self._processor(member_prompts, trace) as processor:  # stops its worker threads after
+            return self._run(self.primary, [row.primary_ids for row in prepared], streamer, [processor],
+                             generate_kwargs)
 
     def generate_alone(
         self, index: int, prompt: Prompt, *, chat: bool = False, streamer: Any = None, **generate_kwargs: Any
@@ -209,7 +304,20 @@ class Ensemble:
             raise ValueError(f"{loaded.name!r} is served remotely; only models in this process generate alone")
         ids = encode_prompt(loaded, prompt, chat=chat or not isinstance(prompt, str))
         check_fits(loaded.model, loaded.name, len(ids), int(generate_kwargs.get("max_new_tokens", 64)))
-        return self._run(loaded, ids, streamer, [], generate_kwargs)
+        return self._run(loaded, [ids], streamer, [], generate_kwargs)[0]
+
+
+def _left_pad_id(loaded: LoadedModel) -> int:
+    """What left-pads prompts in a batch: the pad token, else the first EOS id (as transformers)."""
+    pad = loaded.tokenizer.pad_token_id
+    return int(pad) if pad is not None else next(iter(loaded.eos_token_ids), 0)
+
+
+def _prompt_limit(member: LoadedModel | RemoteMember) -> int | None:
+    """The most prompt tokens an auxiliary takes (None: its config or server does not say)."""
+    if isinstance(member, RemoteMember):
+        return None if member.server.n_ctx is None else member.server.n_ctx - 1
+    return context_limit(member.model)
 
 
 def generate(

@@ -56,7 +56,7 @@ __all__ = ["MemberError", "NonFiniteScoresError", "UniTEProcessor"]
 _GUESS_WINDOW = 8
 """Recent guesses looked at: guessing pauses while fewer than half of them were right."""
 
-MemberPrompt = str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]]
+MemberPrompt = str | Sequence[int] | Sequence[str | Sequence[int] | None]
 
 
 class UniTEProcessor(LogitsProcessor):
@@ -71,9 +71,11 @@ class UniTEProcessor(LogitsProcessor):
         member_prompts: optional, one entry per member, overriding the default auxiliary prompt
             (the primary's prompt text re-encoded by the member's tokenizer with its own BOS).
             An entry is a string (encoded verbatim, no special tokens added: use it for a chat
-            template's output), a list of token ids, a list of those (one per batch row), or
-            None for the default.
+            template's output), a list of token ids, a list of those (one per batch row, None
+            for a row that takes the default), or None for the default.
         primary_eos_token_ids: ids that end the primary's sequence besides its tokenizer's EOS.
+        primary_pad_token_id: the id that left-pads the primary's prompts in a batch (default:
+            its tokenizer's pad token); leading ones are not part of a row's prompt.
         trace: record a `StepRecord` per step and row in `trace`.
         primary_name: label of the primary in traces.
         concurrent: run the auxiliaries at the same time, each on its own worker thread, and
@@ -111,8 +113,13 @@ class UniTEProcessor(LogitsProcessor):
         primary_name: str = "primary",
         concurrent: bool = True,
         member_threads: int | None = None,
+        primary_pad_token_id: int | None = None,
     ) -> None:
         check_top_k(top_k)
+        if primary_pad_token_id is not None and (isinstance(primary_pad_token_id, bool)
+                                                 or not isinstance(primary_pad_token_id, int)
+                                                 or primary_pad_token_id < 0):
+            raise ValueError(f"`primary_pad_token_id` has to be a non-negative integer, but is {primary_pad_token_id!r}")
         if not isinstance(members, (list, tuple)):
             raise TypeError(f"`members` has to be a list of Member, but is {type(members).__name__}")
         for index, member in enumerate(members):
@@ -132,6 +139,8 @@ class UniTEProcessor(LogitsProcessor):
         self.members = list(members)
         self.member_prompts = list(member_prompts) if member_prompts is not None else [None] * len(members)
         self.primary_view = token_bytes_view(primary_tokenizer, primary_eos_token_ids or ())
+        self.primary_pad_token_id = (primary_pad_token_id if primary_pad_token_id is not None
+                                     else primary_tokenizer.pad_token_id)
         self.member_views = [token_bytes_view(m.tokenizer, m.eos_token_ids or ()) for m in members]
         self._active = [j for j, member in enumerate(members) if member.weight > 0]
         self.runners = [self._runner(members[j], self.member_views[j]) for j in self._active]
@@ -336,7 +345,7 @@ class UniTEProcessor(LogitsProcessor):
 
     def _start_members(self, input_ids: torch.Tensor) -> list[AuxiliaryRows]:
         """Each active member's rows, prefilled in one forward pass per member."""
-        pad = self.primary_view.tokenizer.pad_token_id
+        pad = self.primary_pad_token_id
         prompts = []
         for ids in input_ids.tolist():
             start = 0

@@ -1,15 +1,18 @@
-"""One ensembled generation delivered piece by piece: the engine under ``chat`` and ``serve``.
+"""Ensembled generations delivered piece by piece: the engine under ``chat`` and ``serve``.
 
-`generate_streamed` runs `Ensemble.generate` with two small hooks placed in the primary's
-``generate`` loop:
+`generate_streamed_batch` runs several requests as the rows of one batched
+`Ensemble.generate_prepared` call (`generate_streamed` is a batch of one), with two small
+hooks placed in the primary's ``generate`` loop:
 
 * `EnsembledLogprobRecorder`, a logits processor right after `UniTEProcessor`, keeps the
   log-probabilities of the ensembled distribution at the current step (before temperature
   or top-p reshape it), so log-probs reported to a user are the ensemble's, not the primary's;
-* `_StepWatcher`, a stopping criterion, sees every new token: it releases the text that is
-  final (a UTF-8 character split across tokens, or the beginning of a stop string, is held
-  back), cuts the text at a stop string and ends generation there, and ends it when the
-  caller's cancel flag is set (Ctrl-C in the chat, a client that went away in the server).
+* `_BatchStop`, a stopping criterion, hands every row's new token to that row's
+  `_StepWatcher`, which releases the text that is final (a UTF-8 character split across
+  tokens, or the beginning of a stop string, is held back), and ends the row at a stop
+  string, at its own ``max_new_tokens`` or when its cancel flag is set (Ctrl-C in the chat,
+  a client that went away in the server). Rows end independently; the batch ends with the
+  last one.
 
 Costs per step: one ``log_softmax`` over the vocabulary when log-probs are asked for, and a
 decode of a window of the newest few tokens (the incremental detokenizing of vLLM and
@@ -30,15 +33,17 @@ from transformers import LogitsProcessor, StoppingCriteria, StoppingCriteriaList
 from .token_bytes import token_bytes_view
 
 if TYPE_CHECKING:
-    from .api import Ensemble, Prompt
+    from .api import Ensemble, PreparedPrompt, Prompt
 
 __all__ = [
     "GenerationOptions",
+    "StreamRequest",
     "TokenLogprob",
     "Piece",
     "StreamedResult",
     "EnsembledLogprobRecorder",
     "generate_streamed",
+    "generate_streamed_batch",
     "MAX_TOP_LOGPROBS",
 ]
 
@@ -73,6 +78,11 @@ class GenerationOptions:
     def sampling(self) -> bool:
         return bool(self.temperature)
 
+    @property
+    def decoding(self) -> tuple[Any, ...]:
+        """What has to be equal for requests to share a batch: how the next token is chosen."""
+        return (self.temperature, self.top_p) if self.sampling else ("greedy",)
+
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``model.generate``: temperature 0 or None is greedy."""
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.sampling}
@@ -81,6 +91,16 @@ class GenerationOptions:
             if self.top_p is not None:
                 kwargs["top_p"] = self.top_p
         return kwargs
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """One row of a streamed batch: a prepared prompt, how to decode, where pieces go, a cancel flag."""
+
+    prepared: "PreparedPrompt"
+    options: GenerationOptions = GenerationOptions()
+    on_piece: Callable[["Piece"], None] | None = None
+    cancel: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -113,30 +133,36 @@ class StreamedResult:
 
 
 class EnsembledLogprobRecorder(LogitsProcessor):
-    """Keeps the normalised log-probs of the scores it sees (batch row 0); returns them unchanged.
+    """Keeps the normalised log-probs of the scores it sees (every row); returns them unchanged.
 
     Placed right after `UniTEProcessor`, it sees the ensembled distribution (``-inf`` outside
-    the union of candidates), before any sampling warper.
+    the union of candidates), before any sampling warper. Cost: one batched ``log_softmax``.
     """
 
     def __init__(self) -> None:
-        self.last: torch.Tensor | None = None
+        self.last: torch.Tensor | None = None  # (batch, vocab)
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.last = torch.log_softmax(scores[0].float(), dim=-1)
+        self.last = torch.log_softmax(scores.float(), dim=-1)
         return scores
 
 
-class _CallbackStop(StoppingCriteria):
-    """Stops every row when ``should_stop()`` says so, after feeding the step to ``on_step``."""
+class _BatchStop(StoppingCriteria):
+    """Feeds each row's new token to its watcher; a row stops when its watcher says so."""
 
-    def __init__(self, on_step: Callable[[torch.LongTensor], bool]) -> None:
-        self.on_step = on_step
+    def __init__(self, watchers: Sequence["_StepWatcher"], recorder: EnsembledLogprobRecorder | None) -> None:
+        self.watchers = list(watchers)
+        self.recorder = recorder
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        stop = self.on_step(input_ids)
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+        tokens = input_ids[:, -1].tolist()
+        logprobs = self.recorder.last if self.recorder is not None else None
+        stop = [
+            watcher.done or watcher.step(token, logprobs[row] if logprobs is not None else None)
+            for row, (watcher, token) in enumerate(zip(self.watchers, tokens))
+        ]
+        return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 class _StepWatcher:
@@ -147,7 +173,6 @@ class _StepWatcher:
         tokenizer: Any,
         eos_token_ids: Sequence[int],
         options: GenerationOptions,
-        recorder: EnsembledLogprobRecorder | None,
         on_piece: Callable[[Piece], None] | None,
         cancel: threading.Event | None,
     ) -> None:
@@ -155,10 +180,8 @@ class _StepWatcher:
         self.view = token_bytes_view(tokenizer, eos_token_ids)
         self.eos = set(eos_token_ids)
         self.options = options
-        self.recorder = recorder
         self.on_piece = on_piece
         self.cancel = cancel
-        self.prompt_length: int | None = None
         self.ids: list[int] = []
         self.text = ""  # the answer's text decoded so far (only complete characters until the end)
         self._prefix_offset = 0  # self.text is known up to ids[:_read_offset]; the decode window
@@ -171,24 +194,26 @@ class _StepWatcher:
         self.cancelled = False
 
     # -- per step -------------------------------------------------------------------------
-    def __call__(self, input_ids: torch.LongTensor) -> bool:
-        if self.prompt_length is None:
-            self.prompt_length = int(input_ids.shape[1]) - 1
-        if self.stopped_at_string or self.ended_by_eos:
-            return True
-        token = int(input_ids[0, -1])
+    @property
+    def done(self) -> bool:
+        """The row has ended: later tokens of the batch are fillers."""
+        return (self.stopped_at_string or self.ended_by_eos or self.cancelled
+                or len(self.ids) >= self.options.max_new_tokens)
+
+    def step(self, token: int, logprobs: torch.Tensor | None) -> bool:
+        """Take the row's new token (and the ensembled log-probs it was chosen from); True: stop the row."""
         self.ids.append(token)
         if token in self.eos:
             self.ended_by_eos = True
             return True
-        if self.recorder is not None and self.recorder.last is not None:
-            entry = self._logprob_entry(token, self.recorder.last)
+        if logprobs is not None and self.options.top_logprobs is not None:
+            entry = self._logprob_entry(token, logprobs)
             self.pending.append(entry)
             self.all_logprobs.append(entry)
         self._release(final=False)
         if self.cancel is not None and self.cancel.is_set():
             self.cancelled = True
-        return self.stopped_at_string or self.cancelled
+        return self.done
 
     def finish(self) -> None:
         """Release what was held back (an unfinished character, a partial stop string)."""
@@ -282,24 +307,49 @@ def generate_streamed(
     ``chat`` formats ``prompt`` (text or messages) with each member's own chat template.
     Setting ``cancel`` ends generation after the current step (finish reason ``"cancelled"``).
     """
-    recorder = EnsembledLogprobRecorder() if options.top_logprobs is not None else None
-    watcher = _StepWatcher(
-        ensemble.primary.tokenizer, ensemble.primary.eos_token_ids, options, recorder, on_piece, cancel
-    )
-    result = ensemble.generate(
-        prompt,
-        chat=chat,
+    prepared = ensemble.prepare(prompt, chat=chat, max_new_tokens=options.max_new_tokens)
+    return generate_streamed_batch(ensemble, [StreamRequest(prepared, options, on_piece, cancel)])[0]
+
+
+def generate_streamed_batch(ensemble: "Ensemble", requests: Sequence[StreamRequest]) -> list[StreamedResult]:
+    """Run ``requests`` as the rows of one batch; each row streams, stops and ends on its own.
+
+    The requests have to decode alike (`GenerationOptions.decoding`: all greedy, or the same
+    temperature and top-p); stop strings, ``max_new_tokens``, log-probs and cancel flags are
+    per row. The batch runs until its last row ends, so every prompt has to fit the
+    primary's context window with the largest ``max_new_tokens`` (`Ensemble.prepare` checks
+    each with its own). Each row's answer is the one it gets alone (batched forward passes
+    may differ in the last bits of floating point).
+    """
+    if not requests:
+        raise ValueError("`requests` is empty")
+    decodings = {request.options.decoding for request in requests}
+    if len(decodings) > 1:
+        raise ValueError(f"requests in one batch have to decode alike (temperature, top_p), got {sorted(map(str, decodings))}")
+    longest = max(requests, key=lambda request: request.options.max_new_tokens).options
+    primary = ensemble.primary
+    wants_logprobs = any(request.options.top_logprobs is not None for request in requests)
+    recorder = EnsembledLogprobRecorder() if wants_logprobs else None
+    watchers = [
+        _StepWatcher(primary.tokenizer, primary.eos_token_ids, request.options, request.on_piece, request.cancel)
+        for request in requests
+    ]
+    results = ensemble.generate_prepared(
+        [request.prepared for request in requests],
         logits_processor=[recorder] if recorder is not None else [],
-        stopping_criteria=StoppingCriteriaList([_CallbackStop(watcher)]),
-        **options.generate_kwargs(),
+        stopping_criteria=StoppingCriteriaList([_BatchStop(watchers, recorder)]),
+        **longest.generate_kwargs(),
     )
-    watcher.finish()
-    generated = len(watcher.ids) if watcher.ids else result.new_tokens
-    logger.debug("generated %d tokens (%s)", generated, watcher.finish_reason)
-    return StreamedResult(
-        text=watcher.released,
-        finish_reason=watcher.finish_reason,
-        prompt_tokens=watcher.prompt_length or 0,
-        completion_tokens=generated,
-        logprobs=watcher.all_logprobs,
-    )
+    streamed = []
+    for watcher, result in zip(watchers, results):
+        watcher.finish()
+        streamed.append(StreamedResult(
+            text=watcher.released,
+            finish_reason=watcher.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=len(watcher.ids),
+            logprobs=watcher.all_logprobs,
+        ))
+    logger.debug("generated %s tokens (%s)", [r.completion_tokens for r in streamed],
+                 ",".join(r.finish_reason for r in streamed))
+    return streamed
