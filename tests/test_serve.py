@@ -131,16 +131,17 @@ def test_completions_plain_and_streamed_match_the_ensemble(client, ensemble):
 def test_several_prompts_and_n(client, ensemble, monkeypatch):
     from unite_logits.serving import worker as worker_module
 
-    generations = []
+    batches = []
+    run_batch = worker_module.generate_streamed_batch
 
-    def counting(*args, **kwargs):
-        generations.append(args[1])
-        return generate_streamed(*args, **kwargs)
+    def counting(ensemble, requests):
+        batches.append([request.prepared.prompt for request in requests])
+        return run_batch(ensemble, requests)
 
-    monkeypatch.setattr(worker_module, "generate_streamed", counting)
+    monkeypatch.setattr(worker_module, "generate_streamed_batch", counting)
     prompts = ["The quick brown fox", "Muffins and pancakes"]
     response = client.completions.create(model=MODEL, prompt=prompts, max_tokens=5, n=2)
-    assert generations == prompts  # greedy: each prompt generated once, its n choices share the answer
+    assert batches == [prompts]  # one batch; greedy: each prompt is one row, its n choices share the answer
     texts = [c.text for c in sorted(response.choices, key=lambda c: c.index)]
     first, second = (alone(ensemble, p, chat=False, max_new_tokens=5).text for p in prompts)
     assert texts == [first, first, second, second]  # greedy: the n choices of one prompt agree
@@ -211,6 +212,140 @@ def test_four_concurrent_requests_each_get_their_own_answer(client):
     for thread in threads:
         thread.join(120)
     assert [answers.get(i) for i in range(len(questions))] == expected
+
+
+@pytest.fixture(scope="module")
+def batching_server(ensemble):
+    """A server whose requests wait a whole second for others: requests sent together share a batch."""
+    with BackgroundServer(ensemble, ServerSettings(MODEL, default_max_tokens=12, batch_wait_s=1.0)) as running:
+        yield running
+
+
+def run_together(calls):
+    """Start ``calls`` at the same moment from their own threads; their results in order."""
+    results: dict[int, object] = {}
+    start = threading.Barrier(len(calls))
+
+    def call(index):
+        start.wait()
+        results[index] = calls[index]()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return [results.get(i) for i in range(len(calls))]
+
+
+def batch_of(worker, request_id):
+    (finished,) = [f for f in worker.finished if f.request_id == request_id]
+    return finished.batch_requests, finished.batch_rows
+
+
+def test_four_concurrent_greedy_requests_share_one_batch_and_each_is_its_answer_alone(batching_server, ensemble):
+    """Chat and completions, plain and streamed, different lengths, stop strings and log-probs:
+    one batch of four rows, and every answer equal to that request run alone."""
+    client = openai.OpenAI(base_url=batching_server.url, api_key="-", max_retries=0, timeout=120)
+    cases = [
+        (HELLO, {"max_tokens": 10}),
+        ([{"role": "user", "content": "What is 12 plus 30?"}], {"max_tokens": 4, "logprobs": True, "top_logprobs": 2}),
+        ("The quick brown fox", {"max_tokens": 12, "stop": ["e"]}),
+        ("Tokenizers split text", {"max_tokens": 7}),
+    ]
+
+    def ask(prompt, extra, stream):
+        if isinstance(prompt, str):
+            if stream:
+                chunks = list(client.completions.create(model=MODEL, prompt=prompt, stream=True, **extra))
+                return chunks[0].id, "".join(c.choices[0].text for c in chunks if c.choices), None
+            response = client.completions.create(model=MODEL, prompt=prompt, **extra)
+            return response.id, response.choices[0].text, None
+        if stream:
+            chunks = list(client.chat.completions.create(model=MODEL, messages=prompt, stream=True, **extra))
+            return chunks[0].id, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), None
+        response = client.chat.completions.create(model=MODEL, messages=prompt, **extra)
+        logprobs = response.choices[0].logprobs
+        return response.id, response.choices[0].message.content, logprobs and [t.logprob for t in logprobs.content]
+
+    answers = run_together([lambda i=i: ask(*cases[i], stream=i >= 2) for i in range(len(cases))])
+    worker = batching_server.app.state.worker
+    assert all(answer is not None for answer in answers)
+    assert [batch_of(worker, answer[0]) for answer in answers] == [(4, 4)] * 4
+    for (prompt, extra), (_, text, logprobs) in zip(cases, answers):
+        expected = alone(ensemble, prompt, chat=not isinstance(prompt, str), max_new_tokens=extra["max_tokens"],
+                         stop=tuple(extra.get("stop", ())), top_logprobs=extra.get("top_logprobs"))
+        assert text == expected.text
+        if logprobs is not None:
+            assert logprobs == pytest.approx([t.logprob for t in expected.logprobs], abs=1e-4)
+    assert len({text for _, text, _ in answers}) == 4 and all(text for _, text, _ in answers)
+
+
+def test_seeded_and_differently_sampled_requests_get_batches_of_their_own(batching_server):
+    client = openai.OpenAI(base_url=batching_server.url, api_key="-", max_retries=0, timeout=120)
+
+    def ask(**extra):
+        return client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4, **extra).id
+
+    ids = run_together([lambda: ask(), lambda: ask(), lambda: ask(temperature=0.7), lambda: ask(temperature=0.7, seed=3),
+                        lambda: ask(temperature=0.9)])
+    worker = batching_server.app.state.worker
+    assert [batch_of(worker, request_id)[0] for request_id in ids] == [2, 2, 1, 1, 1]
+
+
+def test_a_client_leaving_mid_stream_leaves_its_batch_mates_alone(batching_server, ensemble):
+    client = openai.OpenAI(base_url=batching_server.url, api_key="-", max_retries=0, timeout=120)
+    worker = batching_server.app.state.worker
+
+    def leave_early():
+        stream = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3000, stream=True)
+        first = next(iter(stream))
+        for _ in range(3):
+            next(iter(stream))
+        stream.close()
+        return first.id
+
+    def stay():
+        response = client.completions.create(model=MODEL, prompt="Muffins and pancakes", max_tokens=40)
+        return response.id, response.choices[0].text
+
+    left_id, (stayed_id, text) = run_together([leave_early, stay])
+    assert wait_for(lambda: any(f.request_id == left_id for f in worker.finished))
+    (left,) = [f for f in worker.finished if f.request_id == left_id]
+    assert left.finish_reasons == ("cancelled",) and left.completion_tokens < 40
+    assert batch_of(worker, left_id)[0] == batch_of(worker, stayed_id)[0] == 2  # they did share a batch
+    assert text == alone(ensemble, "Muffins and pancakes", chat=False, max_new_tokens=40).text
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_batches_respect_max_batch_and_the_primarys_context_window(ensemble, max_batch):
+    """The batching rule alone: jobs admitted in order, then grouped (nothing is generated)."""
+    from unite_logits.serving.worker import GenerationWorker, Job
+
+    worker = GenerationWorker(ensemble, max_batch=max_batch, batch_wait_s=0)
+    window = ensemble.primary.model.config.max_position_embeddings
+    events = []
+    long_prompt = "word " * 60
+
+    def job(name, prompt="Hello", max_tokens=4, n=1, **options):
+        return Job(name, [prompt] * n, False, GenerationOptions(max_new_tokens=max_tokens, **options),
+                   lambda *event: events.append(event))
+
+    jobs = [job("a"), job("b", n=2), job("c", temperature=0.5), job("d", long_prompt),
+            job("e", max_tokens=window - 10), job("f")]
+    try:
+        for each in jobs:
+            worker._take(each)
+        batches = []
+        while worker._waiting:
+            batches.append([admitted.job.request_id for admitted in worker._next_batch()])
+    finally:
+        worker.close()
+    assert not events  # admitted, none rejected
+    if max_batch == 1:  # b's two greedy copies of one prompt are one row, so b fits a batch of 1
+        assert batches == [["a"], ["b"], ["c"], ["d"], ["e"], ["f"]]
+    else:  # c samples; e's new tokens do not fit the window after d's long prompt; f fills the 4th row
+        assert batches == [["a", "b", "d", "f"], ["c"], ["e"]]
 
 
 def test_a_client_leaving_mid_stream_stops_its_generation(client, server):
@@ -374,6 +509,27 @@ def test_serve_reports_a_taken_port_in_one_line(capsys, monkeypatch):
         code = cli.main(["serve", "--port", str(taken.getsockname()[1])])
     err = capsys.readouterr().err
     assert code == cli.EXIT_USAGE and len(err.strip().splitlines()) == 1 and "cannot listen" in err
+
+
+def test_serve_batching_options_reach_the_worker(monkeypatch, ensemble):
+    import unite_logits.serving as serving
+    from unite_logits.serving.worker import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH, GenerationWorker
+
+    seen = []
+    monkeypatch.setattr(cli, "_load_ensemble", lambda args: ensemble)
+    monkeypatch.setattr(serving, "serve", lambda ensemble, settings, **kwargs: seen.append(settings))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    assert cli.main(["serve", "--port", port]) == 0
+    assert (seen[-1].max_batch, seen[-1].batch_wait_s) == (DEFAULT_MAX_BATCH, DEFAULT_BATCH_WAIT_S)
+    assert cli.main(["serve", "--port", port, "--max-batch", "1", "--batch-wait-ms", "0"]) == 0
+    assert (seen[-1].max_batch, seen[-1].batch_wait_s) == (1, 0.0)
+    for bad in (["--max-batch", "0"], ["--batch-wait-ms", "-1"]):
+        assert cli.main(["serve", "--port", port, *bad]) == cli.EXIT_USAGE
+    assert len(seen) == 2
+    with pytest.raises(ValueError, match="max_batch"):
+        GenerationWorker(ensemble, max_batch=0)
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -344,7 +344,21 @@ def _add_serve_parser(subparsers: Any) -> None:
     parser.add_argument("--api-key", help=f"require this key from clients (default ${API_KEY_ENV}; unset: no key)")
     parser.add_argument("--served-model-name", help="the model id clients ask for (default: the members joined by '+')")
     parser.add_argument("--max-tokens", type=_positive_int, default=256, help="max_tokens of a request that gives none (default 256)")
+    parser.add_argument("--max-batch", type=_positive_int, default=8,
+                        help="most generations run together as one batch (default 8; 1: one at a time)")
+    parser.add_argument("--batch-wait-ms", type=_batch_wait_ms, default=20,
+                        help="how long a request waits for others to join its batch (default 20)")
     parser.set_defaults(handler=_run_serve)
+
+
+def _batch_wait_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"has to be a number of milliseconds, got {text!r}") from None
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"has to be between 0 and 10000 ms, got {text}")
+    return value
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -365,7 +379,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     ensemble = _load_ensemble(args)
     name = args.served_model_name or "+".join(dict.fromkeys(m.name for m in ensemble.models))
     print(f"[{PROG}] serving {name!r} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
-    serve(ensemble, ServerSettings(name, api_key, args.max_tokens), host=args.host, port=args.port)
+    settings = ServerSettings(name, api_key, args.max_tokens, max_batch=args.max_batch,
+                              batch_wait_s=args.batch_wait_ms / 1000)
+    serve(ensemble, settings, host=args.host, port=args.port)
     return 0
 
 

@@ -95,12 +95,14 @@ class GenerationOptions:
 
 @dataclass(frozen=True)
 class StreamRequest:
-    """One row of a streamed batch: a prepared prompt, how to decode, where pieces go, a cancel flag."""
+    """One row of a streamed batch: a prepared prompt, how to decode, a cancel flag, and where
+    its pieces go and its result goes as soon as the row ends (before the batch does)."""
 
     prepared: "PreparedPrompt"
     options: GenerationOptions = GenerationOptions()
     on_piece: Callable[["Piece"], None] | None = None
     cancel: threading.Event | None = None
+    on_done: Callable[["StreamedResult"], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,30 +160,31 @@ class _BatchStop(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         tokens = input_ids[:, -1].tolist()
         logprobs = self.recorder.last if self.recorder is not None else None
-        stop = [
-            watcher.done or watcher.step(token, logprobs[row] if logprobs is not None else None)
-            for row, (watcher, token) in enumerate(zip(self.watchers, tokens))
-        ]
+        stop = []
+        for row, (watcher, token) in enumerate(zip(self.watchers, tokens)):
+            if watcher.done:
+                stop.append(True)
+            elif watcher.step(token, logprobs[row] if logprobs is not None else None):
+                watcher.close()
+                stop.append(True)
+            else:
+                stop.append(False)
         return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 class _StepWatcher:
     """Turns the primary's new tokens into final text pieces; watches stop strings and cancel."""
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        eos_token_ids: Sequence[int],
-        options: GenerationOptions,
-        on_piece: Callable[[Piece], None] | None,
-        cancel: threading.Event | None,
-    ) -> None:
+    def __init__(self, tokenizer: Any, eos_token_ids: Sequence[int], request: StreamRequest) -> None:
         self.tokenizer = tokenizer
         self.view = token_bytes_view(tokenizer, eos_token_ids)
         self.eos = set(eos_token_ids)
-        self.options = options
-        self.on_piece = on_piece
-        self.cancel = cancel
+        self.options = request.options
+        self.on_piece = request.on_piece
+        self.on_done = request.on_done
+        self.cancel = request.cancel
+        self.prompt_tokens = len(request.prepared.primary_ids)
+        self.result: StreamedResult | None = None
         self.ids: list[int] = []
         self.text = ""  # the answer's text decoded so far (only complete characters until the end)
         self._prefix_offset = 0  # self.text is known up to ids[:_read_offset]; the decode window
@@ -215,12 +218,20 @@ class _StepWatcher:
             self.cancelled = True
         return self.done
 
-    def finish(self) -> None:
-        """Release what was held back (an unfinished character, a partial stop string)."""
+    def close(self) -> StreamedResult:
+        """End the row (once): release what was held back (an unfinished character, a partial
+        stop string), build its result and hand it to ``on_done``."""
+        if self.result is not None:
+            return self.result
         if not self.stopped_at_string:
             self._release(final=True)
         elif self.pending:
             self._emit("")
+        self.result = StreamedResult(self.released, self.finish_reason, self.prompt_tokens, len(self.ids),
+                                     self.all_logprobs)
+        if self.on_done is not None:
+            self.on_done(self.result)
+        return self.result
 
     # -- text -----------------------------------------------------------------------------
     def _decode_new(self, final: bool) -> None:
@@ -330,26 +341,14 @@ def generate_streamed_batch(ensemble: "Ensemble", requests: Sequence[StreamReque
     primary = ensemble.primary
     wants_logprobs = any(request.options.top_logprobs is not None for request in requests)
     recorder = EnsembledLogprobRecorder() if wants_logprobs else None
-    watchers = [
-        _StepWatcher(primary.tokenizer, primary.eos_token_ids, request.options, request.on_piece, request.cancel)
-        for request in requests
-    ]
-    results = ensemble.generate_prepared(
+    watchers = [_StepWatcher(primary.tokenizer, primary.eos_token_ids, request) for request in requests]
+    ensemble.generate_prepared(
         [request.prepared for request in requests],
         logits_processor=[recorder] if recorder is not None else [],
         stopping_criteria=StoppingCriteriaList([_BatchStop(watchers, recorder)]),
         **longest.generate_kwargs(),
     )
-    streamed = []
-    for watcher, result in zip(watchers, results):
-        watcher.finish()
-        streamed.append(StreamedResult(
-            text=watcher.released,
-            finish_reason=watcher.finish_reason,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=len(watcher.ids),
-            logprobs=watcher.all_logprobs,
-        ))
+    streamed = [watcher.close() for watcher in watchers]  # rows still open ended with the batch
     logger.debug("generated %s tokens (%s)", [r.completion_tokens for r in streamed],
                  ",".join(r.finish_reason for r in streamed))
     return streamed

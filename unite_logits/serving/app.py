@@ -29,7 +29,7 @@ from ..prompt_checks import PromptTooLongError
 from ..token_stream import Piece, StreamedResult
 from . import openai_format as fmt
 from .schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
-from .worker import GenerationWorker, Job
+from .worker import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH, GenerationWorker, Job
 
 __all__ = ["ServerSettings", "create_app", "OpenAIError"]
 
@@ -40,11 +40,14 @@ DISCONNECT_POLL_S = 0.5
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """What the server calls its model, the API key it requires (None: none), the default max_tokens."""
+    """What the server calls its model, the API key it requires (None: none), the default
+    max_tokens, and how requests are batched (`GenerationWorker`)."""
 
     model_name: str
     api_key: str | None = None
     default_max_tokens: int = 256
+    max_batch: int = DEFAULT_MAX_BATCH
+    batch_wait_s: float = DEFAULT_BATCH_WAIT_S
 
 
 class OpenAIError(Exception):
@@ -136,7 +139,7 @@ class _Run:
 
 def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker | None = None) -> FastAPI:
     """The application for ``ensemble``; its generation worker stops when the app shuts down."""
-    worker = worker or GenerationWorker(ensemble)
+    worker = worker or GenerationWorker(ensemble, max_batch=settings.max_batch, batch_wait_s=settings.batch_wait_s)
     created = int(time.time())
 
     @asynccontextmanager

@@ -1,17 +1,27 @@
-"""One thread that runs every generation of the server, one request after another.
+"""The thread that runs every generation of the server, batching requests that arrive together.
 
-Each request gets its own `UniTEProcessor` (built inside `Ensemble.generate`), so no request
-sees another's auxiliary state; the models themselves are shared, and running them from one
-thread means no two generations interleave on them and a request's ``seed`` governs exactly
-its own sampling. Requests wait in a FIFO queue. Batching several requests into one
-``generate`` call is the next step once batched auxiliaries land in the core.
+Requests wait in a FIFO queue. When the worker is free it takes the oldest, waits
+``batch_wait_s`` for others to arrive, and runs every waiting request that can share its
+batch as the rows of one ``generate`` call (`generate_streamed_batch`): with batched
+auxiliaries a batch of B rows costs far less than B generations one after another. Requests
+share a batch when they decode alike (all greedy, or the same temperature and top-p), carry
+no ``seed`` (a seeded request runs in a batch of its own, so its seed governs exactly its own
+sampling), fit in ``max_batch`` rows, and every prompt fits the primary's context window with
+the batch's largest ``max_tokens``. Greedy choices of one prompt within a request are one row.
+Each row stops, streams and is cancelled on its own, and its result is reported the moment it
+ends; requests arriving while a batch runs form the next one (static batching: transformers'
+``generate`` cannot take rows midway).
+
+Each batch gets its own `UniTEProcessor`, so no request sees another's auxiliary state; the
+models are shared, and running them from one thread means no two batches interleave on them.
 
 Events reach the caller through ``job.notify(kind, index, payload)`` from the worker thread:
-first ``("started", -1, None)``, or ``("rejected", -1, PromptError)`` when a prompt cannot be
-used (too long for the primary's context window, invalid text) and nothing was generated;
-then ``("piece", i, Piece)`` as text becomes final, ``("done", i, StreamedResult)`` per
-choice, and finally ``("end", -1, None)`` or ``("error", -1, exception)``. The prompts are
-checked on the worker thread because encoding them uses the tokenizers that generation uses.
+``("rejected", -1, PromptError)`` when a prompt cannot be used (too long for a context window,
+invalid text, refused by a chat template) and nothing was generated; otherwise
+``("started", -1, None)``, then ``("piece", i, Piece)`` as text becomes final,
+``("done", i, StreamedResult)`` per choice as it ends, and finally ``("end", -1, None)`` or
+``("error", -1, exception)``. Prompts are checked on the worker thread because encoding them
+uses the tokenizers that generation uses.
 """
 
 from __future__ import annotations
@@ -19,23 +29,25 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jinja2 import TemplateError
 
-from ..api import check_prompt, encode_prompt
-from ..prompt_checks import PromptError, check_fits
-from ..token_stream import GenerationOptions, Piece, StreamedResult, generate_streamed
+from ..prompt_checks import PromptError, context_window
+from ..token_stream import GenerationOptions, Piece, StreamedResult, StreamRequest, generate_streamed_batch
 
-__all__ = ["Job", "GenerationWorker", "FinishedJob"]
+__all__ = ["Job", "GenerationWorker", "FinishedJob", "DEFAULT_MAX_BATCH", "DEFAULT_BATCH_WAIT_S"]
 
 logger = logging.getLogger(__name__)
 
 Notify = Callable[[str, int, Any], None]
+
+DEFAULT_MAX_BATCH = 8
+DEFAULT_BATCH_WAIT_S = 0.02  # a step of the smallest catalogue pair takes ~70 ms on two CPU cores
 
 
 @dataclass
@@ -53,21 +65,67 @@ class Job:
 
 @dataclass(frozen=True)
 class FinishedJob:
-    """What became of a job: its finish reasons and tokens (for logs and tests)."""
+    """What became of a job: its finish reasons, tokens, and the batch it ran in (for logs and tests)."""
 
     request_id: str
     finish_reasons: tuple[str, ...]
     completion_tokens: int
+    batch_rows: int = 0
+    batch_requests: int = 0
+
+
+class _Row:
+    """One generation of a batch and the choices (job, index) that receive it."""
+
+    def __init__(self, admitted: "_Admitted", prepared: Any) -> None:
+        self.admitted = admitted
+        self.prepared = prepared
+        self.indices: list[int] = []
+
+
+class _Admitted:
+    """A job whose prompts passed the checks: its rows, and what it needs of a batch."""
+
+    def __init__(self, job: Job, rows_by_index: list[Any]) -> None:
+        self.job = job
+        self.rows: list[_Row] = []
+        shared: dict[int, _Row] = {}  # greedy answers a prompt the same way every time: one row
+        for index, prepared in enumerate(rows_by_index):
+            key = id(prepared)
+            row = shared.get(key) if not job.options.sampling else None
+            if row is None:
+                row = _Row(self, prepared)
+                self.rows.append(row)
+                shared[key] = row
+            row.indices.append(index)
+        self.longest_prompt = max(len(row.prepared.primary_ids) for row in self.rows)
+        self.results: dict[int, StreamedResult] = {}
+        self.batch_rows = 0
+        self.batch_requests = 0
 
 
 class GenerationWorker:
-    """Runs `Job`s on one daemon thread, in arrival order."""
+    """Runs `Job`s on one daemon thread, oldest first, batching those that can share a batch.
 
-    def __init__(self, ensemble: Any, history: int = 64) -> None:
+    ``max_batch``: the most rows (generations) in one batch; a request with more choices
+    than that still runs, in a batch of its own. ``max_batch=1`` serves one generation at a
+    time. ``batch_wait_s``: how long the oldest request waits for others to join its batch.
+    """
+
+    def __init__(self, ensemble: Any, history: int = 64, *, max_batch: int = DEFAULT_MAX_BATCH,
+                 batch_wait_s: float = DEFAULT_BATCH_WAIT_S) -> None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"`max_batch` has to be a positive integer, but is {max_batch!r}")
+        if not 0 <= batch_wait_s <= 10:
+            raise ValueError(f"`batch_wait_s` has to be between 0 and 10 seconds, but is {batch_wait_s!r}")
         self.ensemble = ensemble
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        self._window = context_window(ensemble.primary.model)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._waiting: deque[_Admitted] = deque()
         self.finished: deque[FinishedJob] = deque(maxlen=history)
-        self._current: Job | None = None
+        self._running: list[_Admitted] = []
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="unite-logits-generation", daemon=True)
         self._thread.start()
@@ -77,14 +135,13 @@ class GenerationWorker:
 
     @property
     def waiting(self) -> int:
-        return self._jobs.qsize()
+        return self._jobs.qsize() + len(self._waiting)
 
     def cancel_all(self) -> None:
-        """Cancel the job in progress and every later one (the server is going down)."""
+        """Cancel the jobs in progress and every later one (the server is going down)."""
         self._closing.set()
-        current = self._current
-        if current is not None:
-            current.cancel.set()
+        for admitted in list(self._running):
+            admitted.job.cancel.set()
 
     def close(self, timeout: float = 30.0) -> None:
         """`cancel_all`, then stop the thread."""
@@ -92,82 +149,128 @@ class GenerationWorker:
         self._jobs.put(None)
         self._thread.join(timeout)
 
+    # -- the loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if self._closing.is_set():
-                job.cancel.set()
-            self._current = job
-            try:
-                self._run(job)
-            except Exception as error:  # reported to its request; the worker goes on
-                logger.exception("request %s failed", job.request_id)
-                job.notify("error", -1, error)
-            else:
-                job.notify("end", -1, None)
-            finally:
-                self._current = None
+        stopping = False
+        while not (stopping and not self._waiting):
+            if not self._waiting:
+                stopping = self._take(self._jobs.get())
+                deadline = time.monotonic() + self.batch_wait_s
+                while not stopping and (left := deadline - time.monotonic()) > 0:
+                    try:
+                        stopping = self._take(self._jobs.get(timeout=left))
+                    except queue.Empty:
+                        break
+            while not stopping:  # whatever else is already waiting
+                try:
+                    stopping = self._take(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            if self._waiting:
+                self._run(self._next_batch())
 
-    def _check(self, prompt: Any, chat: bool, max_new_tokens: int) -> None:
-        """What `Ensemble.generate` would refuse, refused before a response has started.
-
-        Every member's chat template is applied once here: a template may refuse a
-        conversation (roles out of order, a system message it does not take).
-        """
+    def _take(self, job: Job | None) -> bool:
+        """Admit ``job`` to the waiting line (or reject it); True when it is the stop signal."""
+        if job is None:
+            return True
+        if self._left(job):
+            return False
         try:
-            check_prompt(prompt)
-        except PromptError:
-            raise
-        except ValueError as error:
-            raise PromptError(str(error)) from None
-        primary = self.ensemble.primary
-        for loaded in self.ensemble.models if chat else [primary]:
-            try:
-                ids = encode_prompt(loaded, prompt, chat=chat)
-            except TemplateError as error:
-                raise PromptError(f"the chat template of {loaded.name} refuses these messages: {error}") from None
-            if loaded is primary:
-                check_fits(primary.model, primary.name, len(ids), max_new_tokens)
-
-    def _run(self, job: Job) -> None:
-        results: list[StreamedResult] = []
-        if job.cancel.is_set():  # the client left while the job waited
-            self.finished.append(FinishedJob(job.request_id, ("cancelled",), 0))
-            return
-        try:
-            for prompt in {repr(p): p for p in job.prompts}.values():  # the n copies of a prompt once
-                self._check(prompt, job.chat, job.options.max_new_tokens)
+            prepared: dict[str, Any] = {}
+            for prompt in job.prompts:  # the n copies of a prompt checked once
+                key = repr(prompt)
+                if key not in prepared:
+                    prepared[key] = self.ensemble.prepare(prompt, chat=job.chat,
+                                                          max_new_tokens=job.options.max_new_tokens)
         except PromptError as error:
             job.notify("rejected", -1, error)
             self.finished.append(FinishedJob(job.request_id, ("rejected",), 0))
+            return False
+        except Exception as error:  # reported to its request; the worker goes on
+            logger.exception("request %s failed", job.request_id)
+            job.notify("error", -1, error)
+            return False
+        self._waiting.append(_Admitted(job, [prepared[repr(p)] for p in job.prompts]))
+        return False
+
+    def _left(self, job: Job) -> bool:
+        """True, and the job is ended, when its client left while it waited (or the server stops)."""
+        if self._closing.is_set():
+            job.cancel.set()
+        if not job.cancel.is_set():
+            return False
+        self.finished.append(FinishedJob(job.request_id, ("cancelled",), 0))
+        job.notify("end", -1, None)
+        return True
+
+    def _next_batch(self) -> list[_Admitted]:
+        """The oldest waiting job and every later one that can share its batch."""
+        head = self._waiting.popleft()
+        batch = [head]
+        if head.job.seed is not None:
+            return batch
+        rows, longest_prompt, most_new = len(head.rows), head.longest_prompt, head.job.options.max_new_tokens
+        for admitted in list(self._waiting):
+            options = admitted.job.options
+            new_rows = rows + len(admitted.rows)
+            new_most = max(most_new, options.max_new_tokens)
+            new_longest = max(longest_prompt, admitted.longest_prompt)
+            if (admitted.job.seed is None and options.decoding == head.job.options.decoding
+                    and new_rows <= self.max_batch
+                    and (self._window is None or new_longest + new_most <= self._window)):
+                batch.append(admitted)
+                self._waiting.remove(admitted)
+                rows, longest_prompt, most_new = new_rows, new_longest, new_most
+        return batch
+
+    def _run(self, batch: list[_Admitted]) -> None:
+        batch = [admitted for admitted in batch if not self._left(admitted.job)]
+        if not batch:
             return
-        job.notify("started", -1, None)
-        if job.seed is not None:
-            torch.manual_seed(job.seed)
-        greedy_answers: dict[str, tuple[StreamedResult, list[Piece]]] = {}
-        for index, prompt in enumerate(job.prompts):
-            key = repr(prompt)
-            if key in greedy_answers:  # greedy decoding answers a prompt the same way every time
-                result, pieces = greedy_answers[key]
-                for piece in pieces:
-                    job.notify("piece", index, piece)
-            else:
-                pieces = []
+        rows = [row for admitted in batch for row in admitted.rows]
+        for admitted in batch:
+            admitted.batch_rows, admitted.batch_requests = len(rows), len(batch)
+            admitted.job.notify("started", -1, None)
+        self._running = batch
+        seed = batch[0].job.seed
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            generate_streamed_batch(self.ensemble, [self._request(row) for row in rows])
+        except Exception as error:  # reported to its requests; the worker goes on
+            logger.exception("batch of %s failed", ", ".join(a.job.request_id for a in batch))
+            for admitted in batch:
+                admitted.job.notify("error", -1, error)
+        else:
+            for admitted in batch:
+                admitted.job.notify("end", -1, None)
+        finally:
+            self._running = []
+        logger.info("batch of %d requests, %d rows", len(batch), len(rows))
 
-                def on_piece(piece: Piece, index: int = index, pieces: list[Piece] = pieces) -> None:
-                    pieces.append(piece)
-                    job.notify("piece", index, piece)
+    def _request(self, row: _Row) -> StreamRequest:
+        job = row.admitted.job
 
-                result = generate_streamed(self.ensemble, prompt, chat=job.chat, options=job.options,
-                                           on_piece=on_piece, cancel=job.cancel)
-                if not job.options.sampling and result.finish_reason != "cancelled":
-                    greedy_answers[key] = (result, pieces)
-            results.append(result)
-            job.notify("done", index, result)
-            if result.finish_reason == "cancelled":
-                break
+        def on_piece(piece: Piece) -> None:
+            for index in row.indices:
+                job.notify("piece", index, piece)
+
+        def on_done(result: StreamedResult) -> None:
+            for index in row.indices:
+                job.notify("done", index, result)
+            self._record(row.admitted, row.indices, result)
+
+        return StreamRequest(row.prepared, job.options, on_piece, job.cancel, on_done)
+
+    def _record(self, admitted: _Admitted, indices: Sequence[int], result: StreamedResult) -> None:
+        """Keep a row's result; once the job has all of its choices, log it as finished."""
+        for index in indices:
+            admitted.results[index] = result
+        if len(admitted.results) < len(admitted.job.prompts):
+            return
+        results = [admitted.results[i] for i in range(len(admitted.job.prompts))]
         reasons = tuple(r.finish_reason for r in results)
-        self.finished.append(FinishedJob(job.request_id, reasons, sum(r.completion_tokens for r in results)))
-        logger.info("request %s: %s, %d tokens", job.request_id, ",".join(reasons), self.finished[-1].completion_tokens)
+        tokens = sum(r.completion_tokens for r in results)
+        self.finished.append(FinishedJob(admitted.job.request_id, reasons, tokens, admitted.batch_rows,
+                                         admitted.batch_requests))
+        logger.info("request %s: %s, %d tokens", admitted.job.request_id, ",".join(reasons), tokens)
