@@ -169,3 +169,29 @@ def test_requests_that_decode_differently_cannot_share_a_batch(ensemble):
     with pytest.raises(ValueError, match="decode alike"):
         generate_streamed_batch(ensemble, [StreamRequest(prepared, GenerationOptions(max_new_tokens=4)),
                                            StreamRequest(prepared, GenerationOptions(max_new_tokens=4, temperature=0.5))])
+
+
+def test_generate_batch_rows_are_generate_alone(ensemble):
+    prompts = ["The quick brown fox", MESSAGES, "naïve façade 🚀"]
+    batch = ensemble.generate_batch(prompts, max_new_tokens=9)
+    for prompt, row in zip(prompts, batch):
+        single = ensemble.generate(prompt, max_new_tokens=9)
+        assert (row.text, row.new_tokens, row.prompt_tokens) == (single.text, single.new_tokens, single.prompt_tokens)
+    assert len({row.text for row in batch}) == 3 and all(row.new_tokens == 9 for row in batch)
+
+
+def test_prepare_refuses_what_generation_would_before_any_work(ensemble):
+    from unite_logits.prompt_checks import PromptError, PromptTooLongError
+
+    small = tiny_ensemble()
+    small.models[1].model.config.max_position_embeddings = 8  # the auxiliary's window
+    with pytest.raises(PromptTooLongError, match="tiny-aux.*context window of 8"):
+        small.prepare("one two three four five six seven eight nine ten")
+    with pytest.raises(PromptError, match="empty"):
+        small.prepare("   ")
+    window = small.primary.model.config.max_position_embeddings
+    with pytest.raises(PromptTooLongError, match="tiny-primary"):
+        small.prepare("Hello", max_new_tokens=window)
+    prepared = ensemble.prepare(MESSAGES)
+    assert prepared.chat and prepared.member_ids[0] is not None  # each member's own template
+    assert ensemble.models[1].tokenizer.decode(prepared.member_ids[0]).endswith("[ASSISTANT] ")
