@@ -98,12 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ensemble", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats per row (default 2)")
+    parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/serving-SUITE.json)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = args.out or ROOT / "benchmarks" / "results" / f"serving-{args.suite}.json"
     ensemble = load(args.suite, args.ensemble)
     servers = {mode: BackgroundServer(ensemble, ServerSettings("bench", max_batch=size)).start()

@@ -545,8 +545,11 @@ def test_the_serve_command_on_the_real_models(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNITE_LOGITS_API_KEY": "k"}
-    child = subprocess.Popen([sys.executable, "-m", "unite_logits", "serve", "--port", str(port)], cwd=tmp_path,
+    child = subprocess.Popen([sys.executable, "-m", "unite_logits", "serve", "--port", str(port),
+                              "--batch-wait-ms", "1000"], cwd=tmp_path,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    model = "smollm2-135m-instruct+gemma3-270m"
+    questions = ["What is the capital of France?", "What is 12 plus 30?", "Name a fruit."]
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0, timeout=300)
 
@@ -556,11 +559,21 @@ def test_the_serve_command_on_the_real_models(tmp_path):
             except openai.APIConnectionError:
                 return child.poll() is None and False
 
+        def ask(question):
+            return client.chat.completions.create(model=model, max_tokens=16,
+                                                  messages=[{"role": "user", "content": question}]).choices[0]
+
         assert wait_for(up, seconds=600), child.stdout.read().decode() if child.poll() is not None else "no start"
-        assert client.models.list().data[0].id == "smollm2-135m-instruct+gemma3-270m"
-        answer = client.chat.completions.create(model="smollm2-135m-instruct+gemma3-270m", max_tokens=16,
-                                                messages=[{"role": "user", "content": "What is the capital of France?"}])
-        assert "Paris" in answer.choices[0].message.content
+        assert client.models.list().data[0].id == model
+        together = run_together([lambda q=q: ask(q) for q in questions])
+        alone_answers = [ask(q) for q in questions]
+        assert "Paris" in together[0].message.content
+        # Batched rows are the answers alone, up to a near tie flipped by batched arithmetic.
+        same = [a.message.content == b.message.content for a, b in zip(together, alone_answers)]
+        assert sum(same) >= 2, (together, alone_answers)
     finally:
         child.terminate()
         child.wait(60)
+    log = child.stdout.read().decode()
+    assert "batch of 3 requests, 3 rows" in log, log[-2000:]
+

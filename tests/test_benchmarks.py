@@ -1,0 +1,29 @@
+"""The serving benchmark runs end to end on the tiny suite (so it does not rot); no timings are asserted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_serving_benchmark_batched_answers_equal_one_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("serving", None)
+    import serving
+
+    out = tmp_path / "serving.json"
+    assert serving.main(["--suite", "tiny", "--clients", "1", "3", "--max-tokens", "4", "--repeats", "1",
+                         "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [row["clients"] for row in report["rows"]] == [1, 3]
+    for row in report["rows"]:
+        assert row["same_answers"] == row["clients"] and row["completion_tokens"] == 4 * row["clients"]
+        assert set(row["wall_s"]) == set(serving.MODES) and all(s > 0 for s in row["wall_s"].values())
