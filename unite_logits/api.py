@@ -21,8 +21,7 @@ from .models.loading import LoadedModel, load_model
 from .remote import RemoteMember
 from .remote.spec import remote_member_from_spec, split_remote_spec
 from .member import check_top_k, check_weight
-from .prompt_checks import PromptError, PromptTooLongError, check_fits, check_text
-from .rows import context_limit
+from .prompt_checks import PromptError, PromptTooLongError, check_fits, check_text, context_window
 
 __all__ = ["Prompt", "GenerationResult", "PreparedPrompt", "Ensemble", "generate", "check_prompt", "check_weights"]
 
@@ -317,7 +316,7 @@ def _prompt_limit(member: LoadedModel | RemoteMember) -> int | None:
     """The most prompt tokens an auxiliary takes (None: its config or server does not say)."""
     if isinstance(member, RemoteMember):
         return None if member.server.n_ctx is None else member.server.n_ctx - 1
-    return context_limit(member.model)
+    return context_window(member.model)
 
 
 def generate(

@@ -32,9 +32,13 @@ def check_text(text: str, what: str = "the prompt") -> None:
 
 
 def context_window(model: Any) -> int | None:
-    """Positions the model was trained on (``max_position_embeddings`` or ``n_positions``), if known."""
+    """Positions the model was trained on (``max_position_embeddings``, ``n_positions`` or
+    ``max_sequence_length`` of its text config), if its config says."""
     config = getattr(model, "config", None)
-    for key in ("max_position_embeddings", "n_positions"):
+    text_config = getattr(config, "get_text_config", None)
+    if callable(text_config):
+        config = text_config()
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value

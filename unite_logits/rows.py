@@ -27,10 +27,11 @@ from typing import Any, Protocol
 import torch
 from transformers import PreTrainedModel
 
+from .prompt_checks import context_window
 from .ragged_cache import DEFAULT_MARGIN, RaggedKVCache, check_supported
 from .sync import IdSync, TokenSync
 
-__all__ = ["AuxiliaryRows", "LocalRunner", "RowCache", "RowStore", "Runner", "context_limit", "match_parents"]
+__all__ = ["AuxiliaryRows", "LocalRunner", "RowCache", "RowStore", "Runner", "match_parents"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +39,6 @@ Sync = IdSync | TokenSync
 
 _PARENT_COLUMNS = 16
 """Newest columns compared to match a row to the row it continues (more only on a tie)."""
-
-
-def context_limit(model: PreTrainedModel) -> int | None:
-    """The most positions ``model`` was trained for (None if its config does not say)."""
-    config = model.config.get_text_config()
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 class RowCache(Protocol):
@@ -97,7 +88,7 @@ class LocalRunner:
         self.vocab_size = vocab_size
         self.name = name
         self.margin = margin
-        self.limit = context_limit(model)
+        self.limit = context_window(model)
         self.caches: list[RaggedKVCache] = []  # of the generation in progress, for its counters
         self.refills = 0
 
