@@ -171,13 +171,36 @@ def test_requests_that_decode_differently_cannot_share_a_batch(ensemble):
                                            StreamRequest(prepared, GenerationOptions(max_new_tokens=4, temperature=0.5))])
 
 
-def test_generate_batch_rows_are_generate_alone(ensemble):
-    prompts = ["The quick brown fox", MESSAGES, "naïve façade 🚀"]
-    batch = ensemble.generate_batch(prompts, max_new_tokens=9)
+def ensemble_with_primary(kind):
+    """A byte-BPE Llama auxiliary under a primary of another kind: absolute positions (GPT-2)
+    or sliding-window attention shorter than the prompts (Gemma 3), both left-padded."""
+    import copy
+
+    import tiny
+
+    from unite_logits.api import Ensemble
+    from unite_logits.models.loading import LoadedModel
+
+    primary_tok = copy.deepcopy(tiny.unigram() if kind == "gpt2" else tiny.sp_bpe())
+    primary = tiny.tiny_gpt2(primary_tok) if kind == "gpt2" else tiny.tiny_gemma3(primary_tok, sliding_window=4)
+    aux_tok = copy.deepcopy(tiny.byte_bpe())
+    return Ensemble([LoadedModel(primary, primary_tok, f"tiny-{kind}"),
+                     LoadedModel(tiny.tiny_llama(aux_tok, seed=1), aux_tok, "tiny-llama")], top_k=5)
+
+
+PRIMARIES = {"llama": tiny_ensemble(), "gpt2": ensemble_with_primary("gpt2"), "gemma3": ensemble_with_primary("gemma3")}
+
+
+@pytest.mark.parametrize("kind", PRIMARIES)
+@settings(max_examples=10, deadline=None)
+@given(prompts=st.lists(st.sampled_from([p for p in PROMPTS if isinstance(p, str)]), min_size=2, max_size=4),
+       new=st.integers(1, 12))
+def test_generate_batch_rows_are_generate_alone(kind, prompts, new):
+    ensemble = PRIMARIES[kind]
+    batch = ensemble.generate_batch(prompts, max_new_tokens=new)
     for prompt, row in zip(prompts, batch):
-        single = ensemble.generate(prompt, max_new_tokens=9)
+        single = ensemble.generate(prompt, max_new_tokens=new)
         assert (row.text, row.new_tokens, row.prompt_tokens) == (single.text, single.new_tokens, single.prompt_tokens)
-    assert len({row.text for row in batch}) == 3 and all(row.new_tokens == 9 for row in batch)
 
 
 def test_prepare_refuses_what_generation_would_before_any_work(ensemble):
