@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ..api import PreparedPrompt
 from ..prompt_checks import PromptError, context_window
 from ..token_stream import GenerationOptions, Piece, StreamedResult, StreamRequest, generate_streamed_batch
 
@@ -77,7 +78,7 @@ class FinishedJob:
 class _Row:
     """One generation of a batch and the choices (job, index) that receive it."""
 
-    def __init__(self, admitted: "_Admitted", prepared: Any) -> None:
+    def __init__(self, admitted: "_Admitted", prepared: PreparedPrompt) -> None:
         self.admitted = admitted
         self.prepared = prepared
         self.indices: list[int] = []
@@ -86,7 +87,7 @@ class _Row:
 class _Admitted:
     """A job whose prompts passed the checks: its rows, and what it needs of a batch."""
 
-    def __init__(self, job: Job, rows_by_index: list[Any]) -> None:
+    def __init__(self, job: Job, rows_by_index: Sequence[PreparedPrompt]) -> None:
         self.job = job
         self.rows: list[_Row] = []
         shared: dict[int, _Row] = {}  # greedy answers a prompt the same way every time: one row
@@ -176,7 +177,7 @@ class GenerationWorker:
         if self._left(job):
             return False
         try:
-            prepared: dict[str, Any] = {}
+            prepared: dict[str, PreparedPrompt] = {}
             for prompt in job.prompts:  # the n copies of a prompt checked once
                 key = repr(prompt)
                 if key not in prepared:
