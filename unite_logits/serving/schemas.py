@@ -24,7 +24,7 @@ __all__ = [
     "MAX_COMPLETION_LOGPROBS",
 ]
 
-MAX_CHOICES = 8  # n (times prompts) per request: each choice is a full generation on a serial worker
+MAX_CHOICES = 8  # n (times prompts) per request: each choice is a row of the batch it runs in
 MAX_STOP_STRINGS = 4  # as the OpenAI API
 MAX_COMPLETION_LOGPROBS = 5  # legacy completions' ``logprobs`` limit in the OpenAI API
 
