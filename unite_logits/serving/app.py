@@ -215,16 +215,11 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         run = _Run(worker, request_id, [body.template_messages()] * body.n, True, body, body.wanted_top_logprobs,
                    settings)
-        try:
-            await run.started(request)
-        except _ClientGone:
-            return JSONResponse(fmt.error_body("client disconnected"), status_code=499)
-        if body.stream:
-            return _event_stream(_chat_chunks(run, body, request_id, created=int(time.time())), run)
-        try:
-            results = await run.results(request)
-        except _ClientGone:
-            return JSONResponse(fmt.error_body("client disconnected"), status_code=499)
+        answer = await _answer(run, request,
+                               _chat_chunks(run, body, request_id, created=int(time.time())) if body.stream else None)
+        if not isinstance(answer, list):
+            return answer
+        results = answer
         choices = [
             {"index": i, "message": {"role": "assistant", "content": r.text},
              "logprobs": fmt.chat_logprobs(r.logprobs) if body.logprobs else None,
@@ -240,16 +235,11 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
         request_id = f"cmpl-{uuid.uuid4().hex}"
         prompts = [p for p in body.prompts for _ in range(body.n)]
         run = _Run(worker, request_id, prompts, False, body, body.logprobs, settings)
-        try:
-            await run.started(request)
-        except _ClientGone:
-            return JSONResponse(fmt.error_body("client disconnected"), status_code=499)
-        if body.stream:
-            return _event_stream(_completion_chunks(run, body, request_id, created=int(time.time())), run)
-        try:
-            results = await run.results(request)
-        except _ClientGone:
-            return JSONResponse(fmt.error_body("client disconnected"), status_code=499)
+        answer = await _answer(run, request,
+                               _completion_chunks(run, body, request_id, created=int(time.time())) if body.stream else None)
+        if not isinstance(answer, list):
+            return answer
+        results = answer
         choices = [
             {"index": i, "text": r.text,
              "logprobs": fmt.completion_logprobs(r.logprobs) if body.logprobs is not None else None,
@@ -260,6 +250,19 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
                 "choices": choices, "usage": _usage(results, prompts=len(body.prompts))}
 
     return app
+
+
+async def _answer(run: _Run, request: Request,
+                  stream: AsyncIterator[str] | None) -> StreamingResponse | JSONResponse | list[StreamedResult]:
+    """Once the worker starts ``run``: the event stream (``stream`` given) or every choice's result;
+    a 499 when the client left first."""
+    try:
+        await run.started(request)
+        if stream is not None:
+            return _event_stream(stream, run)
+        return await run.results(request)
+    except _ClientGone:
+        return JSONResponse(fmt.error_body("client disconnected"), status_code=499)
 
 
 def _not_cancelled(result: StreamedResult) -> StreamedResult:
