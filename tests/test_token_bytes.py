@@ -107,6 +107,15 @@ def test_first_piece_starts_the_candidate(name, text):
     assert written and (data.startswith(written) or (data[:1] == b" " and data[1:].startswith(written)))
 
 
+def test_first_piece_of_a_special_token_string_is_a_text_token():
+    """A Unigram vocabulary holds "<pad>" as a piece of its own: the text " <pad>" must still be
+    scored through a text token, never through the control token (found by hypothesis)."""
+    view = token_bytes_view(tiny.unigram())
+    assert view.tokenizer.convert_tokens_to_ids("<pad>") in view._encoder.encode(" <pad>", add_special_tokens=False).ids
+    piece = view.first_piece(b" <pad>")
+    assert piece is not None and view.bytes_of(piece) and b" <pad>".startswith(view.bytes_of(piece))
+
+
 def test_candidate_starting_with_unknown_gets_no_piece():
     view = token_bytes_view(tiny.wordpiece())
     assert view.unk_id is not None

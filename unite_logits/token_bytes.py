@@ -316,7 +316,8 @@ class TokenBytes:
         if ids:
             if skip_bare_space and len(ids) > 1 and self.bytes_of(ids[0]) == b" ":
                 ids = ids[1:]
-            return ids[0]
+            if self.bytes_of(ids[0]) is not None:  # a vocabulary may spell "<pad>" with its control token
+                return ids[0]
         return self._longest_token_prefix(data)
 
     def _longest_token_prefix(self, data: bytes) -> int | None:
