@@ -12,8 +12,8 @@ Two suites:
 
 Each repeat runs every variant back to back; rows give medians.
 
-    python benchmarks/concurrency.py --suite latency
-    python benchmarks/concurrency.py --suite real --splits 2:1 1:1 2:2
+    python -m benchmarks.concurrency --suite latency
+    python -m benchmarks.concurrency --suite real --splits 2:1 1:1 2:2
 """
 
 from __future__ import annotations
@@ -22,19 +22,16 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.latency import load_suite, ms_per_token
+
+from unite_logits import Member, UniTEProcessor
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "testkit"))
-
-from latency import load_suite, ms_per_token  # noqa: E402
-
-from unite_logits import Member, UniTEProcessor  # noqa: E402
 
 
 def ensemble_ms(members, new_tokens: int, concurrent: bool, member_threads: int | None) -> float:

@@ -13,8 +13,8 @@ Targets (issue: core processor): ratio <= 1.05 and ms/token at the longest lengt
 that at the shortest (per-token cost flat in generated length). Ratios, not absolute times,
 are the comparable numbers: absolute times drift on shared machines.
 
-    python benchmarks/latency.py --suite tiny
-    python benchmarks/latency.py --suite real --ensemble smollm2-135m-instruct gemma3-270m
+    python -m benchmarks.latency --suite tiny
+    python -m benchmarks.latency --suite real --ensemble smollm2-135m-instruct gemma3-270m
 
 ``--suite real`` needs the catalogue models installed (see README); the tiny suite needs
 nothing but this repository.
@@ -27,7 +27,6 @@ import json
 import platform
 import resource
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,11 +34,9 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "testkit"))
+from unite_logits import Member, UniTEProcessor
 
-from unite_logits import Member, UniTEProcessor  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SHORT_PROMPT = "Question: Natalia sold clips to 48 of her friends in April. How many clips did she sell?\nAnswer:"
 
@@ -89,7 +86,7 @@ def gsm_prompt(shots: int = 4) -> str:
 
 def load_suite(suite: str, names: list[str]) -> list[tuple[str, torch.nn.Module, object]]:
     if suite == "tiny":
-        import tiny
+        from testkit import tiny
 
         makers = [(tiny.byte_bpe, tiny.tiny_llama), (tiny.sp_bpe, tiny.tiny_llama), (tiny.unigram, tiny.tiny_gpt2)]
         return [(f"tiny-{m[0].__name__}", m[1](m[0]()), m[0]()) for m in makers[: max(2, len(names) or 2)]]

@@ -17,7 +17,7 @@ primary (1 torch thread) generating alone, with the served Gemma as auxiliary, a
 same Gemma in transformers as auxiliary; the ratio of the first ensemble to (primary alone +
 the served member's ms per call), each repeat running all of them back to back.
 
-    python benchmarks/remote.py                 # writes benchmarks/results/remote.json
+    python -m benchmarks.remote                 # writes benchmarks/results/remote.json
 
 Needs llama-server (scripts/install_llama_server.sh) and the gemma3-270m package.
 """
@@ -35,16 +35,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "testkit"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.latency import SHORT_PROMPT, ms_per_token
+from testkit.llama_server import LlamaServer, llama_server_binary
+from unite_logits.models.catalogue import get_entry
+from unite_logits.models.gguf_files import materialize_gguf
+from unite_logits.remote import RemoteMember
 
-from latency import SHORT_PROMPT, ms_per_token  # noqa: E402
-from llama_server import LlamaServer, llama_server_binary  # noqa: E402
-from unite_logits.models.catalogue import get_entry  # noqa: E402
-from unite_logits.models.gguf_files import materialize_gguf  # noqa: E402
-from unite_logits.remote import RemoteMember  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 GSM_PROMPT = ROOT.parent / "shared" / "data" / "GSM" / "gsm_prompt.txt"
 

@@ -12,8 +12,8 @@ give medians and
 Greedy answers do not depend on the mode, so both modes generate the same tokens; the run
 also reports how many batched answers equal their one-at-a-time answer.
 
-    python benchmarks/serving.py --suite tiny
-    python benchmarks/serving.py --suite real --clients 1 4 8 --max-tokens 32
+    python -m benchmarks.serving --suite tiny
+    python -m benchmarks.serving --suite real --clients 1 4 8 --max-tokens 32
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -31,13 +30,11 @@ from pathlib import Path
 import openai
 import torch
 
+from benchmarks.throughput import questions
+
+from unite_logits.serving import BackgroundServer, ServerSettings
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "testkit"))
-
-from throughput import questions  # noqa: E402
-
-from unite_logits.serving import BackgroundServer, ServerSettings  # noqa: E402
 
 MODES = {"one at a time": 1, "batched": 8}
 
@@ -84,7 +81,7 @@ def send_together(url: str, prompts: list[str], max_tokens: int) -> tuple[float,
 
 def load(suite: str, names: list[str]):
     if suite == "tiny":
-        from tiny_ensemble import tiny_ensemble
+        from testkit.tiny_ensemble import tiny_ensemble
 
         return tiny_ensemble()
     from unite_logits.api import Ensemble

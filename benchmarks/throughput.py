@@ -10,8 +10,8 @@ N new tokens, and reports
 Each repeat runs the members alone and then the ensemble back to back; rows give medians.
 Targets (batched-members issue, CPU): B=1 <= 1.05, B=8 <= 1.15, B=32 <= 1.2, beams=4 <= 1.3.
 
-    python benchmarks/throughput.py --suite tiny
-    python benchmarks/throughput.py --suite real --batches 1 4 8 32 --new-tokens 16
+    python -m benchmarks.throughput --suite tiny
+    python -m benchmarks.throughput --suite real --batches 1 4 8 32 --new-tokens 16
 """
 
 from __future__ import annotations
@@ -21,19 +21,17 @@ import json
 import platform
 import resource
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from benchmarks.latency import load_suite
+
+from unite_logits import Member, UniTEProcessor
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from latency import load_suite  # noqa: E402
-
-from unite_logits import Member, UniTEProcessor  # noqa: E402
 
 
 @dataclass

@@ -163,7 +163,7 @@ class LlamaServer:
 
 def gemma_gguf(workdir: Path) -> Path:
     """The catalogue's Gemma 3 270M GGUF (joined and verified); skips if its package is missing."""
-    from _real_models import skip_unless_installed
+    from testkit.real_models import skip_unless_installed
 
     from unite_logits.models.catalogue import get_entry
     from unite_logits.models.gguf_files import materialize_gguf

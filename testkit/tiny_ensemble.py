@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 
-import tiny
+from testkit import tiny
 
 from unite_logits.api import Ensemble
 from unite_logits.models.loading import LoadedModel

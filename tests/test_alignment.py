@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import tiny
+from testkit import tiny
 from unite_logits.alignment import EOS, Aligned, Proposal, aligned_probabilities, build_union, candidate_key, primary_ids
 from unite_logits.combine import combine
 from unite_logits.token_bytes import token_bytes_view

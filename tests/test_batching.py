@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import tiny
+from testkit import tiny
 from unite_logits import Member, UniTEProcessor
 from unite_logits.processor import NonFiniteScoresError
 

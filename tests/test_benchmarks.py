@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def test_serving_benchmark_batched_answers_equal_one_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    sys.modules.pop("serving", None)
-    import serving
+    from benchmarks import serving
 
     out = tmp_path / "serving.json"
     assert serving.main(["--suite", "tiny", "--clients", "1", "3", "--max-tokens", "4", "--repeats", "1",

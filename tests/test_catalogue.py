@@ -7,7 +7,7 @@ import re
 import sys
 
 import pytest
-from _fakes import fake_entry, make_package
+from testkit.fakes import fake_entry, make_package
 
 from unite_logits.models.catalogue import (
     CATALOGUE,

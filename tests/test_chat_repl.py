@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_ensemble import tiny_ensemble
+from testkit.tiny_ensemble import tiny_ensemble
 
 from unite_logits import api, cli
 from unite_logits.chat_repl import INTERRUPTED, run_chat
@@ -99,8 +99,7 @@ def test_the_cli_chat_reads_a_pipe(monkeypatch, ensemble, capsys):
 
 CHILD = textwrap.dedent("""
     import sys
-    sys.path.insert(0, {testkit!r})
-    from tiny_ensemble import tiny_ensemble
+    from testkit.tiny_ensemble import tiny_ensemble
     from unite_logits.chat_repl import run_chat
     from unite_logits.token_stream import GenerationOptions
     sys.exit(run_chat(tiny_ensemble(), GenerationOptions(max_new_tokens=4000)))
@@ -119,7 +118,7 @@ def _read_until(stream, predicate, seconds=180.0) -> bytes:  # a loaded machine 
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
 def test_ctrl_c_stops_the_answer_and_the_conversation_goes_on():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(testkit=str(ROOT / "testkit"))], cwd=ROOT, env=env,
+    child = subprocess.Popen([sys.executable, "-c", CHILD], cwd=ROOT, env=env,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     marker = INTERRUPTED.encode()
     try:
@@ -144,7 +143,7 @@ def test_ctrl_c_stops_the_answer_and_the_conversation_goes_on():
 
 # -- on the real models -------------------------------------------------------------------
 def _real_cli(args, stdin_text=""):
-    from _real_models import skip_unless_installed
+    from testkit.real_models import skip_unless_installed
 
     for name in ("smollm2-135m-instruct", "gemma3-270m"):
         skip_unless_installed(name)
@@ -186,7 +185,7 @@ def test_in_a_terminal_ctrl_c_and_ctrl_d_behave_as_in_a_shell():
         # (non-interactive shells ignore it for `&` jobs), and Python then installs no Ctrl-C handler
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(testkit=str(ROOT / "testkit"))], cwd=ROOT, env=env,
+    child = subprocess.Popen([sys.executable, "-c", CHILD], cwd=ROOT, env=env,
                              stdin=child_fd, stdout=child_fd, stderr=subprocess.PIPE, preexec_fn=own_terminal)
     os.close(child_fd)
     os.set_blocking(main_fd, False)

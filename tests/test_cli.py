@@ -6,7 +6,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from _fakes import fake_entry
+from testkit.fakes import fake_entry
 
 from unite_logits import api, cli
 from unite_logits.models import memory

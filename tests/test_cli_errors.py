@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import tiny
+from testkit import tiny
 from unite_logits import cli
 from unite_logits.api import generate
 from unite_logits.prompt_checks import PromptError, PromptTooLongError
@@ -126,7 +126,7 @@ def test_api_refuses_a_string_of_models():
 
 
 def test_api_refuses_a_long_prompt_before_generating(monkeypatch):
-    from tiny_ensemble import tiny_ensemble
+    from testkit.tiny_ensemble import tiny_ensemble
 
     ensemble = tiny_ensemble()
     monkeypatch.setattr(ensemble.primary.model.config, "max_position_embeddings", 16)

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-import tiny
-from _eval_tiny import write_data
+from testkit import tiny
+from testkit.eval_tiny import write_data
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(r"^\s*<!--\s*snippet:\s*(\S+)\s*-->\s*$")

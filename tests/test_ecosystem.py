@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TextIteratorStreamer, pipeline
 
-import tiny
+from testkit import tiny
 from unite_logits import Member, UniTEProcessor
 from unite_logits.chat import chat_prompt_ids
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from _eval_tiny import tiny_members, write_data
+from testkit.eval_tiny import tiny_members, write_data
 from unite_logits.evaluation.cli import DEFAULT_MEMBERS, add_eval_parser, add_select_parser, main, run_eval, run_select
 from unite_logits.evaluation.errors import EvalUsageError
 

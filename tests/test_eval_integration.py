@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from _eval_tiny import tiny_members, write_data
+from testkit.eval_tiny import tiny_members, write_data
 from unite_logits.evaluation.runner import evaluate
 
 core = pytest.importorskip("unite_logits.processor", reason="core UniTEProcessor not available")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from _eval_tiny import ForceText, tiny_members, write_data
+from testkit.eval_tiny import ForceText, tiny_members, write_data
 from unite_logits.evaluation.errors import EvalUsageError
 from unite_logits.evaluation.runner import evaluate
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from _eval_tiny import tiny_members, tiny_tokenizer, write_data
+from testkit.eval_tiny import tiny_members, tiny_tokenizer, write_data
 from unite_logits.models.loading import LoadedModel
 from unite_logits.evaluation.selection import (
     CandidateProfile,

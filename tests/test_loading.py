@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _fakes import fake_entry
+from testkit.fakes import fake_entry
 
 from unite_logits.models import loading, memory, store
 from unite_logits.models.loading import eos_token_ids, estimate_memory_bytes, load_model, resolve
@@ -251,7 +251,7 @@ def _tiny_convert(calls: list[str] | None = None, pause: float = 0.0):
     """A stand-in for GGUF conversion that writes a real (tiny) Hugging Face folder."""
     import time
 
-    import tiny
+    from testkit import tiny
 
     def convert(gguf_path: Path, out_dir: Path):
         if calls is not None:

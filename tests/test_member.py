@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tiny
+from testkit import tiny
 from unite_logits import Member
 from unite_logits.models.loading import LoadedModel
 

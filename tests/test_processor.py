@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
-import tiny
+from testkit import tiny
 from unite_logits import Member, UniTEProcessor
 
 PROMPTS = ["The quick brown fox", "Question: What is 12 plus 30?"]

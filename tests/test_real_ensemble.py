@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from _real_models import load_real
+from testkit.real_models import load_real
 from unite_logits import Member, UniTEProcessor
 from unite_logits.rows import AuxiliaryRows, LocalRunner
 from unite_logits.sync import TokenSync

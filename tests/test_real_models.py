@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _real_models import REAL_MODEL_NAMES, load_real, load_real_tokenizer, real_model  # noqa: F401
+from testkit.real_models import REAL_MODEL_NAMES, load_real, load_real_tokenizer, real_model  # noqa: F401
 
 from unite_logits.api import Ensemble, encode_prompt
 from unite_logits.chat import plain_text

@@ -10,8 +10,8 @@ import random
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from _real_models import REAL_MODEL_NAMES, load_real_tokenizer
-from strategies import chunked, texts
+from testkit.real_models import REAL_MODEL_NAMES, load_real_tokenizer
+from testkit.strategies import chunked, texts
 from unite_logits.alignment import EOS, candidate_key
 from unite_logits.sync import TokenSync
 from unite_logits.token_bytes import token_bytes_view

@@ -20,9 +20,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import tiny
-from llama_server import LlamaServer, gemma_gguf, gemma_server, llama_server_binary, require_llama_server  # noqa: F401
-from scripted_server import Reply, ScriptedServer, llama_cpp_answer, vllm_answer
+from testkit import tiny
+from testkit.llama_server import LlamaServer, gemma_gguf, gemma_server, llama_server_binary, require_llama_server  # noqa: F401
+from testkit.scripted_server import Reply, ScriptedServer, llama_cpp_answer, vllm_answer
 from unite_logits.remote import RemoteMember, RemoteMemberError, RemoteRunner
 from unite_logits.remote.protocols import Candidates, MalformedAnswer, completion_request, parse_candidates
 from unite_logits.remote.runner import candidates_for, dense_logprobs
@@ -267,7 +267,7 @@ def test_the_vocabulary_check_can_be_left_out():
 
 
 def test_construction_against_a_dead_url_fails_clearly():
-    from llama_server import free_port
+    from testkit.llama_server import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(RemoteMemberError, match="cannot reach the server") as caught:
@@ -319,7 +319,7 @@ def test_llama_server_is_installed_where_ci_runs():
 
 
 def scripts_hint() -> str:
-    from llama_server import INSTALL_HINT
+    from testkit.llama_server import INSTALL_HINT
 
     return INSTALL_HINT
 
@@ -344,7 +344,7 @@ POSITIONS = 6
 
 @pytest.fixture(scope="module")
 def gemma_tokenizer():
-    from _real_models import load_real_tokenizer
+    from testkit.real_models import load_real_tokenizer
 
     return load_real_tokenizer("gemma3-270m")
 
@@ -385,7 +385,7 @@ def test_served_member_agrees_with_the_same_model_in_transformers(gemma_member):
     0.95 on average, the top-1 log-probability differs by 0.03 nats (median, max 0.28) and
     the worst of the top-10 by 0.25 nats (median; rare tail tokens up to 1.6).
     """
-    from _real_models import load_real
+    from testkit.real_models import load_real
 
     model, tokenizer = load_real("gemma3-270m")
     rows = _prefixes(tokenizer)
@@ -546,7 +546,7 @@ def test_the_row_store_runs_a_remote_member_through_its_row_cache(scripted):
 @pytest.mark.real_models
 def test_remote_rows_follow_the_local_rows_of_the_same_model(gemma_member):
     """Greedy steps through the row store: the served Gemma picks what the local Gemma picks."""
-    from _real_models import load_real
+    from testkit.real_models import load_real
 
     from unite_logits.rows import AuxiliaryRows, LocalRunner
     from unite_logits.sync import IdSync
@@ -571,7 +571,7 @@ def test_remote_rows_follow_the_local_rows_of_the_same_model(gemma_member):
 
 # -- a served member inside the ensemble (UniTEProcessor in generate, the CLI) ---------------
 def _smollm2():
-    from _real_models import load_real
+    from testkit.real_models import load_real
 
     return load_real("smollm2-135m-instruct")
 
@@ -586,7 +586,7 @@ def _greedy(model, tok, prompt, processors, new_tokens=12):
 @pytest.mark.real_models
 def test_an_ensemble_with_the_served_member_follows_the_ensemble_with_the_local_one(gemma_member):
     """SmolLM2 + served Gemma (Q4) against SmolLM2 + the same Gemma in transformers (fp32)."""
-    from _real_models import load_real
+    from testkit.real_models import load_real
 
     from unite_logits import Member, UniTEProcessor
 

@@ -1,7 +1,7 @@
 """The OpenAI-compatible server, driven over loopback by the official ``openai`` client.
 
 A real uvicorn server runs in a background thread on a free 127.0.0.1 port, serving a tiny
-ensemble built in code (testkit/tiny_ensemble.py); every expectation is checked against the
+ensemble built in code (`testkit.tiny_ensemble`); every expectation is checked against the
 same ensemble run directly, in-process.
 """
 
@@ -23,7 +23,7 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from tiny_ensemble import tiny_ensemble  # noqa: E402
+from testkit.tiny_ensemble import tiny_ensemble  # noqa: E402
 
 from unite_logits import cli  # noqa: E402
 from unite_logits.serving import BackgroundServer, ServerSettings  # noqa: E402
@@ -537,7 +537,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.real_models
 def test_the_serve_command_on_the_real_models(tmp_path):
-    from _real_models import skip_unless_installed
+    from testkit.real_models import skip_unless_installed
 
     for name in ("smollm2-135m-instruct", "gemma3-270m"):
         skip_unless_installed(name)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
 
-import tiny
-from strategies import chunked, texts
+from testkit import tiny
+from testkit.strategies import chunked, texts
 from unite_logits.rows import AuxiliaryRows, LocalRunner
 from unite_logits.sync import TokenSync
 from unite_logits.token_bytes import token_bytes_view

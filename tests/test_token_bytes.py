@@ -3,8 +3,8 @@
 import pytest
 from hypothesis import given, settings
 
-import tiny
-from strategies import texts
+from testkit import tiny
+from testkit.strategies import texts
 from unite_logits.token_bytes import TokenBytes, bytes_to_unicode, token_bytes_view
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_ensemble import tiny_ensemble
+from testkit.tiny_ensemble import tiny_ensemble
 
 from unite_logits.token_stream import GenerationOptions, StreamRequest, generate_streamed, generate_streamed_batch
 
@@ -176,7 +176,7 @@ def ensemble_with_primary(kind):
     or sliding-window attention shorter than the prompts (Gemma 3), both left-padded."""
     import copy
 
-    import tiny
+    from testkit import tiny
 
     from unite_logits.api import Ensemble
     from unite_logits.models.loading import LoadedModel

@@ -1,6 +1,6 @@
 """Shared access to the real catalogue models for ``@pytest.mark.real_models`` tests.
 
-Import what you need into a test module (``from _real_models import real_model``). Models
+Import what you need into a test module (``from testkit.real_models import real_model``). Models
 load from the cache (converting on first use) once per test session; a model whose package
 is not installed skips with the pip command that would install it.
 """
