@@ -94,7 +94,7 @@ def ensemble_rows(member, gemma, new_tokens: int, repeats: int, top_k: int) -> d
 
     primary = load_model("smollm2-135m-instruct", progress=False)
     local = Member(gemma.model, gemma.tokenizer, name="gemma3-270m (transformers)")
-    runner = member.runner(top_k)
+    runner = member.runner(top_k=top_k)
     ids = gemma.tokenizer(SHORT_PROMPT)["input_ids"]
 
     def one_round() -> dict[str, float]:
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         gguf = materialize_gguf(get_entry("gemma3-270m"), Path(workdir))
         with LlamaServer(binary, gguf, slots=args.rows, ctx_per_slot=2048, threads=1) as server:
             member = RemoteMember(server.url, tokenizer, name="gemma3-270m@llama-server", timeout=120.0)
-            runner = member.runner(args.top_k)
+            runner = member.runner(top_k=args.top_k)
             for name, prompt in prompts.items():
                 ids = tokenizer(prompt)["input_ids"]
                 row = {"context_tokens": len(ids), **served_decode(runner, ids, args.steps, rows=1)}

@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.throughput import questions
 
-from unite_logits.serving import BackgroundServer, ServerSettings
+from unite_logits.apps.serving import BackgroundServer, ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,7 @@ def load(suite: str, names: list[str]):
         from testkit.tiny_ensemble import tiny_ensemble
 
         return tiny_ensemble()
-    from unite_logits.api import Ensemble
+    from unite_logits import Ensemble
 
     return Ensemble.load(names)
 

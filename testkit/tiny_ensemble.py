@@ -12,7 +12,7 @@ import copy
 
 from testkit import tiny
 
-from unite_logits.api import Ensemble
+from unite_logits import Ensemble
 from unite_logits.models.loading import LoadedModel
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

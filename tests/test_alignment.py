@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from testkit import tiny
-from unite_logits.alignment import EOS, Aligned, Proposal, aligned_probabilities, build_union, candidate_key, primary_ids
-from unite_logits.combine import combine
-from unite_logits.token_bytes import token_bytes_view
+from unite_logits.core.alignment import EOS, Aligned, Proposal, aligned_probabilities, build_union, candidate_key, primary_ids
+from unite_logits.core.combine import combine
+from unite_logits.core.token_bytes import token_bytes_view
 
 
 def distinct(values) -> Aligned:

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from testkit import tiny
 from unite_logits import Member, UniTEProcessor
-from unite_logits.processor import NonFiniteScoresError
+from unite_logits import NonFiniteScoresError
 
 PROMPT_PIECES = ["The quick brown fox", " 東京 is a city", " café au lait 🙂", "Question: What is 12 plus 30?",
                  " naïve façade", "def add(a, b):\n", " 🚀", "Numbers: 1, 2, 3"]
@@ -45,7 +45,7 @@ def test_rows_that_finish_early_leave_the_batched_caches(primary, members):
         return scores
 
     model.generate(**enc, logits_processor=[end_row_zero, proc], do_sample=False, max_new_tokens=8, min_new_tokens=8)
-    assert proc._store.finished == [True, False]
+    assert proc.rows.generation.finished == [True, False]
     assert all(runner.caches[0].rows == 1 for runner in proc.runners)
 
 
@@ -53,7 +53,7 @@ def test_beam_forks_share_the_tokenizer_view(primary, members):
     model, tok = primary
     proc = UniTEProcessor(tok, members, top_k=5)
     run(model, tok, ["The quick brown fox"], proc, num_beams=4, num_return_sequences=4, max_new_tokens=6)
-    for member, view in zip(proc._store.members, proc.member_views):
+    for member, view in zip(proc.rows.generation.members, proc.member_views):
         assert len(member) == 4
         assert all(row.sync.view is view for row in member.rows)
         assert len({id(row.sync.ids) for row in member.rows}) == 4  # ids are each beam's own
@@ -101,7 +101,7 @@ def test_prompt_past_a_members_context_window_is_refused(primary, members):
 def test_member_abstains_once_generation_crosses_its_window(primary, members, caplog):
     model, tok = primary
     proc = UniTEProcessor(tok, [short_context_member(members, 20)], top_k=5, trace=True)
-    with caplog.at_level(logging.WARNING, logger="unite_logits.rows"):
+    with caplog.at_level(logging.WARNING, logger="unite_logits.core.rows"):
         out = run(model, tok, ["The quick brown"], proc, max_new_tokens=24, min_new_tokens=24)
     assert len(out[0]) == 24
     assert any("past its context window of 20" in message for message in caplog.messages)

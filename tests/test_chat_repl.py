@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from testkit.tiny_ensemble import tiny_ensemble
 
-from unite_logits import api, cli
-from unite_logits.chat_repl import INTERRUPTED, run_chat
-from unite_logits.token_stream import GenerationOptions
+from unite_logits import Ensemble
+from unite_logits.apps import cli
+from unite_logits.apps.chat import INTERRUPTED, run_chat
+from unite_logits.ensemble.options import GenerationOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +32,7 @@ def ensemble():
 def spy_member_prompts(monkeypatch, ensemble):
     """What each auxiliary was given, turn by turn (decoded), from the processors built."""
     seen: list[str] = []
-    build = api.Ensemble._processor
+    build = Ensemble._processor
 
     def processor(self, member_prompts, trace):
         made = build(self, member_prompts, trace)
@@ -39,7 +40,7 @@ def spy_member_prompts(monkeypatch, ensemble):
         seen.append(self.models[1].tokenizer.decode(row))
         return made
 
-    monkeypatch.setattr(api.Ensemble, "_processor", processor)
+    monkeypatch.setattr(Ensemble, "_processor", processor)
     return seen
 
 
@@ -93,15 +94,15 @@ def test_the_cli_chat_reads_a_pipe(monkeypatch, ensemble, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello there\n"))
     assert cli.main(["chat", "--max-new-tokens", "5"]) == 0
     out = capsys.readouterr().out
-    expected = ensemble.generate([{"role": "user", "content": "Hello there"}], max_new_tokens=5).text
+    expected = ensemble.generate([{"role": "user", "content": "Hello there"}], GenerationOptions(max_new_tokens=5)).text
     assert out == expected + "\n"
 
 
 CHILD = textwrap.dedent("""
     import sys
     from testkit.tiny_ensemble import tiny_ensemble
-    from unite_logits.chat_repl import run_chat
-    from unite_logits.token_stream import GenerationOptions
+    from unite_logits.apps.chat import run_chat
+    from unite_logits.ensemble.options import GenerationOptions
     sys.exit(run_chat(tiny_ensemble(), GenerationOptions(max_new_tokens=4000)))
 """)
 

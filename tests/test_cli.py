@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 from testkit.fakes import fake_entry
 
-from unite_logits import api, cli
+from unite_logits.apps import cli
+from unite_logits.ensemble import ensemble as api
 from unite_logits.models import memory
-from unite_logits.api import GenerationResult
+from unite_logits.ensemble.streaming import GenerationResult
 from unite_logits.models.catalogue import catalogue_names, get_entry
 
 
@@ -128,13 +129,13 @@ class FakeEnsemble:
     def load(cls, specs, *, weights=None, top_k=10, device="cpu", dtype=None):
         return cls(specs, weights, top_k)
 
-    def generate(self, prompt, *, chat=False, streamer=None, **kwargs):
-        FakeEnsemble.calls.append(("ensemble", prompt, chat, kwargs))
-        return GenerationResult("ensembled text", 4, 2.0)
+    def generate(self, prompt, options, *, chat=False, on_piece=None):
+        FakeEnsemble.calls.append(("ensemble", prompt, chat, options.generate_kwargs()))
+        return GenerationResult("ensembled text", "length", 2, 4, 2.0)
 
-    def generate_alone(self, index, prompt, *, chat=False, streamer=None, **kwargs):
-        FakeEnsemble.calls.append((self.models[index].name, prompt, chat, kwargs))
-        return GenerationResult(f"alone {index}", 3, 1.0)
+    def generate_alone(self, index, prompt, options, *, chat=False, on_piece=None):
+        FakeEnsemble.calls.append((self.models[index].name, prompt, chat, options.generate_kwargs()))
+        return GenerationResult(f"alone {index}", "length", 2, 3, 1.0)
 
 
 @pytest.fixture
@@ -157,7 +158,7 @@ def test_generate_json_with_compare(fake_ensemble, capsys):
     assert data["text"] == "ensembled text" and data["tokens_per_second"] == 2.0
     assert data["alone"]["gemma3-270m"]["text"] == "alone 1"
     assert fake_ensemble.calls[0] == ("ensemble", "Hello", False, {"max_new_tokens": 7, "do_sample": False})
-    assert all(call[3] == {"max_new_tokens": 7} for call in fake_ensemble.calls[1:])  # members alone: greedy
+    assert all(call[3] == {"max_new_tokens": 7, "do_sample": False} for call in fake_ensemble.calls[1:])  # alone: greedy
 
 
 def test_generate_text_reports_tokens_per_second(fake_ensemble, capsys):

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from testkit import tiny
-from unite_logits import cli
-from unite_logits.api import generate
-from unite_logits.prompt_checks import PromptError, PromptTooLongError
+from unite_logits.apps import cli
+from unite_logits.ensemble.ensemble import generate
+from unite_logits.ensemble.options import GenerationOptions
+from unite_logits.ensemble.prompts import PromptError, PromptTooLongError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,9 +133,9 @@ def test_api_refuses_a_long_prompt_before_generating(monkeypatch):
     monkeypatch.setattr(ensemble.primary.model.config, "max_position_embeddings", 16)
     monkeypatch.setattr(ensemble.primary.model, "generate", lambda *a, **k: pytest.fail("generation started"))
     with pytest.raises(PromptTooLongError, match="tiny-primary, whose context window is 16"):
-        ensemble.generate("word " * 40, max_new_tokens=4)
+        ensemble.generate("word " * 40, GenerationOptions(max_new_tokens=4))
     with pytest.raises(PromptTooLongError):
-        ensemble.generate_alone(0, "word " * 40, max_new_tokens=4)
+        ensemble.generate_alone(0, "word " * 40, GenerationOptions(max_new_tokens=4))
     with pytest.raises(PromptError, match="not valid Unicode"):
         ensemble.generate([{"role": "user", "content": "\ud800"}])
 
@@ -142,7 +143,7 @@ def test_api_refuses_a_long_prompt_before_generating(monkeypatch):
 def test_help_and_bad_options_do_not_import_torch():
     code = (
         "import sys\n"
-        "from unite_logits.cli import main\n"
+        "from unite_logits.apps.cli import main\n"
         "assert main(['--help']) == 0 and main(['generate', '--help']) == 0\n"
         "assert main(['generate', '--top-k', 'x', 'hi']) == 2\n"
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unite_logits import UniTEProcessor
-from unite_logits.workers import MemberError
+from unite_logits import MemberError
 
 PROMPTS = ["The quick brown fox", "Question: What is 12 plus 30? 東京 🙂"]
 
@@ -63,7 +63,7 @@ def test_wrong_guesses_are_undone_exactly(primary, members):
         procs.append(proc)
         proc.close()
     assert torch.equal(outputs[0], outputs[1])
-    hits = list(procs[1]._hits)
+    hits = list(procs[1].rows.recent_guesses)
     assert False in hits and True in hits  # both paths ran
 
 
@@ -138,7 +138,7 @@ def test_keyboard_interrupt_in_a_member_reaches_the_caller(primary, members):
     finally:
         handle.remove()
         proc.close()
-    assert proc._store is None and not worker_threads()
+    assert proc.rows.generation is None and not worker_threads()
 
 
 @pytest.mark.parametrize("threads", [0, -2, 1.5, True])
@@ -152,7 +152,7 @@ def test_worker_threads_leave_ctrl_c_to_the_main_thread():
     """A SIGINT must interrupt the main thread's blocking read (a chat prompt), not land in a worker."""
     import signal
 
-    from unite_logits.workers import Workers
+    from unite_logits.core.workers import Workers
 
     seen = []
     workers = Workers(["a"], concurrent=True, threads=1)

@@ -10,7 +10,7 @@ Convention for snippets (documented in docs/index.md's source too):
   ``tok_b`` a different one. Each block runs on its own, in a temporary working directory;
   any ``assert`` in it must hold.
 * ``<!-- snippet: real -->`` on the line before the fence: the block needs the real
-  catalogue models (``load_model``, ``unite_logits.api.generate``, the CLI). It runs in an
+  catalogue models (``load_model``, ``Ensemble.load``, the CLI). It runs in an
   empty namespace in :func:`test_real_snippet`, marked ``real_models``, which skips when
   the loader or the model packages are missing.
 * ``<!-- snippet: skip -->``: not run (hardware the tests cannot assume, e.g. two GPUs).
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(r"^\s*<!--\s*snippet:\s*(\S+)\s*-->\s*$")
 FENCE_OPEN = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
 KINDS = ("tiny", "real", "skip")
-REAL_ONLY = ("load_model", "unite_logits.api", "unite_logits.cli", "unite_logits.loading", "unite-logits")
+REAL_ONLY = ("load_model", "Ensemble.load", "unite_logits.apps.cli", "unite_logits.models.loading", "unite-logits")
 CATALOGUE_NAMES = ("smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct")
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -131,9 +131,9 @@ def test_snippet(snippet: Snippet, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("snippet", by_kind("real"))
 def test_real_snippet(snippet: Snippet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     try:
-        import unite_logits.loading  # noqa: F401
+        import unite_logits.models.loading  # noqa: F401
     except ImportError as error:
-        pytest.skip(f"unite_logits.loading cannot be imported ({error}); real-model snippets need it")
+        pytest.skip(f"unite_logits.models.loading cannot be imported ({error}); real-model snippets need it")
     try:
         from unite_logits.models.catalogue import CATALOGUE, is_installed
     except ImportError as error:

@@ -9,7 +9,7 @@ from transformers import TextIteratorStreamer, pipeline
 
 from testkit import tiny
 from unite_logits import Member, UniTEProcessor
-from unite_logits.chat import chat_prompt_ids
+from unite_logits.core.chat import chat_prompt_ids
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -54,7 +54,7 @@ def test_chat_each_model_uses_its_own_template(primary, member):
     proc = UniTEProcessor.from_messages(MESSAGES, tok, [member], top_k=5)
     generator = pipeline("text-generation", model=model, tokenizer=tok)
     generator(MESSAGES, logits_processor=[proc], max_new_tokens=6, do_sample=False)
-    fed = proc._store.syncs_of(0)[0].ids
+    fed = proc.rows.generation.syncs_of(0)[0].ids
     expected = chat_prompt_ids(member.tokenizer, MESSAGES)
     assert fed[: len(expected)] == expected
     assert member.tokenizer.decode(expected).startswith("<s>[SYSTEM] Be brief.")

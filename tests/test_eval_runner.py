@@ -229,7 +229,7 @@ def test_data_without_a_scorable_item_is_refused(members, data_dir, tmp_path) ->
 
 # -- one factory builds every ensemble -------------------------------------------------------
 def test_evaluation_builds_its_ensemble_as_generate_does(members, data_dir, tmp_path, monkeypatch) -> None:
-    from unite_logits.api import Ensemble
+    from unite_logits import Ensemble
     from unite_logits.evaluation.runner import as_members, unite_processor_factory
 
     loaded = as_members(members)

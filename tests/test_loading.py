@@ -12,6 +12,8 @@ import torch
 from testkit.fakes import fake_entry
 
 from unite_logits.models import loading, memory, store
+from unite_logits.models.catalogue import get_entry
+from unite_logits.models.gguf_files import sha256_file
 from unite_logits.models.loading import eos_token_ids, estimate_memory_bytes, load_model, resolve
 from unite_logits.models.errors import (
     InsufficientMemoryError,
@@ -160,8 +162,8 @@ def test_load_refuses_before_converting_when_memory_is_short(cache_dir, tmp_path
 
 def test_estimates_conversion_then_load(cache_dir):
     name = "smollm2-135m-instruct"
-    n = loading.get_entry(name).n_params
-    estimate = estimate_memory_bytes(loading.source_for_entry(loading.get_entry(name)))
+    n = get_entry(name).n_params
+    estimate = estimate_memory_bytes(loading.source_for_entry(get_entry(name)))
     assert estimate == memory.conversion_estimate(n)  # nothing cached in this empty cache
     assert memory.conversion_estimate(n) > memory.load_estimate(n, 4) > memory.load_estimate(n, 2)
 
@@ -172,7 +174,7 @@ def test_estimates_conversion_then_load(cache_dir):
     [("smollm2-135m-instruct", 1.57e9), ("gemma3-270m", 3.30e9), ("qwen2.5-coder-0.5b-instruct", 5.36e9)],
 )
 def test_conversion_estimate_covers_measured_peak_without_crying_wolf(name, measured_peak):
-    estimate = memory.conversion_estimate(loading.get_entry(name).n_params)
+    estimate = memory.conversion_estimate(get_entry(name).n_params)
     assert measured_peak <= estimate <= 1.5 * measured_peak
 
 
@@ -273,7 +275,7 @@ def test_conversion_records_every_file_it_wrote(cache_dir, tmp_path, monkeypatch
     assert "model.safetensors" in files and "config.json" in files
     weights = folder / "model.safetensors"
     assert files["model.safetensors"]["size"] == weights.stat().st_size
-    assert files["model.safetensors"]["sha256"] == loading.sha256_file(weights)
+    assert files["model.safetensors"]["sha256"] == sha256_file(weights)
 
 
 def test_same_size_garbage_in_the_cache_is_repaired_by_converting_again(cache_dir, tmp_path, monkeypatch, caplog):

@@ -87,7 +87,7 @@ def test_auxiliary_state_tracks_the_generated_text(primary, auxiliaries):
     proc = UniTEProcessor(tok, [Member(m, t) for m, t in auxiliaries], top_k=5)
     out = generate(model, tok, [PROMPTS[0]], proc, max_new_tokens=20)
     text = tok.decode(out[0], skip_special_tokens=True)
-    syncs = proc._store.syncs_of(0)
+    syncs = proc.rows.generation.syncs_of(0)
     assert syncs is not None, "the row must still be generating for this check"
     checked = 0
     for sync in syncs:
@@ -119,7 +119,7 @@ def test_finished_rows_cost_no_auxiliary_forward_passes(primary, auxiliaries):
     steps = 10
     model.generate(**enc, logits_processor=LogitsProcessorList([_EndRowZero(tok.eos_token_id), proc]),
                    do_sample=False, max_new_tokens=steps, min_new_tokens=steps)
-    assert proc._store.finished == [True, False]
+    assert proc.rows.generation.finished == [True, False]
     # per auxiliary: one batched prefill, then one pass per step (greedy guesses are right, and
     # the last one runs after the last step), over row 1 alone once row 0 ended
     for runner in proc.runners:
@@ -201,9 +201,9 @@ def test_beam_search_with_other_tokenizers_keeps_each_beams_text(primary, auxili
     assert out.shape[0] == 3
     # every live beam's auxiliaries hold exactly that beam's text
     checked = 0
-    for row, ids in enumerate(proc._store.last_ids.tolist()):
+    for row, ids in enumerate(proc.rows.generation.last_ids.tolist()):
         text = proc.primary_view.join(ids[enc["input_ids"].shape[1]:]).decode("utf-8", errors="ignore")
-        for sync in proc._store.syncs_of(row) or []:
+        for sync in proc.rows.generation.syncs_of(row) or []:
             if sync.ready:
                 aux_text = sync.view.join(sync.ids).decode("utf-8", errors="ignore")
                 assert aux_text.endswith(text)
@@ -226,7 +226,7 @@ def test_member_prompt_override_is_used(primary, auxiliaries):
     override = aux_tok("System: be brief.\nThe quick brown fox")["input_ids"]
     proc = UniTEProcessor(tok, [Member(aux, aux_tok)], top_k=5, member_prompts=[override])
     generate(model, tok, [PROMPTS[0]], proc, max_new_tokens=4)
-    assert proc._store.syncs_of(0)[0].ids[: len(override)] == override
+    assert proc.rows.generation.syncs_of(0)[0].ids[: len(override)] == override
 
 
 # --- validation: clear errors before any generation ----------------------------------

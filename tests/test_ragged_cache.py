@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from testkit import tiny
-from unite_logits.ragged_cache import RaggedKVCache, UnsupportedModelError
+from unite_logits.core.ragged_cache import RaggedKVCache, UnsupportedModelError
 
 WINDOW = 6
 

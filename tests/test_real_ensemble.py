@@ -5,9 +5,10 @@ import torch
 
 from testkit.real_models import load_real
 from unite_logits import Member, UniTEProcessor
-from unite_logits.rows import AuxiliaryRows, LocalRunner
-from unite_logits.sync import TokenSync
-from unite_logits.token_bytes import token_bytes_view
+from unite_logits.core.member import LocalRunner
+from unite_logits.core.rows import AuxiliaryRows
+from unite_logits.core.sync import TokenSync
+from unite_logits.core.token_bytes import token_bytes_view
 
 pytestmark = pytest.mark.real_models
 

@@ -9,8 +9,10 @@ import pytest
 import torch
 from testkit.real_models import REAL_MODEL_NAMES, load_real, load_real_tokenizer, real_model  # noqa: F401
 
-from unite_logits.api import Ensemble, encode_prompt
-from unite_logits.chat import plain_text
+from unite_logits.ensemble.ensemble import Ensemble
+from unite_logits.ensemble.options import GenerationOptions
+from unite_logits.ensemble.prompts import encode_prompt
+from unite_logits.core.chat import plain_text
 from unite_logits.models.store import read_marker
 from unite_logits.models.catalogue import get_entry
 from unite_logits.models.loading import cached_dir, source_for_entry
@@ -81,8 +83,8 @@ def test_chat_prompt_uses_the_models_own_template(real_model):
 
 
 def test_model_alone_through_the_api(real_model):
-    result = Ensemble([real_model]).generate_alone(0, PROMPT, max_new_tokens=4)
-    assert result.new_tokens == 4 and result.seconds > 0
+    result = Ensemble([real_model]).generate_alone(0, PROMPT, GenerationOptions(max_new_tokens=4))
+    assert result.completion_tokens == 4 and result.seconds > 0
     assert result.text == real_model.tokenizer.decode(_greedy(real_model, real_model.tokenizer(PROMPT)["input_ids"], 4), skip_special_tokens=True)
 
 
@@ -96,10 +98,10 @@ def test_ensemble_of_two_real_models_is_deterministic(chat):
     pytest.importorskip("unite_logits.processor", reason="the core processor is not merged yet")
     ensemble = Ensemble([load_real("smollm2-135m-instruct"), load_real("gemma3-270m")], top_k=5)
     with pytest.warns(UserWarning, match="gemma3-270m has no chat template") if chat else _no_warning():
-        first = ensemble.generate(PROMPT, chat=chat, max_new_tokens=6)
-    second = ensemble.generate(PROMPT, chat=chat, max_new_tokens=6)
-    assert 1 <= first.new_tokens <= 6
-    assert (first.text, first.new_tokens) == (second.text, second.new_tokens)
+        first = ensemble.generate(PROMPT, GenerationOptions(max_new_tokens=6), chat=chat)
+    second = ensemble.generate(PROMPT, GenerationOptions(max_new_tokens=6), chat=chat)
+    assert 1 <= first.completion_tokens <= 6
+    assert (first.text, first.completion_tokens) == (second.text, second.completion_tokens)
 
 
 def _no_warning():

@@ -12,9 +12,9 @@ from hypothesis import assume, given, settings, strategies as st
 
 from testkit.real_models import REAL_MODEL_NAMES, load_real_tokenizer
 from testkit.strategies import chunked, texts
-from unite_logits.alignment import EOS, candidate_key
-from unite_logits.sync import TokenSync
-from unite_logits.token_bytes import token_bytes_view
+from unite_logits.core.alignment import EOS, candidate_key
+from unite_logits.core.sync import TokenSync
+from unite_logits.core.token_bytes import token_bytes_view
 
 pytestmark = pytest.mark.real_models
 

@@ -149,7 +149,7 @@ def scripted():
 
 def _runner(server, top_k=3, **options):
     member = RemoteMember(server.url, server.tokenizer, name="tiny", **{**FAST, **options})
-    return member, member.runner(top_k)
+    return member, member.runner(top_k=top_k)
 
 
 def test_runner_returns_dense_rows_with_minus_inf_outside_the_candidates(scripted):
@@ -522,8 +522,8 @@ def test_row_cache_sends_each_fed_rows_full_ids_and_edits_only_its_lists(scripte
 
 def test_the_row_store_runs_a_remote_member_through_its_row_cache(scripted):
     """The processor's own AuxiliaryRows drives a RemoteRunner as it drives a local one."""
-    from unite_logits.rows import AuxiliaryRows
-    from unite_logits.sync import IdSync
+    from unite_logits.core.rows import AuxiliaryRows
+    from unite_logits.core.sync import IdSync
 
     scripted.completion = lambda body: Reply.json(llama_cpp_answer([(5, -0.5), (2, -1.5), (len(body["prompt"]), -2.0)]))
     _, runner = _runner(scripted)
@@ -548,8 +548,9 @@ def test_remote_rows_follow_the_local_rows_of_the_same_model(gemma_member):
     """Greedy steps through the row store: the served Gemma picks what the local Gemma picks."""
     from testkit.real_models import load_real
 
-    from unite_logits.rows import AuxiliaryRows, LocalRunner
-    from unite_logits.sync import IdSync
+    from unite_logits.core.member import LocalRunner
+    from unite_logits.core.rows import AuxiliaryRows
+    from unite_logits.core.sync import IdSync
 
     model, tokenizer = load_real("gemma3-270m")
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS[:3]]
@@ -642,7 +643,7 @@ def test_killing_the_server_mid_generation(tmp_path, gemma_tokenizer, on_error, 
 def test_cli_generate_with_a_served_auxiliary(gemma_server, capsys):
     import json
 
-    from unite_logits.cli import main
+    from unite_logits.apps.cli import main
 
     code = main(["generate", "What is 12 plus 30?", "--aux", f"gemma3-270m@{gemma_server.url}",
                  "--max-new-tokens", "8", "--json"])
@@ -651,7 +652,7 @@ def test_cli_generate_with_a_served_auxiliary(gemma_server, capsys):
 
 
 def test_cli_refuses_a_served_primary_and_a_dead_server_in_one_line(capsys):
-    from unite_logits.cli import main
+    from unite_logits.apps.cli import main
 
     assert main(["generate", "hi", "--primary", "gemma3-270m@http://127.0.0.1:9"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0

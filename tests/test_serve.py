@@ -25,9 +25,9 @@ pytest.importorskip("uvicorn")
 
 from testkit.tiny_ensemble import tiny_ensemble  # noqa: E402
 
-from unite_logits import cli  # noqa: E402
-from unite_logits.serving import BackgroundServer, ServerSettings  # noqa: E402
-from unite_logits.token_stream import GenerationOptions, generate_streamed  # noqa: E402
+from unite_logits.apps import cli  # noqa: E402
+from unite_logits.apps.serving import BackgroundServer, ServerSettings  # noqa: E402
+from unite_logits.ensemble.options import GenerationOptions  # noqa: E402
 
 MODEL = "tiny-ensemble"
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -52,7 +52,7 @@ def client(server):
 
 def alone(ensemble, prompt, chat=True, **options):
     """What the ensemble answers to ``prompt`` run directly, outside the server."""
-    return generate_streamed(ensemble, prompt, chat=chat, options=GenerationOptions(**options))
+    return ensemble.generate(prompt, GenerationOptions(**options), chat=chat)
 
 
 def wait_for(predicate, seconds=60.0):
@@ -129,16 +129,14 @@ def test_completions_plain_and_streamed_match_the_ensemble(client, ensemble):
 
 
 def test_several_prompts_and_n(client, ensemble, monkeypatch):
-    from unite_logits.serving import worker as worker_module
-
     batches = []
-    run_batch = worker_module.generate_streamed_batch
+    run_batch = ensemble.run
 
-    def counting(ensemble, requests):
+    def counting(requests, **kwargs):
         batches.append([request.prepared.prompt for request in requests])
-        return run_batch(ensemble, requests)
+        return run_batch(requests, **kwargs)
 
-    monkeypatch.setattr(worker_module, "generate_streamed_batch", counting)
+    monkeypatch.setattr(ensemble, "run", counting)
     prompts = ["The quick brown fox", "Muffins and pancakes"]
     response = client.completions.create(model=MODEL, prompt=prompts, max_tokens=5, n=2)
     assert batches == [prompts]  # one batch; greedy: each prompt is one row, its n choices share the answer
@@ -320,7 +318,7 @@ def test_a_client_leaving_mid_stream_leaves_its_batch_mates_alone(batching_serve
 @pytest.mark.parametrize("max_batch", [1, 4])
 def test_batches_respect_max_batch_and_the_primarys_context_window(ensemble, max_batch):
     """The batching rule alone: jobs admitted in order, then grouped (nothing is generated)."""
-    from unite_logits.serving.worker import GenerationWorker, Job
+    from unite_logits.apps.serving.worker import GenerationWorker, Job
 
     worker = GenerationWorker(ensemble, max_batch=max_batch, batch_wait_s=0)
     window = ensemble.primary.model.config.max_position_embeddings
@@ -512,8 +510,8 @@ def test_serve_reports_a_taken_port_in_one_line(capsys, monkeypatch):
 
 
 def test_serve_batching_options_reach_the_worker(monkeypatch, ensemble):
-    import unite_logits.serving as serving
-    from unite_logits.serving.worker import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH, GenerationWorker
+    import unite_logits.apps.serving as serving
+    from unite_logits.apps.serving.worker import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH, GenerationWorker
 
     seen = []
     monkeypatch.setattr(cli, "_load_ensemble", lambda args: ensemble)

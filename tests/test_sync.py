@@ -6,9 +6,10 @@ from hypothesis import assume, given, settings, strategies as st
 
 from testkit import tiny
 from testkit.strategies import chunked, texts
-from unite_logits.rows import AuxiliaryRows, LocalRunner
-from unite_logits.sync import TokenSync
-from unite_logits.token_bytes import token_bytes_view
+from unite_logits.core.member import LocalRunner
+from unite_logits.core.rows import AuxiliaryRows
+from unite_logits.core.sync import TokenSync
+from unite_logits.core.token_bytes import token_bytes_view
 
 PROMPTS = ["Question: What is", "The quick", "東京", "a"]
 

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 
 from testkit import tiny
 from testkit.strategies import texts
-from unite_logits.token_bytes import TokenBytes, bytes_to_unicode, token_bytes_view
+from unite_logits.core.token_bytes import TokenBytes, bytes_to_unicode, token_bytes_view
 
 
 def test_byte_table_is_a_bijection_over_all_bytes():

@@ -11,9 +11,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from testkit.tiny_ensemble import tiny_ensemble
 
-from unite_logits.token_stream import GenerationOptions, StreamRequest, generate_streamed, generate_streamed_batch
+from unite_logits.ensemble.options import GenerationOptions
+from unite_logits.ensemble.streaming import GenerationRequest as StreamRequest
 
 MESSAGES = [{"role": "user", "content": "What is 12 plus 30?"}]
+
+
+def generate_streamed(ensemble, prompt, *, chat, options, on_piece=None, cancel=None):
+    return ensemble.generate(prompt, options, chat=chat, on_piece=on_piece, cancel=cancel)
+
+
+def generate_streamed_batch(ensemble, requests):
+    return ensemble.run(requests)
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +34,11 @@ def test_pieces_add_up_to_the_same_text_as_generate(ensemble):
     pieces = []
     result = generate_streamed(ensemble, MESSAGES, chat=True, options=GenerationOptions(max_new_tokens=16),
                                on_piece=pieces.append)
-    plain = ensemble.generate(MESSAGES, max_new_tokens=16)
+    plain = ensemble.generate(MESSAGES, GenerationOptions(max_new_tokens=16))
     assert result.text == plain.text and len(result.text) > 5
     assert "".join(p.text for p in pieces) == result.text
     assert len(pieces) > 3  # streamed, not handed over at the end
-    assert result.completion_tokens == plain.new_tokens == 16 and result.finish_reason == "length"
+    assert result.completion_tokens == plain.completion_tokens == 16 and result.finish_reason == "length"
     assert result.prompt_tokens > 5
 
 
@@ -71,7 +80,7 @@ def test_logprobs_are_the_ensembled_distribution(ensemble):
         assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
     # The same scores as the processor's own: output_scores of a plain ensembled generate.
     processor = ensemble.processor(MESSAGES, chat=True)
-    from unite_logits.api import encode_prompt
+    from unite_logits.ensemble.prompts import encode_prompt
 
     ids = torch.tensor([encode_prompt(ensemble.primary, MESSAGES, chat=True)])
     out = ensemble.primary.model.generate(ids, attention_mask=torch.ones_like(ids), logits_processor=[processor],
@@ -178,7 +187,7 @@ def ensemble_with_primary(kind):
 
     from testkit import tiny
 
-    from unite_logits.api import Ensemble
+    from unite_logits import Ensemble
     from unite_logits.models.loading import LoadedModel
 
     primary_tok = copy.deepcopy(tiny.unigram() if kind == "gpt2" else tiny.sp_bpe())
@@ -197,14 +206,14 @@ PRIMARIES = {"llama": tiny_ensemble(), "gpt2": ensemble_with_primary("gpt2"), "g
        new=st.integers(1, 12))
 def test_generate_batch_rows_are_generate_alone(kind, prompts, new):
     ensemble = PRIMARIES[kind]
-    batch = ensemble.generate_batch(prompts, max_new_tokens=new)
+    batch = ensemble.generate_batch(prompts, GenerationOptions(max_new_tokens=new))
     for prompt, row in zip(prompts, batch):
-        single = ensemble.generate(prompt, max_new_tokens=new)
-        assert (row.text, row.new_tokens, row.prompt_tokens) == (single.text, single.new_tokens, single.prompt_tokens)
+        single = ensemble.generate(prompt, GenerationOptions(max_new_tokens=new))
+        assert (row.text, row.completion_tokens, row.prompt_tokens) == (single.text, single.completion_tokens, single.prompt_tokens)
 
 
 def test_prepare_refuses_what_generation_would_before_any_work(ensemble):
-    from unite_logits.prompt_checks import PromptError, PromptTooLongError
+    from unite_logits.ensemble.prompts import PromptError, PromptTooLongError
 
     small = tiny_ensemble()
     small.models[1].model.config.max_position_embeddings = 8  # the auxiliary's window

@@ -1,6 +1,6 @@
 from hypothesis import given, strategies as st
 
-from unite_logits.utf8 import split_utf8
+from unite_logits.core.utf8 import split_utf8
 
 
 @given(st.binary(max_size=40))

@@ -1,10 +1,15 @@
 """unite-logits: union top-k ensembling of language models with different tokenizers.
 
-Use `UniTEProcessor` as a logits processor of the primary model's ``generate``;
-each auxiliary is a `Member` with its own tokenizer.
+Use `UniTEProcessor` as a logits processor of the primary model's ``generate``; each
+auxiliary is a `Member` (or a `RemoteMember`, served) with its own tokenizer. `Ensemble`
+loads models by name and generates, streams, chats and serves through one path.
 
-The names below are imported on first use, so that ``import unite_logits.cli`` (and
+The names below are imported on first use, so that ``import unite_logits`` (and
 ``unite-logits --help``) does not pay for torch and transformers.
+
+Layers (see docs/architecture.md): ``core`` (the ensembling core), ``processor`` (the
+transformers integration), ``ensemble`` (the library front), ``apps`` (command line, chat,
+server), ``models`` (provisioning), ``remote`` (served members), ``evaluation``.
 """
 
 from __future__ import annotations
@@ -13,39 +18,37 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import Ensemble, generate
-    from .member import Member
-    from .models.loading import load_model
+    from .core.errors import MemberError, NonFiniteScoresError
+    from .core.member import Member
+    from .core.token_bytes import TokenBytes, token_bytes_view
+    from .core.trace import StepRecord
+    from .ensemble.ensemble import Ensemble, generate
+    from .ensemble.options import GenerationOptions
+    from .ensemble.streaming import GenerationResult, Piece
+    from .models.loading import LoadedModel, load_model
     from .processor import UniTEProcessor
     from .remote import RemoteMember, RemoteMemberError
-    from .token_bytes import TokenBytes, token_bytes_view
-    from .trace import StepRecord
 
 _HOMES = {
-    "Ensemble": ".api",
-    "generate": ".api",
+    "Ensemble": ".ensemble.ensemble",
+    "generate": ".ensemble.ensemble",
+    "GenerationOptions": ".ensemble.options",
+    "GenerationResult": ".ensemble.streaming",
+    "Piece": ".ensemble.streaming",
+    "LoadedModel": ".models.loading",
     "load_model": ".models.loading",
-    "Member": ".member",
+    "Member": ".core.member",
+    "MemberError": ".core.errors",
+    "NonFiniteScoresError": ".core.errors",
     "UniTEProcessor": ".processor",
     "RemoteMember": ".remote",
     "RemoteMemberError": ".remote",
-    "TokenBytes": ".token_bytes",
-    "token_bytes_view": ".token_bytes",
-    "StepRecord": ".trace",
+    "TokenBytes": ".core.token_bytes",
+    "token_bytes_view": ".core.token_bytes",
+    "StepRecord": ".core.trace",
 }
 
-__all__ = [
-    "Ensemble",
-    "Member",
-    "RemoteMember",
-    "RemoteMemberError",
-    "StepRecord",
-    "TokenBytes",
-    "UniTEProcessor",
-    "generate",
-    "load_model",
-    "token_bytes_view",
-]
+__all__ = sorted(_HOMES)
 __version__ = "0.1.0"
 
 

@@ -110,7 +110,7 @@ def _load(specs: Sequence[str], loader: Loader | None) -> list[LoadedModel]:
 
 
 def _check_weights(weights: Sequence[float] | None, n_models: int) -> None:
-    from unite_logits.api import check_weights
+    from unite_logits.ensemble.ensemble import check_weights
 
     try:
         check_weights(weights, n_models)

@@ -1,9 +1,9 @@
 """Evaluate each member alone and the ensemble on the same items, resumably.
 
 Members are `unite_logits.models.loading.LoadedModel`s, the same type `load_model` returns
-and `unite_logits.api.Ensemble` takes. The ensemble is injected as
+and `unite_logits.Ensemble` takes. The ensemble is injected as
 ``make_processor(prompt) -> LogitsProcessor | None`` (tests inject stand-ins); by default
-it is built by `unite_logits.api.Ensemble.processor`, the one factory that also serves
+it is built by `unite_logits.Ensemble.processor`, the one factory that also serves
 ``generate`` and the CLI, so the evaluated ensemble has the same weights and EOS ids. Both
 modes share that processor: free generation passes it to ``generate``, constrained
 choice calls it once on the primary's prompt logits.
@@ -61,10 +61,10 @@ def unite_processor_factory(
     members: Sequence[LoadedModel], top_k: int = 10, weights: Sequence[float] | None = None
 ) -> ProcessorFactory:
     """A fresh UniTE processor per item, built as ``generate`` builds it (first member primary)."""
-    from unite_logits.api import Ensemble  # the core; imported only when used
+    from unite_logits.ensemble.ensemble import Ensemble  # the core; imported only when used
 
     ensemble = Ensemble(members, weights=weights, top_k=top_k)
-    return lambda prompt: ensemble.processor(prompt)
+    return lambda prompt: ensemble.processor()
 
 
 def _modes(mode: str, task: Task) -> list[str]:
@@ -85,9 +85,9 @@ def _answer(
         return {"answer": choice.letter, "tokens": 0, "seconds": choice.seconds,
                 "output": {k: round(v, 4) if math.isfinite(v) else None  # JSON has no -inf
                            for k, v in choice.scores.items()}}
-    gen = generate(member.model, member.tokenizer, item.prompt, max_new_tokens=max_new_tokens,
-                   stop_strings=task.stop_strings, processor=processor)
-    return {"answer": task.extract(gen.text, item), "tokens": gen.tokens,
+    gen = generate(member, item.prompt, max_new_tokens=max_new_tokens, stop_strings=task.stop_strings,
+                   processor=processor)
+    return {"answer": task.extract(gen.text, item), "tokens": gen.completion_tokens,
             "seconds": gen.seconds, "output": gen.text}
 
 

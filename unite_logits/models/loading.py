@@ -16,18 +16,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from . import store
-from .catalogue import CATALOGUE, CatalogueEntry, catalogue_names, get_entry, is_catalogue_name, part_paths
 from ..progress import progress_bars
+from . import store
+from .catalogue import catalogue_names
 from .conversion import convert_gguf
 from .errors import CacheNotWritableError, DeviceError, ModelFileError, ModelLoadError, UnknownModelError
-from .gguf_files import materialize_gguf, sha256_file
+from .gguf_files import materialize_gguf
 from .integrity import check_weight_files, damaged_files, file_records, replace_json
 from .memory import check_memory, conversion_estimate, load_estimate, memory_check_skipped
+from .sources import ModelSource, cache_key, cached_dir, resolve, source_for_entry
 
 __all__ = [
     "ModelSource",
@@ -42,20 +43,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-SourceKind = Literal["catalogue", "gguf", "folder", "hub"]
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """What a spec names, found without loading anything."""
-
-    spec: str
-    kind: SourceKind
-    name: str
-    path: Path | None = None
-    entry: CatalogueEntry | None = None
-    sha256: str | None = None
 
 
 class LoadedModel(tuple):
@@ -110,70 +97,6 @@ def _add_eos_tokens(model: Any, tokenizer: Any, tokens: tuple[str, ...]) -> None
     configured = model.generation_config.eos_token_id
     ids = [configured] if isinstance(configured, int) else list(configured or [])
     model.generation_config.eos_token_id = list(dict.fromkeys([*ids, *(vocab[t] for t in tokens)]))
-
-
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf")
-
-
-def _gguf_source(spec: str, path: Path) -> ModelSource:
-    """A local GGUF file; one with a catalogue model's digest shares that model's cache entry."""
-    with open(path, "rb") as handle:
-        if handle.read(4) != b"GGUF":
-            raise ModelFileError(f"{spec} is not a GGUF file (it does not start with the GGUF magic bytes)")
-    digest = sha256_file(path)
-    entry = next((e for e in CATALOGUE.values() if e.sha256 == digest), None)
-    return ModelSource(spec, "gguf", entry.name if entry else path.stem, path=path, entry=entry, sha256=digest)
-
-
-def resolve(spec: str | os.PathLike[str]) -> ModelSource:
-    """Classify ``spec``: catalogue name, ``.gguf`` file, HF folder, or (``org/name``) hub id.
-
-    Cheap (no weights read), yet a file that is not what it claims fails here.
-
-    Raises:
-        ModelFileError: a ``.gguf`` that is not GGUF, or a folder with a broken safetensors file.
-        UnknownModelError: neither a known name nor an existing path.
-        ModelNotInstalledError: a catalogue model whose package is missing.
-    """
-    text = os.fspath(spec)
-    if is_catalogue_name(text):
-        entry = get_entry(text)
-        part_paths(entry)  # raises with the pip command if not installed
-        return source_for_entry(entry)
-    path = Path(text).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return _gguf_source(text, path.resolve())
-    if path.is_dir():
-        check_weight_files(path)  # headers only: a broken folder fails here, before any load
-        return ModelSource(text, "folder", path.resolve().name, path=path.resolve())
-    if _looks_like_path(text):
-        raise UnknownModelError(f"no model file or folder at {text!r}")
-    if "/" in text:
-        return ModelSource(text, "hub", text)
-    get_entry(text)  # raises UnknownModelError listing the known names
-    raise AssertionError("unreachable")
-
-
-def _cache_key(source: ModelSource) -> str:
-    if source.entry is not None:
-        return f"{source.entry.name}-{source.entry.sha256[:12]}"
-    assert source.path is not None and source.sha256 is not None
-    return f"{source.path.stem}-{source.sha256[:12]}"
-
-
-def source_for_entry(entry: CatalogueEntry) -> ModelSource:
-    """The source of a catalogue entry, whether or not its package is installed."""
-    return ModelSource(entry.name, "catalogue", entry.name, entry=entry)
-
-
-def cached_dir(spec: str | ModelSource) -> Path | None:
-    """The complete cache folder of a GGUF-backed spec, or None if it is not converted yet."""
-    source = spec if isinstance(spec, ModelSource) else resolve(spec)
-    if source.kind not in ("catalogue", "gguf"):
-        return None
-    directory = store.entry_dir(_cache_key(source))
-    return directory if store.is_complete(directory) else None
 
 
 def _params_in_folder(folder: Path) -> int | None:
@@ -280,7 +203,7 @@ def _usable_cache_entry(source: ModelSource) -> Path:
     A damaged entry is converted again with a warning. One process converts at a time; the
     others wait for its lock and reuse its result.
     """
-    target = store.entry_dir(_cache_key(source))
+    target = store.entry_dir(cache_key(source))
     problems = _cache_problems(target) if store.is_complete(target) else []
     if store.is_complete(target) and not problems:
         return target
@@ -306,7 +229,7 @@ def _usable_cache_entry(source: ModelSource) -> Path:
 
 def _convert_into_cache(source: ModelSource) -> Path:
     """Convert a GGUF-backed source into its cache folder (atomically) and return the folder."""
-    target = store.entry_dir(_cache_key(source))
+    target = store.entry_dir(cache_key(source))
     marker: dict[str, Any] = {"spec": source.spec, "kind": source.kind}
     if source.entry is not None:
         marker.update(catalogue_name=source.entry.name, sha256=source.entry.sha256)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +10,7 @@ from urllib.parse import urlsplit
 
 from transformers import PreTrainedTokenizerBase
 
-from ..member import check_top_k, check_weight
+from ..core.checks import check_int, check_seconds, check_top_k, check_weight
 from .client import JsonClient
 from .protocols import PROTOCOLS, Protocol
 from .runner import OnError, RemoteRunner, candidates_for
@@ -114,14 +113,10 @@ class RemoteMember:
             raise ValueError(f"tokenizer of member {self.name!r} has no EOS token; pass `eos_token_ids`")
         if self.top_n is not None:
             check_top_k(self.top_n)
-        timeout = self.timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-            raise ValueError(f"`timeout` has to be a positive number of seconds, but is {timeout!r}")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise ValueError(f"`retries` has to be a non-negative integer, but is {self.retries!r}")
+        check_seconds("timeout", self.timeout)
+        check_int("retries", self.retries)
         if self.concurrency is not None:
-            if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
-                raise ValueError(f"`concurrency` has to be a positive integer, but is {self.concurrency!r}")
+            check_int("concurrency", self.concurrency, minimum=1)
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ValueError(f"`protocol` has to be one of {', '.join(PROTOCOLS)} (or None to detect it), not {self.protocol!r}")
         if self.on_error not in _ON_ERROR:
@@ -132,12 +127,13 @@ class RemoteMember:
         """The tokenizer's vocabulary size: ids at or past it never count."""
         return len(self.tokenizer)
 
-    def runner(self, top_k: int) -> RemoteRunner:
-        """A runner asking for ``top_k`` candidates at least (`candidates_for` says how many)."""
+    def runner(self, *, vocab_size: int | None = None, top_k: int) -> RemoteRunner:
+        """A runner asking for ``top_k`` candidates at least (`candidates_for` says how many);
+        ``vocab_size`` defaults to the tokenizer's."""
         check_top_k(top_k)
         assert self.concurrency is not None and self.protocol is not None
         return RemoteRunner(
-            self.client, self.server, vocab_size=self.vocab_size, top_k=top_k,
+            self.client, self.server, vocab_size=vocab_size or self.vocab_size, top_k=top_k,
             top_n=candidates_for(top_k, self.top_n), on_error=self.on_error, concurrency=self.concurrency,
         )
 

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from ..workers import start_worker_thread
+from ..core.workers import start_worker_thread
 from .client import JsonClient
 from .errors import RemoteMemberError
 from .protocols import Candidates, MalformedAnswer, completion_request, parse_candidates
@@ -186,7 +186,7 @@ class RemoteRowCache:
     """What the row store keeps for a served member: each row's ids; the server holds the KV cache.
 
     It offers the methods of `unite_logits.ragged_cache.RaggedKVCache` that the row store
-    (`unite_logits.rows.AuxiliaryRows`) calls, so a `RemoteRunner` can stand where a local
+    (`unite_logits.core.rows.AuxiliaryRows`) calls, so a `RemoteRunner` can stand where a local
     runner does. `feed` sends each fed row's FULL ids (what it held plus the new chunk); the
     server's prefix cache turns that into the chunk's work. Dropping, clearing, selecting and
     restoring rows edit the id lists only: there is nothing to free on the server, and the

@@ -19,9 +19,10 @@ from typing import Any, TextIO
 
 from jinja2 import TemplateError
 
-from .chat import has_chat_template
-from .prompt_checks import PromptError
-from .token_stream import GenerationOptions, Piece, generate_streamed
+from ..core.chat import has_chat_template
+from ..ensemble.options import GenerationOptions
+from ..ensemble.prompts import PromptError
+from ..ensemble.streaming import Piece
 
 __all__ = ["ChatSession", "run_chat", "COMMANDS"]
 
@@ -53,8 +54,7 @@ class ChatSession:
             out.write(piece.text)
             out.flush()
 
-        result = generate_streamed(self.ensemble, self.history, chat=True, options=self.options, on_piece=show,
-                                   cancel=cancel)
+        result = self.ensemble.generate(self.history, self.options, chat=True, on_piece=show, cancel=cancel)
         self.history.append({"role": "assistant", "content": result.text})
         return result.finish_reason
 

@@ -10,10 +10,11 @@ bytes, top_logprobs}]``) or the legacy completions form (``tokens``, ``token_log
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..token_stream import StreamedResult, TokenLogprob
+from ...ensemble.streaming import GenerationResult, TokenLogprob
 
 __all__ = [
     "error_body",
@@ -23,6 +24,12 @@ __all__ = [
     "chat_logprobs",
     "completion_logprobs",
     "finish_reason",
+    "chat_choice",
+    "completion_choice",
+    "chat_delta",
+    "text_delta",
+    "response",
+    "Chunks",
 ]
 
 SSE_DONE = "data: [DONE]\n\n"
@@ -43,7 +50,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def finish_reason(result: StreamedResult) -> str:
+def finish_reason(result: GenerationResult) -> str:
     """OpenAI knows ``stop`` and ``length``; a cancelled run only reaches a client that left."""
     return "length" if result.finish_reason == "length" else "stop"
 
@@ -69,3 +76,46 @@ def completion_logprobs(tokens: Sequence[TokenLogprob], text_offset: int = 0) ->
         "top_logprobs": [{top.token: top.logprob for top in t.top} for t in tokens],
         "text_offset": offsets,
     }
+
+
+# -- choices: each shape built here, nowhere else -------------------------------------------
+def chat_choice(index: int, result: GenerationResult, logprobs: bool) -> dict[str, Any]:
+    """One choice of a ``chat.completion``."""
+    return {"index": index, "message": {"role": "assistant", "content": result.text},
+            "logprobs": chat_logprobs(result.logprobs) if logprobs else None, "finish_reason": finish_reason(result)}
+
+
+def completion_choice(index: int, result: GenerationResult, logprobs: bool) -> dict[str, Any]:
+    """One choice of a ``text_completion``."""
+    return {"index": index, "text": result.text,
+            "logprobs": completion_logprobs(result.logprobs) if logprobs else None, "finish_reason": finish_reason(result)}
+
+
+def chat_delta(index: int, delta: dict[str, Any], logprobs: Any = None, finish: str | None = None) -> dict[str, Any]:
+    """One choice of a ``chat.completion.chunk``."""
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+
+def text_delta(index: int, text: str, logprobs: Any = None, finish: str | None = None) -> dict[str, Any]:
+    """One choice of a streamed ``text_completion`` chunk."""
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def response(request_id: str, kind: str, model: str, choices: list[dict[str, Any]], usage: dict[str, int]) -> dict[str, Any]:
+    """A whole ``chat.completion`` or ``text_completion`` object."""
+    return {"id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": choices,
+            "usage": usage}
+
+
+class Chunks:
+    """The server-sent events of one streamed answer: every chunk carries the same head."""
+
+    def __init__(self, request_id: str, kind: str, created: int, model: str, include_usage: bool) -> None:
+        self.head = {"id": request_id, "object": kind, "created": created, "model": model}
+        self.extra: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def choice(self, choice: dict[str, Any]) -> str:
+        return sse({**self.head, "choices": [choice], **self.extra})
+
+    def usage(self, usage: dict[str, int]) -> str:
+        return sse({**self.head, "choices": [], "usage": usage})

@@ -1,4 +1,4 @@
-"""The ``unite-logits`` command: a thin shell over `unite_logits.api`.
+"""The ``unite-logits`` command: a thin shell over `unite_logits.ensemble`.
 
 Each subcommand is registered by a small ``_add_<name>_parser(subparsers)`` function listed
 in `SUBCOMMANDS`; add ``eval`` / ``select`` the same way. Mistakes a user can make
@@ -19,11 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .models.catalogue import CATALOGUE, is_installed
-from .evaluation.cli import add_eval_parser, add_select_parser
-from .evaluation.errors import EvalUsageError
-from .models.memory import format_bytes
-from .models.errors import (
+from ..core.errors import MemberError, NonFiniteScoresError
+from ..ensemble.options import DEFAULT_MAX_NEW_TOKENS, MAX_SEED, GenerationOptions
+from ..ensemble.prompts import PromptError
+from ..evaluation.cli import add_eval_parser, add_select_parser
+from ..evaluation.errors import EvalUsageError
+from ..models.catalogue import CATALOGUE, is_installed
+from ..models.memory import format_bytes
+from ..models.errors import (
     CacheNotWritableError,
     DeviceError,
     InsufficientMemoryError,
@@ -32,7 +35,6 @@ from .models.errors import (
     ModelNotInstalledError,
     UnknownModelError,
 )
-from .prompt_checks import PromptError
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "EXIT_USAGE"]
 
@@ -94,7 +96,7 @@ def _seed(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value < 2**64:
+    if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"has to be between 0 and 2**64 - 1, got {text}")
     return value
 
@@ -112,8 +114,8 @@ def _folder_size(folder: Path) -> int:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from .models.store import cache_root
-    from .models.loading import cached_dir, source_for_entry
+    from ..models.sources import cached_dir, source_for_entry
+    from ..models.store import cache_root
 
     print(f"{'NAME':<30} {'INSTALLED':<10} {'CONVERTED':<10} {'GGUF':>9} {'CACHED':>9}  MODEL")
     for entry in CATALOGUE.values():
@@ -149,7 +151,8 @@ def _add_ensemble_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=64, help="default 64")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help=f"default {DEFAULT_MAX_NEW_TOKENS}")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=_positive_float, help="sampling temperature (> 0; with --sample)")
     parser.add_argument("--top-p", type=_probability, help="nucleus sampling mass in (0, 1] (with --sample)")
@@ -160,10 +163,10 @@ def _load_ensemble(args: argparse.Namespace, *, prompt: Any = None) -> Any:
     """Check the options (and ``prompt``), name errors before any slow load, then load the models."""
     import torch
 
-    from .api import Ensemble, check_prompt, check_weights
-    from .models.loading import resolve
-
-    from .remote.spec import split_remote_spec
+    from ..ensemble.ensemble import Ensemble, check_weights
+    from ..ensemble.prompts import check_prompt
+    from ..models.sources import resolve
+    from ..remote.spec import split_remote_spec
 
     specs = [args.primary, *(args.aux or [DEFAULT_AUX])]
     try:
@@ -199,18 +202,18 @@ def _add_generate_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=_run_generate)
 
 
-def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample}
-    if args.sample:
-        kwargs.update({k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None})
-    elif args.temperature is not None or args.top_p is not None:
+def _generation_options(args: argparse.Namespace) -> GenerationOptions:
+    """The decoding flags as the one `GenerationOptions` (greedy unless --sample)."""
+    if not args.sample and (args.temperature is not None or args.top_p is not None):
         warnings.warn("--temperature and --top-p only apply with --sample; ignored", stacklevel=1)
-    return kwargs
+    temperature = (args.temperature or 1.0) if args.sample else None
+    return GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=temperature,
+                             top_p=args.top_p if args.sample else None, seed=args.seed)
 
 
 def _report(label: str, result: Any) -> None:
     print(
-        f"[{PROG}] {label}: {result.new_tokens} tokens in {result.seconds:.1f} s "
+        f"[{PROG}] {label}: {result.completion_tokens} tokens in {result.seconds:.1f} s "
         f"({result.tokens_per_second:.1f} tokens/s)",
         file=sys.stderr,
     )
@@ -234,55 +237,50 @@ def _read_prompt(args: argparse.Namespace) -> str:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from .chat import has_chat_template
-    from .remote import RemoteMember
+    from ..core.chat import has_chat_template
+    from ..remote import RemoteMember
 
     args.prompt = _read_prompt(args)
+    options = _generation_options(args)
     ensemble = _load_ensemble(args, prompt=args.prompt)
     args.chat = args.chat or (not args.raw and has_chat_template(ensemble.primary.tokenizer))
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-    streaming = not (args.no_stream or args.json)
-    kwargs = _generation_kwargs(args)
-
-    def streamer(index: int) -> Any:
-        from transformers import TextStreamer
-
-        return TextStreamer(ensemble.models[index].tokenizer, skip_prompt=True, skip_special_tokens=True) if streaming else None
-
-    names = " + ".join(m.name for m in ensemble.models)
-    if args.compare and not args.json:
-        print(f"--- ensemble: {names} ---")
-    result = ensemble.generate(args.prompt, chat=args.chat, streamer=streamer(0), **kwargs)
-    if not args.json:
-        if not streaming:
-            print(result.text)
-        _report("ensemble", result)
+    printing = not args.json
+    streaming = printing and not args.no_stream
+    on_piece = _print_piece if streaming else None
+    if args.compare and printing:
+        print(f"--- ensemble: {' + '.join(m.name for m in ensemble.models)} ---")
+    answer = ensemble.generate(args.prompt, options, chat=args.chat, on_piece=on_piece)
+    if printing:
+        _show("ensemble", answer, streaming)
     alone = {}
     if args.compare:
+        greedy = GenerationOptions(max_new_tokens=args.max_new_tokens)
         for index, loaded in enumerate(ensemble.models):
             if loaded.name in alone or isinstance(loaded, RemoteMember):  # a served member does not run here
                 continue
-            if not args.json:
+            if printing:
                 print(f"--- {loaded.name} alone (greedy) ---")
-            solo = ensemble.generate_alone(
-                index, args.prompt, chat=args.chat, streamer=streamer(index), max_new_tokens=args.max_new_tokens
-            )
-            alone[loaded.name] = solo
-            if not args.json:
-                if not streaming:
-                    print(solo.text)
-                _report(loaded.name, solo)
+            alone[loaded.name] = ensemble.generate_alone(index, args.prompt, greedy, chat=args.chat, on_piece=on_piece)
+            if printing:
+                _show(loaded.name, alone[loaded.name], streaming)
     if args.json:
-        print(json.dumps(_as_json(ensemble, result, alone, args), ensure_ascii=False))
+        print(json.dumps(_as_json(ensemble, answer, alone, args), ensure_ascii=False))
     return 0
+
+
+def _print_piece(piece: Any) -> None:
+    print(piece.text, end="", flush=True)
+
+
+def _show(label: str, result: Any, streamed: bool) -> None:
+    """End a streamed answer's line (or print the whole answer), then its timing on stderr."""
+    print("" if streamed else result.text)
+    _report(label, result)
 
 
 def _as_json(ensemble: Any, result: Any, alone: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     def fields(r: Any) -> dict[str, Any]:
-        return {"text": r.text, "new_tokens": r.new_tokens, "seconds": round(r.seconds, 3),
+        return {"text": r.text, "new_tokens": r.completion_tokens, "seconds": round(r.seconds, 3),
                 "tokens_per_second": round(r.tokens_per_second, 2)}
 
     return {
@@ -297,15 +295,6 @@ def _as_json(ensemble: Any, result: Any, alone: dict[str, Any], args: argparse.N
 
 
 # -- chat and serve -----------------------------------------------------------------------
-def _generation_options(args: argparse.Namespace) -> Any:
-    """The decoding options of the command line as `GenerationOptions` (greedy unless --sample)."""
-    from .token_stream import GenerationOptions
-
-    kwargs = _generation_kwargs(args)
-    temperature = kwargs.get("temperature", 1.0) if kwargs["do_sample"] else None
-    return GenerationOptions(max_new_tokens=kwargs["max_new_tokens"], temperature=temperature, top_p=kwargs.get("top_p"))
-
-
 def _add_chat_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("chat", help="talk with an ensemble in the terminal, answers streamed")
     _add_ensemble_options(parser)
@@ -315,14 +304,10 @@ def _add_chat_parser(subparsers: Any) -> None:
 
 
 def _run_chat(args: argparse.Namespace) -> int:
-    import torch
-
-    from .chat_repl import run_chat
+    from .chat import run_chat
 
     options = _generation_options(args)
     ensemble = _load_ensemble(args)
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
     return run_chat(ensemble, options, system=args.system)
 
 
@@ -449,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
     except _USER_ERRORS as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
-    except ModelError as error:
+    except (ModelError, NonFiniteScoresError, MemberError) as error:  # the models could not do it
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     except SystemExit as stop:  # --help

@@ -2,7 +2,7 @@
 
 Requests wait in a FIFO queue. When the worker is free it takes the oldest, waits
 ``batch_wait_s`` for others to arrive, and runs every waiting request that can share its
-batch as the rows of one ``generate`` call (`generate_streamed_batch`): with batched
+batch as the rows of one ``generate`` call (`unite_logits.Ensemble.run`): with batched
 auxiliaries a batch of B rows costs far less than B generations one after another. Requests
 share a batch when they decode alike (all greedy, or the same temperature and top-p), carry
 no ``seed`` (a seeded request runs in a batch of its own, so its seed governs exactly its own
@@ -15,13 +15,13 @@ ends; requests arriving while a batch runs form the next one (static batching: t
 Each batch gets its own `UniTEProcessor`, so no request sees another's auxiliary state; the
 models are shared, and running them from one thread means no two batches interleave on them.
 
-Events reach the caller through ``job.notify(kind, index, payload)`` from the worker thread:
-``("rejected", -1, PromptError)`` when a prompt cannot be used (too long for a context window,
-invalid text, refused by a chat template) and nothing was generated; otherwise
-``("started", -1, None)``, then ``("piece", i, Piece)`` as text becomes final,
-``("done", i, StreamedResult)`` per choice as it ends, and finally ``("end", -1, None)`` or
-``("error", -1, exception)``. Prompts are checked on the worker thread because encoding them
-uses the tokenizers that generation uses.
+Events reach the caller through ``job.notify(event)`` from the worker thread: `Rejected` when
+a prompt cannot be used (too long for a context window, invalid text, refused by a chat
+template) and nothing was generated; otherwise `Started`, then `PieceReady` as a choice's text
+becomes final, `ChoiceDone` per choice as it ends, and finally `Ended` or `Failed`. Prompts are
+checked on the worker thread because encoding them uses the tokenizers that generation uses.
+Whatever one request raises fails that request only: the worker goes on with the next, and
+`GenerationWorker.alive` says whether its thread still runs.
 """
 
 from __future__ import annotations
@@ -33,19 +33,61 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
-import torch
+from ...core.checks import check_int, context_window
+from ...ensemble.options import GenerationOptions
+from ...ensemble.prompts import PreparedPrompt, PromptError
+from ...ensemble.streaming import GenerationRequest, GenerationResult, Piece
 
-from ..api import PreparedPrompt
-from ..prompt_checks import PromptError, context_window
-from ..token_stream import GenerationOptions, Piece, StreamedResult, StreamRequest, generate_streamed_batch
-
-__all__ = ["Job", "GenerationWorker", "FinishedJob", "DEFAULT_MAX_BATCH", "DEFAULT_BATCH_WAIT_S"]
+__all__ = ["Job", "GenerationWorker", "FinishedJob", "DEFAULT_MAX_BATCH", "DEFAULT_BATCH_WAIT_S", "Event",
+           "Started", "Rejected", "PieceReady", "ChoiceDone", "Ended", "Failed"]
 
 logger = logging.getLogger(__name__)
 
-Notify = Callable[[str, int, Any], None]
+
+@dataclass(frozen=True)
+class Started:
+    """The worker took the job: its prompts passed every check and generation begins."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A prompt cannot be used (nothing was generated)."""
+
+    error: PromptError
+
+
+@dataclass(frozen=True)
+class PieceReady:
+    """Choice ``choice`` has more final text."""
+
+    choice: int
+    piece: Piece
+
+
+@dataclass(frozen=True)
+class ChoiceDone:
+    """Choice ``choice`` ended."""
+
+    choice: int
+    result: GenerationResult
+
+
+@dataclass(frozen=True)
+class Ended:
+    """Every choice of the job ended (or it was cancelled before it started)."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The job failed; ``error`` says why."""
+
+    error: BaseException
+
+
+Event = Union[Started, Rejected, PieceReady, ChoiceDone, Ended, Failed]
+Notify = Callable[[Event], None]
 
 DEFAULT_MAX_BATCH = 8
 DEFAULT_BATCH_WAIT_S = 0.02  # a step of the smallest catalogue pair takes ~70 ms on two CPU cores
@@ -60,7 +102,6 @@ class Job:
     chat: bool
     options: GenerationOptions
     notify: Notify
-    seed: int | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -100,7 +141,7 @@ class _Admitted:
                 shared[key] = row
             row.indices.append(index)
         self.longest_prompt = max(len(row.prepared.primary_ids) for row in self.rows)
-        self.results: dict[int, StreamedResult] = {}
+        self.results: dict[int, GenerationResult] = {}
         self.batch_rows = 0
         self.batch_requests = 0
 
@@ -115,8 +156,7 @@ class GenerationWorker:
 
     def __init__(self, ensemble: Any, history: int = 64, *, max_batch: int = DEFAULT_MAX_BATCH,
                  batch_wait_s: float = DEFAULT_BATCH_WAIT_S) -> None:
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"`max_batch` has to be a positive integer, but is {max_batch!r}")
+        check_int("max_batch", max_batch, minimum=1)
         if not 0 <= batch_wait_s <= 10:
             raise ValueError(f"`batch_wait_s` has to be between 0 and 10 seconds, but is {batch_wait_s!r}")
         self.ensemble = ensemble
@@ -138,6 +178,11 @@ class GenerationWorker:
     def waiting(self) -> int:
         return self._jobs.qsize() + len(self._waiting)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread still runs (it ends only when closed)."""
+        return self._thread.is_alive()
+
     def cancel_all(self) -> None:
         """Cancel the jobs in progress and every later one (the server is going down)."""
         self._closing.set()
@@ -154,21 +199,32 @@ class GenerationWorker:
     def _loop(self) -> None:
         stopping = False
         while not (stopping and not self._waiting):
-            if not self._waiting:
-                stopping = self._take(self._jobs.get())
-                deadline = time.monotonic() + self.batch_wait_s
-                while not stopping and (left := deadline - time.monotonic()) > 0:
-                    try:
-                        stopping = self._take(self._jobs.get(timeout=left))
-                    except queue.Empty:
-                        break
-            while not stopping:  # whatever else is already waiting
+            try:
+                stopping = self._turn(stopping)
+            except Exception as error:  # a defect of ours: logged, its requests fail, the worker goes on
+                logger.exception("the generation worker failed on a request; it goes on")
+                for admitted in self._running:
+                    admitted.job.notify(Failed(error))
+                self._running = []
+
+    def _turn(self, stopping: bool) -> bool:
+        """Admit what is waiting and run one batch; True once the stop signal has come."""
+        if not self._waiting:
+            stopping = self._take(self._jobs.get())
+            deadline = time.monotonic() + self.batch_wait_s
+            while not stopping and (left := deadline - time.monotonic()) > 0:
                 try:
-                    stopping = self._take(self._jobs.get_nowait())
+                    stopping = self._take(self._jobs.get(timeout=left))
                 except queue.Empty:
                     break
-            if self._waiting:
-                self._run(self._next_batch())
+        while not stopping:  # whatever else is already waiting
+            try:
+                stopping = self._take(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        if self._waiting:
+            self._run(self._next_batch())
+        return stopping
 
     def _take(self, job: Job | None) -> bool:
         """Admit ``job`` to the waiting line (or reject it); True when it is the stop signal."""
@@ -184,12 +240,12 @@ class GenerationWorker:
                     prepared[key] = self.ensemble.prepare(prompt, chat=job.chat,
                                                           max_new_tokens=job.options.max_new_tokens)
         except PromptError as error:
-            job.notify("rejected", -1, error)
+            job.notify(Rejected(error))
             self.finished.append(FinishedJob(job.request_id, ("rejected",), 0))
             return False
         except Exception as error:  # reported to its request; the worker goes on
             logger.exception("request %s failed", job.request_id)
-            job.notify("error", -1, error)
+            job.notify(Failed(error))
             return False
         self._waiting.append(_Admitted(job, [prepared[repr(p)] for p in job.prompts]))
         return False
@@ -201,14 +257,14 @@ class GenerationWorker:
         if not job.cancel.is_set():
             return False
         self.finished.append(FinishedJob(job.request_id, ("cancelled",), 0))
-        job.notify("end", -1, None)
+        job.notify(Ended())
         return True
 
     def _next_batch(self) -> list[_Admitted]:
         """The oldest waiting job and every later one that can share its batch."""
         head = self._waiting.popleft()
         batch = [head]
-        if head.job.seed is not None:
+        if head.job.options.seed is not None:
             return batch
         rows, longest_prompt, most_new = len(head.rows), head.longest_prompt, head.job.options.max_new_tokens
         for admitted in list(self._waiting):
@@ -216,7 +272,7 @@ class GenerationWorker:
             new_rows = rows + len(admitted.rows)
             new_most = max(most_new, options.max_new_tokens)
             new_longest = max(longest_prompt, admitted.longest_prompt)
-            if (admitted.job.seed is None and options.decoding == head.job.options.decoding
+            if (options.seed is None and options.decoding == head.job.options.decoding
                     and new_rows <= self.max_batch
                     and (self._window is None or new_longest + new_most <= self._window)):
                 batch.append(admitted)
@@ -231,39 +287,36 @@ class GenerationWorker:
         rows = [row for admitted in batch for row in admitted.rows]
         for admitted in batch:
             admitted.batch_rows, admitted.batch_requests = len(rows), len(batch)
-            admitted.job.notify("started", -1, None)
+            admitted.job.notify(Started())
         self._running = batch
-        seed = batch[0].job.seed
-        if seed is not None:
-            torch.manual_seed(seed)
         try:
-            generate_streamed_batch(self.ensemble, [self._request(row) for row in rows])
+            self.ensemble.run([self._request(row) for row in rows])
         except Exception as error:  # reported to its requests; the worker goes on
             logger.exception("batch of %s failed", ", ".join(a.job.request_id for a in batch))
             for admitted in batch:
-                admitted.job.notify("error", -1, error)
+                admitted.job.notify(Failed(error))
         else:
             for admitted in batch:
-                admitted.job.notify("end", -1, None)
+                admitted.job.notify(Ended())
         finally:
             self._running = []
         logger.info("batch of %d requests, %d rows", len(batch), len(rows))
 
-    def _request(self, row: _Row) -> StreamRequest:
+    def _request(self, row: _Row) -> GenerationRequest:
         job = row.admitted.job
 
         def on_piece(piece: Piece) -> None:
             for index in row.indices:
-                job.notify("piece", index, piece)
+                job.notify(PieceReady(index, piece))
 
-        def on_done(result: StreamedResult) -> None:
+        def on_done(result: GenerationResult) -> None:
             for index in row.indices:
-                job.notify("done", index, result)
+                job.notify(ChoiceDone(index, result))
             self._record(row.admitted, row.indices, result)
 
-        return StreamRequest(row.prepared, job.options, on_piece, job.cancel, on_done)
+        return GenerationRequest(row.prepared, job.options, on_piece, job.cancel, on_done)
 
-    def _record(self, admitted: _Admitted, indices: Sequence[int], result: StreamedResult) -> None:
+    def _record(self, admitted: _Admitted, indices: Sequence[int], result: GenerationResult) -> None:
         """Keep a row's result; once the job has all of its choices, log it as finished."""
         for index in indices:
             admitted.results[index] = result

@@ -1,10 +1,10 @@
 """The row store: every auxiliary's ids, cache and latest distribution for every row.
 
 A generation has rows (batch rows, or beams); each auxiliary keeps, per live row, its own
-token ids (`unite_logits.sync`), the ids its cache has seen, and its latest next-token
-log-probabilities. All rows of one auxiliary share ONE `RaggedKVCache` (or, for a member
-behind a server, one `unite_logits.remote.runner.RemoteRowCache`), so a step costs one
-forward pass per auxiliary whatever the number of rows:
+token ids (`unite_logits.core.sync`), the ids its cache has seen, and its latest next-token
+log-probabilities. All rows of one auxiliary share ONE cache (`RaggedKVCache`, or for a member
+behind a server its runner's row cache), so a step costs one forward pass per auxiliary
+whatever the number of rows:
 
 * `AuxiliaryRows.refresh` compares, per row, the ids with what the cache has seen (only
   the part that changed since the last step, so the work does not grow with the text),
@@ -13,25 +13,33 @@ forward pass per auxiliary whatever the number of rows:
   that split duplicate a row, finished rows leave (they cost nothing after that); it is
   one gather along the batch axis of the cache and forks of the rows' ids, never a copy of
   a tokenizer or vocabulary.
-* `RowStore` matches each row of a step to the row it continues (`match_parents` looks at
-  the newest columns only) and tracks finished rows.
+* `Generation` holds the rows of one generation: finished flags, steps, each member's rows.
+* `RowStore` carries the members from one call of the processor to the next: it matches each
+  row to the row it continues (`match_parents` looks at the newest columns only), starts a
+  new generation when the rows continue none, runs the members on their `Workers`, and
+  guesses the next token so the members can start on it while the primary runs its forward
+  pass (`RowStore.guess`; undone exactly when the guess was wrong).
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from transformers import PreTrainedModel
 
-from .prompt_checks import context_window
-from .ragged_cache import DEFAULT_MARGIN, RaggedKVCache, check_supported
+from .member import Runner
+from .prompts import PromptSource, strip_left_padding
 from .sync import IdSync, TokenSync
+from .token_bytes import TokenBytes
+from .workers import Round, Workers
 
-__all__ = ["AuxiliaryRows", "LocalRunner", "RowCache", "RowStore", "Runner", "match_parents"]
+__all__ = ["AuxiliaryRows", "Generation", "RowStore", "Timing", "match_parents"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,67 +47,8 @@ Sync = IdSync | TokenSync
 
 _PARENT_COLUMNS = 16
 """Newest columns compared to match a row to the row it continues (more only on a tie)."""
-
-
-class RowCache(Protocol):
-    """What `AuxiliaryRows` needs of a member's per-row state: a local `RaggedKVCache` or,
-    for a member behind a server, `unite_logits.remote.runner.RemoteRowCache`."""
-
-    def feed(self, chunks: Sequence[Sequence[int]], maintain: bool = True) -> torch.Tensor: ...
-
-    def select_rows(self, index: torch.Tensor) -> None: ...
-
-    def can_drop(self, row: int, tokens: int) -> bool: ...
-
-    def drop(self, row: int, tokens: int) -> None: ...
-
-    def clear(self, row: int) -> None: ...
-
-    def snapshot(self) -> Any: ...
-
-    def restore_rows(self, snapshot: Any, rows: Sequence[int]) -> None: ...
-
-    def maintain(self) -> None: ...
-
-
-class Runner(Protocol):
-    """An auxiliary as the row store runs it: `LocalRunner`, or `unite_logits.remote.RemoteRunner`."""
-
-    name: str
-    limit: int | None
-    refills: int
-
-    def new_cache(self, rows: int) -> RowCache: ...
-
-
-class LocalRunner:
-    """How one auxiliary model runs in this process, and what it cost.
-
-    Args:
-        model: the auxiliary causal LM.
-        vocab_size: ids at or past this never count.
-        name: the member's name, for messages.
-        margin: positions kept past a sliding window, so rollbacks this deep stay cheap.
-    """
-
-    def __init__(self, model: PreTrainedModel, vocab_size: int, name: str, margin: int = DEFAULT_MARGIN) -> None:
-        check_supported(model)
-        self.model = model
-        self.vocab_size = vocab_size
-        self.name = name
-        self.margin = margin
-        self.limit = context_window(model)
-        self.caches: list[RaggedKVCache] = []  # of the generation in progress, for its counters
-        self.refills = 0
-
-    @property
-    def forward_passes(self) -> int:
-        return sum(cache.forward_passes for cache in self.caches)
-
-    def new_cache(self, rows: int) -> RaggedKVCache:
-        cache = RaggedKVCache(self.model, rows, self.vocab_size, self.margin)
-        self.caches = [cache]
-        return cache
+_GUESS_WINDOW = 8
+"""Recent guesses looked at: guessing pauses while fewer than half of them were right."""
 
 
 @dataclass
@@ -307,8 +256,8 @@ def match_parents(input_ids: torch.Tensor, previous: torch.Tensor) -> list[int] 
     return parents
 
 
-class RowStore:
-    """The rows of the generation in progress: finished flags, steps, and each auxiliary's rows.
+class Generation:
+    """The rows of one generation: finished flags, steps, and each auxiliary's rows.
 
     ``members[j]`` holds the live (unfinished) rows only, in the order of `live`.
     """
@@ -358,3 +307,139 @@ class RowStore:
             return None
         index = self.live.index(row)
         return [member.rows[index].sync for member in self.members]
+
+
+class Timing:
+    """Seconds each member worked for the current step, and how long the caller waited on them."""
+
+    def __init__(self, members: int) -> None:
+        self.members = [0.0] * members
+        self.wait = 0.0
+
+
+class RowStore:
+    """The members' rows across the calls of one processor, and the workers that run them.
+
+    Args:
+        runners: one per active member.
+        sources: where each active member's row prompts come from.
+        primary_view: the primary's tokenizer as bytes (its EOS ids end rows).
+        pad_token_id: the id that left-pads the primary's prompts in a batch.
+        workers: run each member's jobs (on its own thread, or inline).
+
+    Per call: `follow` (settle the guess in flight, follow or start the rows, refresh every
+    member), then the caller's step, then `guess`. `close` ends the generation and the
+    workers; a later call starts them again.
+    """
+
+    def __init__(self, runners: Sequence[Runner], sources: Sequence[PromptSource], primary_view: TokenBytes,
+                 pad_token_id: int | None, workers: Workers) -> None:
+        self.runners = list(runners)
+        self.sources = list(sources)
+        self.primary_view = primary_view
+        self.pad_token_id = pad_token_id
+        self.workers = workers
+        self.generation: Generation | None = None
+        self.timing = Timing(len(self.runners))
+        self._guess: tuple[Round, list[int | None]] | None = None
+        self._hits: collections.deque[bool] = collections.deque(maxlen=_GUESS_WINDOW)
+
+    def follow(self, input_ids: torch.Tensor) -> Generation:
+        """The generation at this step: the rows advanced by the token the primary emitted last
+        step (or a new generation, prefilled), every live row's distribution up to date."""
+        self.timing = Timing(len(self.runners))
+        generation = self.generation
+        parents = match_parents(input_ids, generation.last_ids) if generation is not None else None
+        applied = self._settle_guess(input_ids, parents)
+        if generation is not None and parents is not None:
+            generation.advance(input_ids, parents, self.primary_view.eos_ids, self.primary_view.bytes_of, applied)
+        else:
+            self._hits.clear()
+            generation = self.generation = Generation(input_ids, self._start(input_ids))
+        if generation.live:
+            self._run([member.refresh for member in generation.members])
+        return generation
+
+    def guess(self, out: torch.Tensor) -> None:
+        """Start the members on the token greedy search will pick, while the primary runs.
+
+        The guess is each live row's best ensembled candidate in ``out`` (the step's result);
+        rows whose best is EOS (they would end) are not advanced. The next `follow` keeps the
+        rows whose guess was right and undoes the others (`AuxiliaryRows.settle`), so outputs
+        never depend on it. Skipped when members run one after another, while most recent
+        guesses were wrong (sampling, or a later processor that changes the choice), and at a
+        generation's first step (a single call, as in scoring, must not leave work behind).
+        """
+        generation = self.generation
+        if generation is None or not self.workers.concurrent or not generation.members or not any(generation.steps):
+            return
+        if len(self._hits) >= _GUESS_WINDOW and sum(self._hits) < _GUESS_WINDOW // 2:
+            return
+        best = out.index_select(0, torch.as_tensor(generation.live, device=out.device)).argmax(dim=-1).tolist()
+        view = self.primary_view
+        tokens = [None if token in view.eos_ids else (token, view.bytes_of(token)) for token in best]
+        if all(token is None for token in tokens):
+            return
+        jobs = [functools.partial(member.speculate, tokens) for member in generation.members]
+        self._guess = (self.workers.start(jobs), [None if t is None else t[0] for t in tokens])
+
+    def close(self) -> None:
+        """Forget the generation in progress and stop the workers (waiting for work in flight)."""
+        guess, self._guess, self.generation = self._guess, None, None
+        if guess is not None:
+            try:
+                self.workers.wait(guess[0])
+            except BaseException:  # noqa: BLE001 - only stopping; the caller's error says what failed
+                pass
+        self.workers.close()
+
+    @property
+    def recent_guesses(self) -> list[bool]:
+        """Whether each recent guess was right, oldest first."""
+        return list(self._hits)
+
+    # -- internals ------------------------------------------------------------------------
+    def _run(self, jobs: Sequence[Callable[[], None] | None]) -> None:
+        """Run one job per member on the workers and wait for all (timed)."""
+        self._collect(self.workers.start(jobs))
+
+    def _collect(self, round_: Round) -> None:
+        started = time.perf_counter()
+        seconds = self.workers.wait(round_)
+        self.timing.wait += time.perf_counter() - started
+        for index, value in enumerate(seconds):
+            self.timing.members[index] += value
+
+    def _settle_guess(self, input_ids: torch.Tensor, parents: list[int] | None) -> list[bool]:
+        """Wait for the guess in flight; per live row of the last step, whether it was right."""
+        if self._guess is None:
+            return []
+        round_, guessed = self._guess
+        self._guess = None
+        self._collect(round_)
+        generation = self.generation
+        if generation is None or parents is None:
+            return []
+        if parents == list(range(len(parents))):
+            actual = input_ids[generation.live, -1].tolist()
+            right = [token is not None and token == real for token, real in zip(guessed, actual)]
+        else:  # beams reordered: undo every guess
+            right = [False] * len(guessed)
+        for member in generation.members:
+            member.settle(right)
+        self._hits.extend(ok for ok, token in zip(right, guessed) if token is not None)
+        return right
+
+    def _start(self, input_ids: torch.Tensor) -> list[AuxiliaryRows]:
+        """Each member's rows for a new generation, prefilled in one forward pass per member."""
+        prompts = strip_left_padding(input_ids.tolist(), self.pad_token_id)
+        syncs = [[source.sync(row, prompt) for row, prompt in enumerate(prompts)] for source in self.sources]
+        for runner, member_syncs in zip(self.runners, syncs):
+            AuxiliaryRows.check_prompts(runner, member_syncs)  # user errors as themselves, before work
+        members: list[AuxiliaryRows | None] = [None] * len(syncs)
+
+        def prefill(index: int) -> None:
+            members[index] = AuxiliaryRows(self.runners[index], syncs[index])
+
+        self._run([functools.partial(prefill, index) for index in range(len(syncs))])
+        return [member for member in members if member is not None]

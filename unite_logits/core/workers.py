@@ -20,11 +20,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from .errors import MemberError
+
 __all__ = ["MemberError", "Round", "Workers", "default_member_threads", "start_worker_thread"]
-
-
-class MemberError(RuntimeError):
-    """An auxiliary failed while it worked for the ensemble; the message names it."""
 
 
 def start_worker_thread(threads: int | None = None) -> None:

@@ -1,18 +1,22 @@
-"""Ensembled generations delivered piece by piece: the engine under ``chat`` and ``serve``.
+"""The one generation path: rows of one ``model.generate`` call, each streamed and ended on its own.
 
-`generate_streamed_batch` runs several requests as the rows of one batched
-`Ensemble.generate_prepared` call (`generate_streamed` is a batch of one), with two small
-hooks placed in the primary's ``generate`` loop:
+`generate_rows` runs prepared prompts as the rows of one batched ``generate`` of one model,
+with whatever logits processors the caller brings (the ensemble's `UniTEProcessor`, or none
+for a model alone) and two small hooks placed in the generation loop:
 
-* `EnsembledLogprobRecorder`, a logits processor right after `UniTEProcessor`, keeps the
-  log-probabilities of the ensembled distribution at the current step (before temperature
-  or top-p reshape it), so log-probs reported to a user are the ensemble's, not the primary's;
+* `EnsembledLogprobRecorder`, a logits processor right after the caller's, keeps the
+  log-probabilities of the distribution at the current step (before temperature or top-p
+  reshape it), so log-probs reported to a user are the ensemble's, not the primary's;
 * `_BatchStop`, a stopping criterion, hands every row's new token to that row's
   `_StepWatcher`, which releases the text that is final (a UTF-8 character split across
   tokens, or the beginning of a stop string, is held back), and ends the row at a stop
   string, at its own ``max_new_tokens`` or when its cancel flag is set (Ctrl-C in the chat,
   a client that went away in the server). Rows end independently; the batch ends with the
   last one.
+
+`Ensemble.generate`, ``--compare``'s members alone, the chat, the server and the evaluation
+all come through here, so they stream, stop and report alike, and each answer is one
+`GenerationResult`.
 
 Costs per step: one ``log_softmax`` over the vocabulary when log-probs are asked for, and a
 decode of a window of the newest few tokens (the incremental detokenizing of vLLM and
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,79 +35,36 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import LogitsProcessor, StoppingCriteria, StoppingCriteriaList
 
-from .token_bytes import token_bytes_view
+from ..core.token_bytes import token_bytes_view
+from .options import GenerationOptions
+from .prompts import PreparedPrompt
 
 if TYPE_CHECKING:
-    from .api import Ensemble, PreparedPrompt, Prompt
+    from ..models.loading import LoadedModel
 
 __all__ = [
-    "GenerationOptions",
-    "StreamRequest",
+    "GenerationRequest",
+    "GenerationResult",
     "TokenLogprob",
     "Piece",
-    "StreamedResult",
     "EnsembledLogprobRecorder",
-    "generate_streamed",
-    "generate_streamed_batch",
-    "MAX_TOP_LOGPROBS",
+    "generate_rows",
+    "left_pad_id",
 ]
 
 logger = logging.getLogger(__name__)
 
-MAX_TOP_LOGPROBS = 20  # as the OpenAI API
-
 
 @dataclass(frozen=True)
-class GenerationOptions:
-    """How to decode: greedy unless ``temperature`` > 0; ``top_logprobs`` None means no log-probs."""
+class GenerationRequest:
+    """One row of a batch: a prepared prompt, how to decode, a cancel flag, and where its
+    pieces go and its result goes as soon as the row ends (before the batch does)."""
 
-    max_new_tokens: int = 64
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] = ()
-    top_logprobs: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens has to be at least 1, got {self.max_new_tokens}")
-        if self.temperature is not None and not self.temperature >= 0:
-            raise ValueError(f"temperature has to be >= 0, got {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p has to be in (0, 1], got {self.top_p}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError("stop strings have to be non-empty strings")
-        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise ValueError(f"top_logprobs has to be between 0 and {MAX_TOP_LOGPROBS}, got {self.top_logprobs}")
-
-    @property
-    def sampling(self) -> bool:
-        return bool(self.temperature)
-
-    @property
-    def decoding(self) -> tuple[Any, ...]:
-        """What has to be equal for requests to share a batch: how the next token is chosen."""
-        return (self.temperature, self.top_p) if self.sampling else ("greedy",)
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``model.generate``: temperature 0 or None is greedy."""
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.sampling}
-        if self.sampling:
-            kwargs["temperature"] = self.temperature
-            if self.top_p is not None:
-                kwargs["top_p"] = self.top_p
-        return kwargs
-
-
-@dataclass(frozen=True)
-class StreamRequest:
-    """One row of a streamed batch: a prepared prompt, how to decode, a cancel flag, and where
-    its pieces go and its result goes as soon as the row ends (before the batch does)."""
-
-    prepared: "PreparedPrompt"
+    prepared: PreparedPrompt
     options: GenerationOptions = GenerationOptions()
     on_piece: Callable[["Piece"], None] | None = None
     cancel: threading.Event | None = None
-    on_done: Callable[["StreamedResult"], None] | None = None
+    on_done: Callable[["GenerationResult"], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,14 +86,24 @@ class Piece:
 
 
 @dataclass
-class StreamedResult:
-    """The whole answer: text (cut at a stop string), why it ended, token counts."""
+class GenerationResult:
+    """One answer: its text (cut before a stop string), why it ended, token counts, the wall
+    time of the batch it ran in, and the log-probabilities asked for.
+
+    ``finish_reason``: ``"stop"`` (end of sequence or a stop string), ``"length"`` (it reached
+    ``max_new_tokens``) or ``"cancelled"``.
+    """
 
     text: str
-    finish_reason: str  # "stop" (end of sequence or a stop string), "length" or "cancelled"
+    finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    seconds: float = 0.0
     logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else float("inf")
 
 
 class EnsembledLogprobRecorder(LogitsProcessor):
@@ -175,7 +147,7 @@ class _BatchStop(StoppingCriteria):
 class _StepWatcher:
     """Turns the primary's new tokens into final text pieces; watches stop strings and cancel."""
 
-    def __init__(self, tokenizer: Any, eos_token_ids: Sequence[int], request: StreamRequest) -> None:
+    def __init__(self, tokenizer: Any, eos_token_ids: Sequence[int], request: GenerationRequest) -> None:
         self.tokenizer = tokenizer
         self.view = token_bytes_view(tokenizer, eos_token_ids)
         self.eos = set(eos_token_ids)
@@ -184,7 +156,8 @@ class _StepWatcher:
         self.on_done = request.on_done
         self.cancel = request.cancel
         self.prompt_tokens = len(request.prepared.primary_ids)
-        self.result: StreamedResult | None = None
+        self.started = time.perf_counter()
+        self.result: GenerationResult | None = None
         self.ids: list[int] = []
         self.text = ""  # the answer's text decoded so far (only complete characters until the end)
         self._prefix_offset = 0  # self.text is known up to ids[:_read_offset]; the decode window
@@ -218,17 +191,19 @@ class _StepWatcher:
             self.cancelled = True
         return self.done
 
-    def close(self) -> StreamedResult:
+    def close(self, seconds: float | None = None) -> GenerationResult:
         """End the row (once): release what was held back (an unfinished character, a partial
-        stop string), build its result and hand it to ``on_done``."""
+        stop string), build its result and hand it to ``on_done``. ``seconds``: the batch's
+        time so far (by default, since the watcher was made)."""
         if self.result is not None:
             return self.result
         if not self.stopped_at_string:
             self._release(final=True)
         elif self.pending:
             self._emit("")
-        self.result = StreamedResult(self.released, self.finish_reason, self.prompt_tokens, len(self.ids),
-                                     self.all_logprobs)
+        elapsed = time.perf_counter() - self.started if seconds is None else seconds
+        self.result = GenerationResult(self.released, self.finish_reason, self.prompt_tokens, len(self.ids),
+                                       elapsed, self.all_logprobs)
         if self.on_done is not None:
             self.on_done(self.result)
         return self.result
@@ -304,51 +279,57 @@ class _StepWatcher:
         return "length" if len(self.ids) >= self.options.max_new_tokens else "stop"
 
 
-def generate_streamed(
-    ensemble: "Ensemble",
-    prompt: "Prompt",
-    *,
-    chat: bool,
-    options: GenerationOptions = GenerationOptions(),
-    on_piece: Callable[[Piece], None] | None = None,
-    cancel: threading.Event | None = None,
-) -> StreamedResult:
-    """Generate with ``ensemble`` and hand each final piece of text to ``on_piece`` as it comes.
-
-    ``chat`` formats ``prompt`` (text or messages) with each member's own chat template.
-    Setting ``cancel`` ends generation after the current step (finish reason ``"cancelled"``).
-    """
-    prepared = ensemble.prepare(prompt, chat=chat, max_new_tokens=options.max_new_tokens)
-    return generate_streamed_batch(ensemble, [StreamRequest(prepared, options, on_piece, cancel)])[0]
+def left_pad_id(loaded: "LoadedModel") -> int:
+    """What left-pads prompts in a batch: the pad token, else the first EOS id (as transformers)."""
+    pad = loaded.tokenizer.pad_token_id
+    return int(pad) if pad is not None else next(iter(loaded.eos_token_ids), 0)
 
 
-def generate_streamed_batch(ensemble: "Ensemble", requests: Sequence[StreamRequest]) -> list[StreamedResult]:
-    """Run ``requests`` as the rows of one batch; each row streams, stops and ends on its own.
+def generate_rows(
+    loaded: "LoadedModel", requests: Sequence[GenerationRequest], processors: Sequence[LogitsProcessor] = (),
+) -> list[GenerationResult]:
+    """Run ``requests`` as the rows of one ``loaded.model.generate``; each row streams, stops and
+    ends on its own. ``processors`` run first (the ensemble's), then the log-prob recorder.
 
     The requests have to decode alike (`GenerationOptions.decoding`: all greedy, or the same
-    temperature and top-p); stop strings, ``max_new_tokens``, log-probs and cancel flags are
-    per row. The batch runs until its last row ends, so every prompt has to fit the
-    primary's context window with the largest ``max_new_tokens`` (`Ensemble.prepare` checks
-    each with its own). Each row's answer is the one it gets alone (batched forward passes
-    may differ in the last bits of floating point).
+    temperature and top-p; a seed, if any, is the first request's). Stop strings,
+    ``max_new_tokens``, log-probs and cancel flags are per row. The batch runs until its last
+    row ends, so every prompt has to fit the model's context window with the largest
+    ``max_new_tokens`` (`Ensemble.prepare` checks each with its own). Rows are left-padded; a
+    row that has finished is filled with an EOS id (so the ensemble sees it finish). Each
+    row's answer is the one it gets alone (batched forward passes may differ in the last bits
+    of floating point).
     """
     if not requests:
         raise ValueError("`requests` is empty")
     decodings = {request.options.decoding for request in requests}
     if len(decodings) > 1:
         raise ValueError(f"requests in one batch have to decode alike (temperature, top_p), got {sorted(map(str, decodings))}")
+    model, tokenizer = loaded
+    eos = list(loaded.eos_token_ids)
     longest = max(requests, key=lambda request: request.options.max_new_tokens).options
-    primary = ensemble.primary
     wants_logprobs = any(request.options.top_logprobs is not None for request in requests)
     recorder = EnsembledLogprobRecorder() if wants_logprobs else None
-    watchers = [_StepWatcher(primary.tokenizer, primary.eos_token_ids, request) for request in requests]
-    ensemble.generate_prepared(
-        [request.prepared for request in requests],
-        logits_processor=[recorder] if recorder is not None else [],
+    watchers = [_StepWatcher(tokenizer, eos, request) for request in requests]
+    rows = [request.prepared.primary_ids for request in requests]
+    pad = left_pad_id(loaded)
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in rows], device=model.device)
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], device=model.device)
+    if requests[0].options.seed is not None:
+        torch.manual_seed(requests[0].options.seed)
+    started = time.perf_counter()
+    model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        logits_processor=[*processors, *([recorder] if recorder is not None else [])],
         stopping_criteria=StoppingCriteriaList([_BatchStop(watchers, recorder)]),
+        eos_token_id=eos or None,
+        pad_token_id=eos[0] if eos else pad,
         **longest.generate_kwargs(),
     )
-    streamed = [watcher.close() for watcher in watchers]  # rows still open ended with the batch
-    logger.debug("generated %s tokens (%s)", [r.completion_tokens for r in streamed],
-                 ",".join(r.finish_reason for r in streamed))
-    return streamed
+    seconds = time.perf_counter() - started
+    results = [watcher.close(seconds) for watcher in watchers]  # rows still open ended with the batch
+    logger.debug("generated %s tokens (%s)", [r.completion_tokens for r in results],
+                 ",".join(r.finish_reason for r in results))
+    return results

@@ -20,16 +20,29 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..prompt_checks import PromptTooLongError
-from ..token_stream import Piece, StreamedResult
+from ...ensemble.prompts import PromptTooLongError
+from ...ensemble.streaming import GenerationResult
 from . import openai_format as fmt
 from .schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
-from .worker import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH, GenerationWorker, Job
+from .worker import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_MAX_BATCH,
+    ChoiceDone,
+    Ended,
+    Event,
+    Failed,
+    GenerationWorker,
+    Job,
+    PieceReady,
+    Rejected,
+    Started,
+)
 
 __all__ = ["ServerSettings", "create_app", "OpenAIError"]
 
@@ -64,6 +77,26 @@ class _ClientGone(Exception):
     pass
 
 
+class _RequireApiKey:
+    """ASGI middleware: a request without ``Authorization: Bearer KEY`` gets a 401 before its body
+    is read (a plain ASGI layer, so the routes still see a client that disconnects)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            token = given[7:] if given[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(token, self.key):
+                body = fmt.error_body("Incorrect or missing API key (send it as 'Authorization: Bearer KEY').",
+                                      code="invalid_api_key")
+                await JSONResponse(body, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class _Run:
     """One submitted job, seen from the event loop: its events arrive on an asyncio queue."""
 
@@ -72,17 +105,17 @@ class _Run:
         self.prompt_param = "messages" if chat else "prompt"
         self.has_started = False
         self.loop = asyncio.get_running_loop()
-        self.events: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
         try:
             options = body.options(settings.default_max_tokens, top_logprobs)
         except ValueError as error:
             raise OpenAIError(400, str(error)) from None
-        self.job = Job(request_id, list(prompts), chat, options, self._notify, seed=body.seed)
+        self.job = Job(request_id, list(prompts), chat, options, self._notify)
         worker.submit(self.job)
 
-    def _notify(self, kind: str, index: int, payload: Any) -> None:  # called on the worker thread
+    def _notify(self, event: Event) -> None:  # called on the worker thread
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, index, payload))
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:  # the event loop is gone (server shutting down): stop generating
             self.job.cancel.set()
 
@@ -91,49 +124,50 @@ class _Run:
 
     async def started(self, request: Request) -> None:
         """Wait until the worker takes the job; a prompt it refuses is a 400 (nothing was sent yet)."""
-        async for kind, _, payload in self.events_until_end(request, until="started"):
-            if kind == "rejected":
-                code = "context_length_exceeded" if isinstance(payload, PromptTooLongError) else "invalid_value"
-                raise OpenAIError(400, str(payload), param=self.prompt_param, code=code)
+        async for event in self.events_until_end(request, until_started=True):
+            if isinstance(event, Rejected):
+                error = event.error
+                code = "context_length_exceeded" if isinstance(error, PromptTooLongError) else "invalid_value"
+                raise OpenAIError(400, str(error), param=self.prompt_param, code=code)
         if not self.has_started:  # ended unstarted: cancelled while it waited
             raise _ClientGone()
 
     async def events_until_end(self, request: Request | None = None,
-                               until: str = "end") -> AsyncIterator[tuple[str, int, Any]]:
-        """Pieces and per-choice results until the job ends; with ``request``, watch for a disconnect."""
+                               until_started: bool = False) -> AsyncIterator[PieceReady | ChoiceDone | Rejected]:
+        """Pieces and per-choice results until the job ends (or, ``until_started``, until it
+        starts); with ``request``, watch for a disconnect."""
         checked = time.monotonic()
         while True:
+            event: Event | None
             try:
-                kind, index, payload = await asyncio.wait_for(
-                    self.events.get(), timeout=DISCONNECT_POLL_S if request is not None else None
-                )
+                event = await asyncio.wait_for(self.events.get(), timeout=DISCONNECT_POLL_S if request is not None else None)
             except asyncio.TimeoutError:
-                kind = ""
+                event = None
             if request is not None and time.monotonic() - checked >= DISCONNECT_POLL_S:
                 checked = time.monotonic()
                 if await request.is_disconnected():
                     self.cancel()
                     raise _ClientGone()
-            if not kind:
+            if event is None:
                 continue
-            if kind == "error":
-                raise OpenAIError(500, f"generation failed: {payload}", "server_error")
-            if kind == "started":
+            if isinstance(event, Failed):
+                raise OpenAIError(500, f"generation failed: {event.error}", "server_error")
+            if isinstance(event, Started):
                 self.has_started = True
-                if until == "started":
+                if until_started:
                     return
                 continue
-            if kind == "end":
+            if isinstance(event, Ended):
                 return
-            yield kind, index, payload
-            if kind == "rejected":
+            yield event
+            if isinstance(event, Rejected):
                 return
 
-    async def results(self, request: Request) -> list[StreamedResult]:
-        done: dict[int, StreamedResult] = {}
-        async for kind, index, payload in self.events_until_end(request):
-            if kind == "done":
-                done[index] = _not_cancelled(payload)
+    async def results(self, request: Request) -> list[GenerationResult]:
+        done: dict[int, GenerationResult] = {}
+        async for event in self.events_until_end(request):
+            if isinstance(event, ChoiceDone):
+                done[event.choice] = _not_cancelled(event.result)
         return [done[i] for i in sorted(done)]
 
 
@@ -175,15 +209,10 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
         code = "not_found" if error.status_code == 404 else None
         return JSONResponse(fmt.error_body(str(error.detail), code=code), status_code=error.status_code)
 
-    # -- authentication ------------------------------------------------------------------
-    async def authorized(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-            raise OpenAIError(401, "Incorrect or missing API key (send it as 'Authorization: Bearer KEY').",
-                              code="invalid_api_key")
+    # -- authentication: before anything else is read (the body, the route), on every path
+    # but /health (the API description included) ---------------------------------------
+    if settings.api_key is not None:
+        app.add_middleware(_RequireApiKey, api_key=settings.api_key)
 
     def check_model(name: str) -> None:
         if name != settings.model_name:
@@ -195,21 +224,23 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
                   "top_k": ensemble.top_k}
 
     # -- routes --------------------------------------------------------------------------
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
+    @app.get("/health", response_model=None)
+    async def health() -> dict[str, Any] | JSONResponse:
+        if not worker.alive:  # nothing would ever be answered: say so to a load balancer
+            return JSONResponse({"status": "error", "message": "the generation worker has stopped"}, status_code=503)
         return {"status": "ok", "waiting": worker.waiting}
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card]}
 
-    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(authorized)])
+    @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict[str, Any]:
         if model_id != settings.model_name:
             raise OpenAIError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
         return model_card
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)], response_model=None)
+    @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         check_model(body.model)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -219,17 +250,10 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
                                _chat_chunks(run, body, request_id, created=int(time.time())) if body.stream else None)
         if not isinstance(answer, list):
             return answer
-        results = answer
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": r.text},
-             "logprobs": fmt.chat_logprobs(r.logprobs) if body.logprobs else None,
-             "finish_reason": fmt.finish_reason(r)}
-            for i, r in enumerate(results)
-        ]
-        return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": body.model,
-                "choices": choices, "usage": _usage(results, prompts=1)}
+        choices = [fmt.chat_choice(i, result, body.logprobs) for i, result in enumerate(answer)]
+        return fmt.response(request_id, "chat.completion", body.model, choices, _usage(answer, prompts=1))
 
-    @app.post("/v1/completions", dependencies=[Depends(authorized)], response_model=None)
+    @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
         check_model(body.model)
         request_id = f"cmpl-{uuid.uuid4().hex}"
@@ -239,21 +263,15 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
                                _completion_chunks(run, body, request_id, created=int(time.time())) if body.stream else None)
         if not isinstance(answer, list):
             return answer
-        results = answer
-        choices = [
-            {"index": i, "text": r.text,
-             "logprobs": fmt.completion_logprobs(r.logprobs) if body.logprobs is not None else None,
-             "finish_reason": fmt.finish_reason(r)}
-            for i, r in enumerate(results)
-        ]
-        return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": body.model,
-                "choices": choices, "usage": _usage(results, prompts=len(body.prompts))}
+        choices = [fmt.completion_choice(i, result, body.logprobs is not None) for i, result in enumerate(answer)]
+        return fmt.response(request_id, "text_completion", body.model, choices,
+                            _usage(answer, prompts=len(body.prompts)))
 
     return app
 
 
 async def _answer(run: _Run, request: Request,
-                  stream: AsyncIterator[str] | None) -> StreamingResponse | JSONResponse | list[StreamedResult]:
+                  stream: AsyncIterator[str] | None) -> StreamingResponse | JSONResponse | list[GenerationResult]:
     """Once the worker starts ``run``: the event stream (``stream`` given) or every choice's result;
     a 499 when the client left first."""
     try:
@@ -265,7 +283,7 @@ async def _answer(run: _Run, request: Request,
         return JSONResponse(fmt.error_body("client disconnected"), status_code=499)
 
 
-def _not_cancelled(result: StreamedResult) -> StreamedResult:
+def _not_cancelled(result: GenerationResult) -> GenerationResult:
     """A generation cancelled while its client is still there: the server is shutting down."""
     if result.finish_reason == "cancelled":
         raise OpenAIError(503, "the server is shutting down; the answer was cut short", "server_error",
@@ -273,7 +291,7 @@ def _not_cancelled(result: StreamedResult) -> StreamedResult:
     return result
 
 
-def _usage(results: Sequence[StreamedResult], prompts: int) -> dict[str, int]:
+def _usage(results: Sequence[GenerationResult], prompts: int) -> dict[str, int]:
     """Each distinct prompt counted once (n choices of one prompt share it), completions summed."""
     per_prompt = len(results) // max(prompts, 1) or 1
     prompt_tokens = sum(r.prompt_tokens for r in results[::per_prompt])
@@ -295,52 +313,39 @@ def _event_stream(chunks: AsyncIterator[str], run: _Run) -> StreamingResponse:
 
 
 async def _chat_chunks(run: _Run, body: ChatCompletionRequest, request_id: str, created: int) -> AsyncIterator[str]:
-    head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": body.model}
-    extra = {"usage": None} if body.include_usage else {}
-
-    def chunk(index: int, delta: dict[str, Any], logprobs: Any = None, finish: str | None = None) -> str:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return fmt.sse({**head, "choices": [choice], **extra})
-
-    results: list[StreamedResult] = []
+    chunk = fmt.Chunks(request_id, "chat.completion.chunk", created, body.model, body.include_usage)
+    results: list[GenerationResult] = []
     for index in range(body.n):  # at once, so the client sees the answer has started
-        yield chunk(index, {"role": "assistant", "content": ""})
-    async for kind, index, payload in run.events_until_end():
-        if kind == "piece":
-            piece: Piece = payload
-            logprobs = fmt.chat_logprobs(piece.logprobs) if body.logprobs else None
-            if piece.text or (logprobs and piece.logprobs):
-                yield chunk(index, {"content": piece.text}, logprobs)
-        elif kind == "done":
-            results.append(_not_cancelled(payload))
-            yield chunk(index, {}, None, fmt.finish_reason(payload))
+        yield chunk.choice(fmt.chat_delta(index, {"role": "assistant", "content": ""}))
+    async for event in run.events_until_end():
+        if isinstance(event, PieceReady):
+            logprobs = fmt.chat_logprobs(event.piece.logprobs) if body.logprobs else None
+            if event.piece.text or (logprobs and event.piece.logprobs):
+                yield chunk.choice(fmt.chat_delta(event.choice, {"content": event.piece.text}, logprobs))
+        elif isinstance(event, ChoiceDone):
+            results.append(_not_cancelled(event.result))
+            yield chunk.choice(fmt.chat_delta(event.choice, {}, None, fmt.finish_reason(event.result)))
     if body.include_usage:
-        yield fmt.sse({**head, "choices": [], "usage": _usage(results, prompts=1)})
+        yield chunk.usage(_usage(results, prompts=1))
     yield fmt.SSE_DONE
 
 
 async def _completion_chunks(run: _Run, body: CompletionRequest, request_id: str, created: int) -> AsyncIterator[str]:
-    head = {"id": request_id, "object": "text_completion", "created": created, "model": body.model}
-    extra = {"usage": None} if body.include_usage else {}
-
-    def chunk(index: int, text: str, logprobs: Any = None, finish: str | None = None) -> str:
-        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
-        return fmt.sse({**head, "choices": [choice], **extra})
-
-    results: list[StreamedResult] = []
+    chunk = fmt.Chunks(request_id, "text_completion", created, body.model, body.include_usage)
+    results: list[GenerationResult] = []
     offsets: dict[int, int] = {}
-    async for kind, index, payload in run.events_until_end():
-        if kind == "piece":
-            piece: Piece = payload
+    async for event in run.events_until_end():
+        if isinstance(event, PieceReady):
+            piece, index = event.piece, event.choice
             logprobs = None
             if body.logprobs is not None:
                 logprobs = fmt.completion_logprobs(piece.logprobs, offsets.get(index, 0))
             offsets[index] = offsets.get(index, 0) + len(piece.text)
             if piece.text or piece.logprobs:
-                yield chunk(index, piece.text, logprobs)
-        elif kind == "done":
-            results.append(_not_cancelled(payload))
-            yield chunk(index, "", None, fmt.finish_reason(payload))
+                yield chunk.choice(fmt.text_delta(index, piece.text, logprobs))
+        elif isinstance(event, ChoiceDone):
+            results.append(_not_cancelled(event.result))
+            yield chunk.choice(fmt.text_delta(event.choice, "", None, fmt.finish_reason(event.result)))
     if body.include_usage:
-        yield fmt.sse({**head, "choices": [], "usage": _usage(results, prompts=len(body.prompts))})
+        yield chunk.usage(_usage(results, prompts=len(body.prompts)))
     yield fmt.SSE_DONE

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..token_stream import MAX_TOP_LOGPROBS, GenerationOptions
+from ...ensemble.options import MAX_SEED, MAX_TOP_LOGPROBS, GenerationOptions
 
 __all__ = [
     "SamplingFields",
@@ -68,12 +68,12 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)  # strict: `true` is not 1
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES, strict=True)
     stream: bool = False
     stream_options: _StreamOptions | None = None
     frequency_penalty: float | None = None
@@ -116,6 +116,7 @@ class SamplingFields(BaseModel):
             top_p=self.top_p,
             stop=self.stop_strings,
             top_logprobs=top_logprobs,
+            seed=self.seed,
         )
 
 
@@ -123,9 +124,9 @@ class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS, strict=True)
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
@@ -153,7 +154,7 @@ class CompletionRequest(SamplingFields):
     """``POST /v1/completions``: plain continuation of one prompt or a list of prompts."""
 
     prompt: str | list[str]
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS, strict=True)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None

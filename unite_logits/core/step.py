@@ -1,0 +1,228 @@
+"""One ensembling step over the live rows of a batch: the per-step maths, with explicit inputs.
+
+Given every model's next-token log-probabilities for the same rows (the primary's first) and
+the primary's scores after the logits processors before ours, `ensemble_step` returns, per
+row, the ensembled distribution over the primary ids of the union of the models' top-k:
+
+1. per model, one ``topk`` and one device-to-host copy for all rows; a model abstains for a
+   row where it does not vote (`StepModel.votes`) or gives every id ``-inf``;
+2. per row, the union of the candidates (`unite_logits.core.alignment.build_union`), the
+   primary id that writes each, and whether the primary's own processors allow it;
+3. per model, one gather of the probabilities the union needs beyond its top-k;
+4. per row, the combine rule (`unite_logits.core.combine`).
+
+`ensembled_scores` writes those distributions into a scores tensor, as a logits processor
+returns them. Nothing here knows about transformers' generation, the rows' history or the
+members' caches: the callers (`unite_logits.processor`, ensembled scoring) bring the
+log-probabilities. A `StepTrace` given as ``trace`` receives each row's union and outcome.
+
+Cost per step: per model one top-k and one gather over all rows; per row O(k x models)
+Python over the union.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from .alignment import EOS, Lookups, Proposal, aligned_from, build_union, gather_probabilities, plan_lookups, primary_ids
+from .combine import Combined, combine
+from .errors import NonFiniteScoresError
+from .token_bytes import TokenBytes
+
+__all__ = ["NonFiniteScoresError", "StepModel", "StepTrace", "RowOutcome", "ensemble_step", "ensembled_scores",
+           "check_step_inputs", "relative_weights"]
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """One model at one step: its log-probabilities for the step's rows, its weight and name.
+
+    ``votes(i)`` says whether the model takes part for row ``i`` (an auxiliary waiting for an
+    incomplete character, or past its context window, does not); None: always.
+    """
+
+    view: TokenBytes
+    logprobs: torch.Tensor  # (rows, vocab)
+    weight: float
+    name: str
+    votes: Callable[[int], bool] | None = None
+
+    def votes_for(self, row: int) -> bool:
+        return self.votes is None or self.votes(row)
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What the step did for one row, for a `StepTrace`: the proposals of the models that took
+    part (``models[i]`` indexes the step's models), the union, the primary id of each candidate
+    (None: the primary cannot write it) and the combined distribution."""
+
+    proposals: list[Proposal]
+    models: list[int]
+    union: list[Hashable]
+    emit: list[int | None]
+    combined: Combined
+
+
+class StepTrace(Protocol):
+    """Receives each row's outcome, for rows that got a distribution."""
+
+    def __call__(self, row: int, outcome: RowOutcome) -> None: ...
+
+
+def ensemble_step(
+    models: Sequence[StepModel],
+    scores: torch.Tensor,
+    top_k: int,
+    *,
+    describe_row: Callable[[int], str] = lambda row: f"row {row}",
+    trace: StepTrace | None = None,
+) -> list[dict[int, float]]:
+    """Per row, the ensembled probability of each primary id in the union (empty: no model gave
+    an allowed candidate any mass).
+
+    Args:
+        models: the primary first, then the auxiliaries; each with one row per row of ``scores``.
+        scores: ``(rows, vocab)`` the primary's scores after the processors before ours; a
+            candidate they set to ``-inf`` stays impossible.
+        top_k: candidates each model proposes.
+        describe_row: how a row is named in errors (e.g. "batch row 3 at step 7").
+        trace: receives each row's outcome.
+
+    Raises:
+        NonFiniteScoresError: a voting model's distribution is NaN or infinite for a row.
+    """
+    rows = scores.shape[0]
+    primary_view = models[0].view
+    tops = [_top_k(model, top_k, describe_row) for model in models]
+    proposals: list[list[Proposal]] = []
+    taking_part: list[list[int]] = []
+    for row in range(rows):
+        row_proposals, row_models = [], []
+        for index, (model, (top_ids, top_probs)) in enumerate(zip(models, tops)):
+            if model.weight > 0 and model.votes_for(row) and top_probs[row][0] > 0:  # all -inf: abstains
+                row_proposals.append(Proposal(model.view, None, top_ids[row], top_probs[row], model.weight, index == 0))
+                row_models.append(index)
+        proposals.append(row_proposals)
+        taking_part.append(row_models)
+    unions = [build_union(row) for row in proposals]
+    emits = [primary_ids(primary_view, union) for union in unions]
+    for union, emit, eos_id in zip(unions, emits, _likeliest_eos(primary_view, scores)):
+        if EOS in union:
+            emit[union.index(EOS)] = eos_id
+    allowed = _allowed(scores, emits)
+    lookups = [[plan_lookups(p, union) for p in row] for row, union in zip(proposals, unions)]
+    values = _gather(models, rows, taking_part, lookups)
+    results = []
+    for row in range(rows):
+        aligned = [aligned_from(plan, unions[row], values[model][row]) for plan, model in zip(lookups[row], taking_part[row])]
+        combined = combine(aligned, [p.weight for p in proposals[row]], emits[row], allowed[row])
+        if trace is not None and combined.probs:
+            trace(row, RowOutcome(proposals[row], taking_part[row], unions[row], emits[row], combined))
+        results.append(combined.probs)
+    return results
+
+
+def ensembled_scores(
+    probs: Sequence[dict[int, float]], primary_logprobs: torch.Tensor, out: torch.Tensor, rows: Sequence[int]
+) -> None:
+    """Write row ``i``'s distribution ``probs[i]`` into ``out[rows[i]]`` as log-probabilities, ``-inf``
+    elsewhere; a row with no distribution gets the primary's own ``primary_logprobs[i]``.
+
+    One scatter for all rows; ``out`` keeps its dtype and device.
+    """
+    vocab = primary_logprobs.shape[-1]
+    index = torch.as_tensor(list(rows), dtype=torch.long, device=out.device)
+    out[index] = float("-inf")
+    flat_rows, ids, values = [], [], []
+    for position, row_probs in enumerate(probs):
+        if not row_probs:  # no model gives any allowed candidate mass: the primary alone decides
+            out[rows[position], :vocab] = primary_logprobs[position].to(out.dtype)
+            continue
+        flat_rows += [rows[position]] * len(row_probs)
+        ids += list(row_probs)
+        values += list(row_probs.values())
+    if flat_rows:
+        where = (torch.as_tensor(flat_rows, device=out.device), torch.as_tensor(ids, device=out.device))
+        out.index_put_(where, torch.tensor(values, dtype=torch.float32, device=out.device).log().to(out.dtype))
+
+
+def relative_weights(weights: Sequence[float]) -> list[float]:
+    """The weights divided by the largest: only their ratios matter, and their sum cannot
+    overflow (``1e308, 1e308`` is ``1, 1``). Refuses weights that are all zero."""
+    largest = max(weights, default=0.0)
+    if largest <= 0:
+        raise ValueError("the weights of the primary and the members sum to 0; at least one must be positive")
+    return [weight / largest for weight in weights]
+
+
+def check_step_inputs(input_ids: torch.Tensor, scores: torch.Tensor) -> None:
+    """Refuse what a logits processor cannot work on, with the shapes and dtypes it got."""
+    if not isinstance(input_ids, torch.Tensor) or not isinstance(scores, torch.Tensor):
+        raise TypeError(
+            "`input_ids` and `scores` have to be torch tensors, but are "
+            f"{type(input_ids).__name__} and {type(scores).__name__}"
+        )
+    if input_ids.dim() != 2 or scores.dim() != 2 or input_ids.shape[0] != scores.shape[0]:
+        raise ValueError(
+            "expected `input_ids` of shape (batch, length) and `scores` of shape (batch, vocab), "
+            f"but got {tuple(input_ids.shape)} and {tuple(scores.shape)}"
+        )
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"`input_ids` has to hold integer token ids, but has dtype {input_ids.dtype}")
+    if not scores.dtype.is_floating_point:
+        raise TypeError(f"`scores` has to be a floating-point tensor, but has dtype {scores.dtype}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("`input_ids` is empty: generation needs a non-empty prompt")
+    if bool((input_ids < 0).any()):
+        raise ValueError("`input_ids` holds negative ids")
+
+
+def _top_k(model: StepModel, top_k: int, describe_row: Callable[[int], str]) -> tuple[list[list[int]], list[list[float]]]:
+    """Every row's top-k ids and probabilities: one top-k, one copy; non-finite rows refused."""
+    k = min(top_k, model.logprobs.shape[-1])
+    values, indices = torch.topk(model.logprobs, k, dim=-1)
+    probs = values.exp().tolist()
+    for row, row_probs in enumerate(probs):
+        if not math.isfinite(row_probs[0]) and model.votes_for(row):
+            raise NonFiniteScoresError(
+                f"model {model.name!r} gave non-finite log-probabilities (NaN or inf) for {describe_row(row)}: "
+                "float16 on a CPU overflows (use float32 or bfloat16), or its weights are damaged"
+            )
+    return indices.tolist(), probs
+
+
+def _likeliest_eos(view: TokenBytes, scores: torch.Tensor) -> list[int]:
+    """Per row, the primary's end-of-sequence id that its own scores prefer at this step."""
+    ids = sorted(i for i in view.eos_ids if i < scores.shape[-1])
+    if not ids:
+        return [view.eos_id] * scores.shape[0]
+    best = scores[:, torch.as_tensor(ids, device=scores.device)].argmax(dim=-1).tolist()
+    return [ids[b] for b in best]
+
+
+def _allowed(scores: torch.Tensor, emits: list[list[int | None]]) -> list[list[bool]]:
+    """False where the primary cannot emit a candidate or its processors set it to -inf."""
+    size = scores.shape[-1]
+    wanted = [[pid if pid is not None and pid < size else 0 for pid in emit] for emit in emits]
+    finite = gather_probabilities(scores.float(), wanted)  # exp(-inf) = 0
+    return [
+        [pid is not None and pid < size and value > 0 for pid, value in zip(emit, row)]
+        for emit, row in zip(emits, finite)
+    ]
+
+
+def _gather(
+    models: Sequence[StepModel], rows: int, taking_part: list[list[int]], lookups: list[list[Lookups]]
+) -> list[list[list[float]]]:
+    """Per model, per row, the probabilities of the ids its lookups need: one gather per model."""
+    ids: list[list[list[int]]] = [[[] for _ in range(rows)] for _ in models]
+    for row, (row_models, plans) in enumerate(zip(taking_part, lookups)):
+        for model, plan in zip(row_models, plans):
+            ids[model][row] = plan.ids
+    return [gather_probabilities(model.logprobs, model_ids) for model, model_ids in zip(models, ids)]

@@ -1,0 +1,248 @@
+"""`Ensemble`: loaded models with their weights and ``top_k``, from prompts to ensembled text.
+
+``Ensemble.load(["smollm2-135m-instruct", "gemma3-270m"])`` loads the models;
+``ensemble.generate("Hello")`` formats the prompt for each (its own chat template with
+``chat=True``), builds the `UniTEProcessor` and runs the primary's ``generate`` through the
+one generation path (`unite_logits.ensemble.streaming.generate_rows`); `generate_alone` runs
+one model by itself through the same path (the CLI's ``--compare``). `generate` (the module
+function) does both steps for a one-off answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from jinja2 import TemplateError
+from transformers import LogitsProcessor
+
+from ..core.checks import check_top_k, check_weight, context_window
+from ..core.member import Member
+from ..core.trace import StepRecord
+from ..models.loading import LoadedModel, load_model
+from ..processor import UniTEProcessor
+from ..remote import RemoteMember
+from ..remote.spec import remote_member_from_spec, split_remote_spec
+from .options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
+from .prompts import Prompt, PromptError, PromptTooLongError, PreparedPrompt, check_fits, check_prompt, encode_prompt
+from .streaming import GenerationRequest, GenerationResult, Piece, generate_rows, left_pad_id
+
+__all__ = ["Ensemble", "generate", "check_weights"]
+
+Model = LoadedModel | RemoteMember
+
+
+def check_weights(weights: Sequence[float] | None, n_models: int) -> list[float]:
+    """One finite non-negative weight per model (primary first), not all zero."""
+    if weights is None:
+        return [1.0] * n_models
+    if len(weights) != n_models:
+        raise ValueError(f"got {len(weights)} weights for {n_models} models (give one per model, primary first)")
+    checked = [check_weight(f"weights[{i}]", w) for i, w in enumerate(weights)]
+    if not any(checked):
+        raise ValueError("the weights are all zero; at least one has to be positive")
+    return checked
+
+
+class Ensemble:
+    """Loaded models (primary first) with their weights and ``top_k``.
+
+    Use `load` to build one from names; a spec given twice is loaded once. An auxiliary may
+    be a `RemoteMember` (a model behind a server; spec ``SPEC@URL``); the primary runs here.
+    """
+
+    def __init__(self, models: Sequence[Model], *, weights: Sequence[float] | None = None, top_k: int = 10):
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        if isinstance(models[0], RemoteMember):
+            raise ValueError(f"the primary runs `generate` in this process; {models[0].name!r} is served remotely")
+        self.models = list(models)
+        self.weights = check_weights(weights, len(self.models))
+        self.top_k = check_top_k(top_k)
+        self.last_trace: list[StepRecord] = []  # of the last ensembled generation run with trace=True
+
+    @classmethod
+    def load(
+        cls,
+        specs: Sequence[str],
+        *,
+        weights: Sequence[float] | None = None,
+        top_k: int = 10,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        progress: bool = True,
+    ) -> "Ensemble":
+        """Check the options, then load each distinct spec once (primary first).
+
+        An auxiliary ``SPEC@URL`` (e.g. ``gemma3-270m@http://127.0.0.1:8080``) becomes a
+        `RemoteMember`: only its tokenizer is loaded here, and its server is checked.
+        """
+        checked = check_weights(weights, len(specs))
+        check_top_k(top_k)
+        if split_remote_spec(specs[0]) is not None:
+            raise ValueError(f"the primary runs `generate` in this process and cannot be served remotely: {specs[0]!r}")
+        loaded: dict[str, LoadedModel] = {}
+        models: list[Model] = []
+        for spec, weight in zip(specs, checked):
+            if split_remote_spec(spec) is not None:
+                models.append(remote_member_from_spec(spec, weight=weight))
+                continue
+            if spec not in loaded:
+                loaded[spec] = load_model(spec, device=device, dtype=dtype, progress=progress)
+            models.append(loaded[spec])
+        return cls(models, weights=weights, top_k=top_k)
+
+    @property
+    def primary(self) -> LoadedModel:
+        primary = self.models[0]
+        assert isinstance(primary, LoadedModel)
+        return primary
+
+    # -- prompts ----------------------------------------------------------------------------
+    def prepare(self, prompt: Prompt, *, chat: bool = False, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> PreparedPrompt:
+        """Encode ``prompt`` for every model and refuse, before any work, what generation would.
+
+        Raises `PromptError` (a `ValueError`) for an empty or invalid prompt, a conversation a
+        member's chat template refuses, and `PromptTooLongError` for a prompt that does not
+        fit the primary's context window with ``max_new_tokens``, or an auxiliary's.
+        Cost: one tokenization (and template) per model.
+        """
+        check_prompt(prompt)
+        chat = chat or not isinstance(prompt, str)
+        ids: list[list[int]] = []
+        for loaded in self.models:
+            try:
+                ids.append(encode_prompt(loaded, prompt, chat=chat))
+            except TemplateError as error:
+                raise PromptError(f"the chat template of {loaded.name} refuses these messages: {error}") from None
+        primary = self.primary
+        check_fits(primary.model, primary.name, len(ids[0]), max_new_tokens)
+        for loaded, member_ids in zip(self.models[1:], ids[1:]):
+            limit = _prompt_limit(loaded)
+            if limit is not None and len(member_ids) > limit:
+                raise PromptTooLongError(
+                    f"the prompt is {len(member_ids)} tokens for {loaded.name}, past its context window of "
+                    f"{limit}: shorten the prompt or leave this member out"
+                )
+        return PreparedPrompt(prompt, chat, ids[0], [m if chat else None for m in ids[1:]])
+
+    def processor(self, prompt: Prompt | None = None, *, chat: bool = False, trace: bool = False) -> UniTEProcessor:
+        """The `UniTEProcessor` of this ensemble for ``prompt`` (with ``chat``, each auxiliary gets the
+        conversation in its own chat template; otherwise it re-encodes the primary's prompt text).
+        Close it when done (``with``)."""
+        member_prompts: list[Any] | None = None
+        if chat and prompt is not None:
+            member_prompts = [encode_prompt(m, prompt, chat=True) for m in self.models[1:]]
+        return self._processor(member_prompts, trace)
+
+    def _processor(self, member_prompts: list[Any] | None, trace: bool) -> UniTEProcessor:
+        members = [m if isinstance(m, RemoteMember) else Member.from_loaded(m, w)
+                   for m, w in zip(self.models[1:], self.weights[1:])]
+        return UniTEProcessor(
+            primary_tokenizer=self.primary.tokenizer,
+            members=members,
+            top_k=self.top_k,
+            primary_weight=self.weights[0],
+            member_prompts=member_prompts,
+            primary_eos_token_ids=self.primary.eos_token_ids,
+            trace=trace,
+            primary_name=self.primary.name,
+            primary_pad_token_id=left_pad_id(self.primary),
+        )
+
+    # -- generation -------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: Prompt,
+        options: GenerationOptions | None = None,
+        *,
+        chat: bool = False,
+        on_piece: Callable[[Piece], None] | None = None,
+        cancel: threading.Event | None = None,
+        trace: bool = False,
+    ) -> GenerationResult:
+        """The ensemble's answer to ``prompt`` (a list of messages implies ``chat``).
+
+        ``on_piece`` receives the text as it becomes final; setting ``cancel`` ends the answer
+        after the current step (finish reason ``"cancelled"``); ``trace`` keeps a `StepRecord`
+        per step in `last_trace`.
+        """
+        options = options or GenerationOptions()
+        prepared = self.prepare(prompt, chat=chat, max_new_tokens=options.max_new_tokens)
+        return self.run([GenerationRequest(prepared, options, on_piece, cancel)], trace=trace)[0]
+
+    def generate_batch(
+        self, prompts: Sequence[Prompt], options: GenerationOptions | None = None, *, chat: bool = False,
+        trace: bool = False,
+    ) -> list[GenerationResult]:
+        """`generate` for several prompts at once, in one batch (each row as it would be alone).
+
+        Prompts may mix text and conversations (a list of messages implies ``chat`` for its
+        row). Every prompt is checked before any work starts. Costs about one generation of
+        the longest answer: each step is one batched forward pass per model.
+        """
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+            raise ValueError("`prompts` has to be a non-empty list of prompts")
+        options = options or GenerationOptions()
+        prepared = [self.prepare(p, chat=chat, max_new_tokens=options.max_new_tokens) for p in prompts]
+        return self.run([GenerationRequest(row, options) for row in prepared], trace=trace)
+
+    def generate_alone(
+        self, index: int, prompt: Prompt, options: GenerationOptions | None = None, *, chat: bool = False,
+        on_piece: Callable[[Piece], None] | None = None, cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        """What model ``index`` generates by itself (for comparison with the ensemble)."""
+        loaded = self.models[index]
+        if isinstance(loaded, RemoteMember):
+            raise ValueError(f"{loaded.name!r} is served remotely; only models in this process generate alone")
+        options = options or GenerationOptions()
+        check_prompt(prompt)
+        ids = encode_prompt(loaded, prompt, chat=chat or not isinstance(prompt, str))
+        check_fits(loaded.model, loaded.name, len(ids), options.max_new_tokens)
+        prepared = PreparedPrompt(prompt, chat, ids, [])
+        return generate_rows(loaded, [GenerationRequest(prepared, options, on_piece, cancel)])[0]
+
+    def run(self, requests: Sequence[GenerationRequest], *, trace: bool = False,
+            processors: Sequence[LogitsProcessor] = ()) -> list[GenerationResult]:
+        """Rows from `prepare` through the primary's ``generate`` with one processor for the batch.
+
+        The rows' ``max_new_tokens`` checks in `prepare` have to cover their options'.
+        ``processors`` run after the ensembling step (they see the ensembled log-probabilities).
+        """
+        member_prompts: list[Any] | None = None
+        if any(request.prepared.chat for request in requests):  # per member, each row's ids (None: the default)
+            member_prompts = [[request.prepared.member_ids[j] for request in requests] for j in range(len(self.models) - 1)]
+        with self._processor(member_prompts, trace) as processor:
+            results = generate_rows(self.primary, requests, [processor, *processors])
+            self.last_trace = list(processor.trace)
+        return results
+
+
+def _prompt_limit(member: Model) -> int | None:
+    """The most prompt tokens an auxiliary takes (None: its config or server does not say)."""
+    if isinstance(member, RemoteMember):
+        return None if member.server.n_ctx is None else member.server.n_ctx - 1
+    return context_window(member.model)
+
+
+def generate(
+    models: Sequence[str],
+    prompt: Prompt,
+    options: GenerationOptions | None = None,
+    *,
+    weights: Sequence[float] | None = None,
+    top_k: int = 10,
+    chat: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> str:
+    """Load ``models`` (primary first), ensemble them on ``prompt`` and return the new text
+    (greedy, `GenerationOptions`' defaults unless ``options`` say otherwise)."""
+    if isinstance(models, (str, bytes)) or not isinstance(models, Sequence):
+        raise TypeError(f"`models` has to be a list of model names, primary first (e.g. [{models!r}]), "
+                        f"not {type(models).__name__}")
+    check_prompt(prompt)
+    ensemble = Ensemble.load(models, weights=weights, top_k=top_k, device=device, dtype=dtype)
+    return ensemble.generate(prompt, options, chat=chat).text
