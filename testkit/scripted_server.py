@@ -23,11 +23,13 @@ __all__ = ["Reply", "ScriptedServer", "llama_cpp_answer", "vllm_answer"]
 
 @dataclass
 class Reply:
-    """What the server sends back: a status, a raw body, and a delay before it."""
+    """What the server sends back: a status, a raw body, a delay before it, and (``drip_s``)
+    a pause before each byte of the body, as a stalled server sends it."""
 
     status: int = 200
     body: bytes = b"{}"
     delay_s: float = 0.0
+    drip_s: float = 0.0
 
     @classmethod
     def json(cls, value: Any, status: int = 200) -> "Reply":
@@ -86,7 +88,12 @@ class ScriptedServer:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
-                    self.wfile.write(reply.body)
+                    if not reply.drip_s:
+                        self.wfile.write(reply.body)
+                    for byte in reply.body if reply.drip_s else b"":
+                        self.wfile.flush()
+                        time.sleep(reply.drip_s)
+                        self.wfile.write(bytes([byte]))
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
                     pass
 

@@ -310,6 +310,34 @@ def test_garbage_header_in_the_cache_is_repaired(cache_dir, tmp_path, monkeypatc
     assert len(calls) == 2
 
 
+def test_damage_that_keeps_the_mtime_is_found_by_the_sampled_hash(cache_dir, tmp_path, monkeypatch, caplog):
+    """A disk error or ``cp -p`` keeps the mtime: the sampled sha256 (checked on every load) sees it."""
+    entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
+    calls: list[str] = []
+    monkeypatch.setattr(loading, "convert_gguf", _tiny_convert(calls))
+    load_model(entry.name, progress=False, check_ram=False)
+    weights = loading.cached_dir(entry.name) / "model.safetensors"
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(64)  # the last block is always sampled
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_mtime_ns == stat.st_mtime_ns
+    with caplog.at_level("WARNING"):
+        load_model(entry.name, progress=False, check_ram=False)
+    assert len(calls) == 2 and "sampled sha256" in caplog.text
+
+
+def test_a_cache_variable_naming_a_file_is_one_clear_error(tmp_path, monkeypatch):
+    from unite_logits.models.errors import CacheNotWritableError
+
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv(store.CACHE_ENV, str(not_a_folder))
+    with pytest.raises(CacheNotWritableError, match="is a file, not a folder"):
+        store.cache_root()
+
+
 def test_entry_from_before_file_records_is_checked_and_adopted(cache_dir, tmp_path, monkeypatch):
     entry = fake_entry(monkeypatch, tmp_path / "pkgs", [b"GGUF"])
     calls: list[str] = []

@@ -108,3 +108,27 @@ def _no_warning():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_a_local_member_with_another_models_tokenizer_is_refused():
+    """SmolLM2's 49,152-token tokenizer on Gemma 3's 262,144 output rows (the hostile-input list)."""
+    from unite_logits import Member
+
+    gemma, smol = load_real("gemma3-270m"), load_real("smollm2-135m-instruct")
+    with pytest.raises(ValueError, match="49,152 tokens but the model's output has 262,144 rows"):
+        Member(gemma.model, smol.tokenizer, name="gemma with smol's tokenizer")
+    with pytest.raises(ValueError, match="not this model's own"):
+        Member(smol.model, gemma.tokenizer)
+    assert Member.from_loaded(gemma).name == "gemma3-270m"
+
+
+def test_float16_gemma_on_the_cpu_is_one_line_from_the_cli(capsys):
+    """Gemma 3's float16 logits are NaN on this CPU: the command says so in one line, exit 1."""
+    from unite_logits.apps import cli
+
+    load_real("gemma3-270m")  # converted (and its package installed), so only the dtype differs
+    code = cli.main(["generate", "Hello", "--raw", "--dtype", "float16", "--max-new-tokens", "2", "--no-stream"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("[unite-logits]", "Loading"))]
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert "non-finite log-probabilities" in lines[0] and "float32" in lines[0]

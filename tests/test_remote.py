@@ -11,6 +11,7 @@ Three kinds of test:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -212,6 +213,20 @@ def test_silence_past_the_timeout_is_an_error_not_a_hang(scripted):
     _, runner = _runner(scripted, timeout=0.5)
     with pytest.raises(RemoteMemberError, match="within the timeout of 0.5 s"):
         runner.logprobs([[1]])
+
+
+def test_an_answer_dripping_one_byte_at_a_time_is_bounded_by_the_timeout(scripted):
+    """Headers at once, then one byte every 0.3 s: each read is quick, the answer is not."""
+    import time
+
+    body = json.dumps(llama_cpp_answer([(5, -0.5), (2, -1.5), (9, -2.0)])).encode()
+    scripted.completion = lambda request: Reply(200, body, drip_s=0.3)
+    _, runner = _runner(scripted, timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(RemoteMemberError, match="still arriving after 1 s"):
+        runner.logprobs([[1]])
+    elapsed = time.monotonic() - started
+    assert len(body) * 0.3 > 10 and elapsed < 3.0  # the whole answer would take > 10 s
 
 
 def test_abstain_mode_gives_all_minus_inf_and_a_warning(scripted, caplog):

@@ -9,12 +9,12 @@ model's context window. Free of torch and transformers, so the command line impo
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = ["is_int", "check_int", "check_top_k", "check_weight", "check_seconds", "context_window"]
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """True for an ``int`` that is not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -57,6 +57,6 @@ def context_window(model: Any) -> int | None:
         config = text_config()
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(config, key, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
+        if is_int(value) and value > 0:
+            return int(value)
     return None

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 _VOCAB_SLACK = 1.25
 """A model's output may have more rows than its tokenizer has tokens (padded to a multiple of
-64 or 128, reserved ids: Qwen2.5 has 271 more); this many times more, plus 256, is another model."""
+64 or 128, reserved ids: Qwen2.5 has 271 more); this many times more, plus 128, is another model."""
 
 
 class RowCache(Protocol):
@@ -201,7 +201,7 @@ def check_tokenizer_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     if not isinstance(rows, int):
         return
     tokens = len(tokenizer)
-    if tokens > rows or rows > _VOCAB_SLACK * tokens + 256:
+    if tokens > rows or rows > _VOCAB_SLACK * tokens + 128:
         raise ValueError(
             f"member {name!r}: its tokenizer has {tokens:,} tokens but the model's output has {rows:,} rows; "
             "the tokenizer is not this model's own (pass the tokenizer the model was trained with)"

@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from .checks import check_int
 from .errors import MemberError
 
 __all__ = ["MemberError", "Round", "Workers", "default_member_threads", "start_worker_thread"]
@@ -68,8 +69,8 @@ class Workers:
     """
 
     def __init__(self, names: Sequence[str], concurrent: bool = True, threads: int | None = None) -> None:
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"`member_threads` has to be a positive integer, but is {threads!r}")
+        if threads is not None:
+            check_int("member_threads", threads, minimum=1)
         self.names = list(names)
         self.concurrent = concurrent and bool(names)
         self.threads = threads or default_member_threads()

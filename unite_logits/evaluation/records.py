@@ -22,7 +22,10 @@ __all__ = ["RecordLog", "check_meta"]
 
 
 class RecordLog:
-    """Finished items of one (task, mode) run, keyed by item id."""
+    """Finished items of one (task, mode) run, keyed by item id; every record must hold the
+    per-system maps in ``required``."""
+
+    required: tuple[str, ...] = ("answers", "correct", "tokens", "seconds")
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -49,6 +52,12 @@ class RecordLog:
                     raise EvalUsageError(
                         f"{self.path}: line {index + 1} is not a result record (no item id); "
                         "remove that line or use another --out"
+                    )
+                missing = [key for key in self.required if not isinstance(record.get(key), dict)]
+                if missing:
+                    raise EvalUsageError(
+                        f"{self.path}: line {index + 1} (item {record['id']!r}) is not a complete result record "
+                        f"(no {', '.join(repr(k) for k in missing)}); remove that line or use another --out"
                     )
                 records[record["id"]] = record
             offset = end

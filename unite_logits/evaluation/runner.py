@@ -203,7 +203,13 @@ def evaluate(
     summary = Summary(task.name)
     for m in modes:
         log = RecordLog(out / f"{task.name}.{m}.jsonl")
-        check_meta(out / f"{task.name}.{m}.meta.json", run_identity(
+        meta = out / f"{task.name}.{m}.meta.json"
+        if not meta.exists() and log.path.exists() and log.path.stat().st_size:
+            raise EvalUsageError(
+                f"{log.path} holds records but {meta.name} is gone, so nothing says which data, models and "
+                "settings they belong to; delete the records or use another --out"
+            )
+        check_meta(meta, run_identity(
             task=task.name, mode=m, data=data, members=members, weights=weights,
             ensemble=make_processor is not None, top_k=top_k, max_new_tokens=max_new,
         ))

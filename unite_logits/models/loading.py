@@ -181,15 +181,14 @@ def _cache_problems(directory: Path) -> list[str]:
     except (OSError, ValueError):
         return ["its marker file is unreadable"]
     records = marker.get("files")
-    if isinstance(records, dict):
-        return damaged_files(directory, records)
-    problems = damaged_files(directory, {})  # written before conversions recorded their files
-    if not problems:
-        try:  # record them now, so that later loads can tell a modified file
+    complete = isinstance(records, dict) and all("sample" in r for r in records.values() if isinstance(r, dict))
+    problems = damaged_files(directory, records if isinstance(records, dict) else {})
+    if not problems and not complete:  # written by an older conversion: verified in full just now
+        try:  # record every file (with its sampled hash) so that later loads check it cheaply
             marker["files"] = file_records(directory, skip=(store.MARKER,))
             replace_json(directory / store.MARKER, marker)
         except OSError:
-            pass  # a read-only cache keeps the header checks only
+            pass  # a read-only cache keeps the full check
     return problems
 
 

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import CacheNotWritableError
+
 __all__ = [
     "CACHE_ENV",
     "MARKER",
@@ -42,10 +44,14 @@ def cache_root() -> Path:
     """``$UNITE_LOGITS_CACHE``, else ``$XDG_CACHE_HOME/unite-logits``, else ``~/.cache/unite-logits``."""
     override = os.environ.get(CACHE_ENV)
     if override:
-        return Path(override).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "unite-logits"
+        root = Path(override).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "unite-logits"
+    if root.exists() and not root.is_dir():
+        where = f"{CACHE_ENV}={override}" if override else str(root)
+        raise CacheNotWritableError(f"the model cache {where} is a file, not a folder: point {CACHE_ENV} at a folder")
+    return root
 
 
 def entry_dir(key: str) -> Path:

@@ -9,6 +9,11 @@ restarting, too many connections) and HTTP 503 (llama-server still loading its m
 after 0.1 s, 0.2 s, 0.4 s, ... What is not: a server that accepted the request and stays
 silent past ``timeout`` (waiting again would double a wait that already failed), an error
 status, an answer that is not JSON. Each ends in `RemoteMemberError` naming member and URL.
+
+``timeout`` bounds each read, and also each answer as a whole: the body is read in chunks
+and a request still unanswered ``timeout`` seconds after it was sent fails, so a server that
+sends its headers and then one byte every few seconds cannot hold a generation. (A server
+that drips its *headers* is bounded by the read timeout only.)
 """
 
 from __future__ import annotations
@@ -77,23 +82,38 @@ class JsonClient:
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, *, allow: tuple[int, ...] = ()) -> Any:
         """The decoded JSON answer; None if the status is in ``allow`` (e.g. 404 for an optional endpoint)."""
-        response = self._send(method, path, body)
-        if response.status_code in allow:
+        status, content = self._send(method, path, body)
+        if status in allow:
             return None
-        if response.status_code >= 400:
-            text = response.text.strip().replace("\n", " ")
+        text = content.decode("utf-8", errors="replace")
+        if status >= 400:
+            text = text.strip().replace("\n", " ")
             shown = text[:_SHOWN_BODY] + ("..." if len(text) > _SHOWN_BODY else "")
-            raise self.error(f"{method} {path} answered HTTP {response.status_code}: {shown or '(empty body)'}")
+            raise self.error(f"{method} {path} answered HTTP {status}: {shown or '(empty body)'}")
         try:
-            return response.json()
+            return json.loads(content)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise self.error(f"{method} {path} answered something that is not JSON ({error}): {response.text[:80]!r}") from None
+            raise self.error(f"{method} {path} answered something that is not JSON ({error}): {text[:80]!r}") from None
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx2.Response:
+    def _read(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, bytes]:
+        """One request: its status and whole body, within ``timeout`` from sending it."""
+        deadline = time.monotonic() + self.timeout
+        with self._http.stream(method, path, json=body) as response:
+            chunks = []
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise self.error(
+                        f"the answer to {method} {path} was still arriving after {self.timeout:g} s (the timeout "
+                        "bounds a whole answer); the server is stalled or sending too slowly"
+                    )
+            return response.status_code, b"".join(chunks)
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, bytes]:
         attempt = 0
         while True:
             try:
-                response = self._http.request(method, path, json=body)
+                status, content = self._read(method, path, body)
             except httpx2.TimeoutException as error:
                 if isinstance(error, (httpx2.ConnectTimeout, httpx2.PoolTimeout)) and attempt < self.retries:
                     problem = f"{type(error).__name__}"
@@ -112,9 +132,9 @@ class JsonClient:
             except httpx2.HTTPError as error:  # anything else the transport raises (bad URL at request time, ...)
                 raise self.error(f"{method} {path} failed: {type(error).__name__}: {error}") from None
             else:
-                if response.status_code not in _RETRY_STATUSES or attempt >= self.retries:
-                    return response
-                problem = f"HTTP {response.status_code}"
+                if status not in _RETRY_STATUSES or attempt >= self.retries:
+                    return status, content
+                problem = f"HTTP {status}"
             delay = _FIRST_BACKOFF_S * 2**attempt
             logger.info("remote member %r at %s: %s; retrying in %.1f s", self.member, self.url, problem, delay)
             time.sleep(delay)

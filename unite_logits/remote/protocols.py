@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..core.checks import is_int
+
 __all__ = [
     "PROTOCOLS",
     "Protocol",
@@ -112,9 +114,9 @@ def _logprob(value: Any, what: str) -> float:
 
 
 def _token_id(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_int(value) or value < 0:
         raise MalformedAnswer(f"{what} is {value!r}, not a token id")
-    return value
+    return int(value)
 
 
 def _from_list(entries: Any) -> Candidates:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.checks import is_int
 from .client import JsonClient
 from .protocols import Protocol
 
@@ -51,7 +52,7 @@ class ServerInfo:
 
 
 def _positive_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return int(value) if is_int(value) and value > 0 else None
 
 
 def _first_model(models: Any) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def _server_ids(client: JsonClient, text: str, info: ServerInfo, *, special: boo
     if answer is None:
         return None
     tokens = answer.get("tokens") if isinstance(answer, dict) else None
-    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+    if not isinstance(tokens, list) or not all(is_int(t) for t in tokens):
         raise client.error(f"POST /tokenize answered {str(answer)[:120]!r}, not a list of token ids")
     return tokens
 
