@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .core.errors import MemberError, NonFiniteScoresError
     from .core.member import Member
+    from .core.scoring import ScoreRequest, TokenScores
     from .core.token_bytes import TokenBytes, token_bytes_view
     from .core.trace import StepRecord
     from .ensemble.ensemble import Ensemble, generate
@@ -46,6 +47,8 @@ _HOMES = {
     "TokenBytes": ".core.token_bytes",
     "token_bytes_view": ".core.token_bytes",
     "StepRecord": ".core.trace",
+    "ScoreRequest": ".core.scoring",
+    "TokenScores": ".core.scoring",
 }
 
 __all__ = sorted(_HOMES)

@@ -8,8 +8,8 @@ The primary model runs the ordinary generation loop. At every step this processo
    forward pass per auxiliary whatever the batch size),
 3. ensembles (`unite_logits.core.step`: every model's top-k, their union across
    vocabularies, the renormalised probabilities averaged),
-4. returns the log of the ensembled distribution at the primary's ids, ``-inf`` elsewhere,
-   and starts the auxiliaries on the token greedy search is about to pick.
+4. returns the ensembled log-probabilities at the primary's ids, ``-inf`` elsewhere, and
+   starts the auxiliaries on the token greedy search is about to pick.
 
 Greedy search then emits the ensemble's best candidate; sampling draws from the ensembled
 distribution (temperature, top-p and other warpers act on it, since they run after
@@ -156,6 +156,11 @@ class UniTEProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Return the ensembled log-probabilities (``-inf`` outside the union).
 
+        At a candidate, ``log(probs * mass)``: UniTE's distribution over the union times the
+        mass the models put on the union (`unite_logits.core.combine`, rule 5), so with no
+        auxiliary the primary's own log-probabilities come back on its top-k. Greedy search and
+        sampling see UniTE's ratios; beam search adds these log-probabilities up.
+
         Args:
             input_ids: ``(batch, length)`` prompt plus the tokens generated so far.
             scores: ``(batch, vocab)`` the primary's scores after the processors before this one.
@@ -192,10 +197,10 @@ class UniTEProcessor(LogitsProcessor):
         primary_logprobs = torch.log_softmax(live_scores.float(), dim=-1)
         models = self._step_models(generation, primary_logprobs)
         steps = [generation.steps[row] for row in live]
-        probs = ensemble_step(models, live_scores, self.top_k,
+        combined = ensemble_step(models, live_scores, self.top_k,
                               describe_row=lambda i: f"batch row {live[i]} at step {steps[i]}",
                               trace=self._recorder(models, steps, live) if self.record_trace else None)
-        ensembled_scores(probs, primary_logprobs, out, live)
+        ensembled_scores(combined, primary_logprobs, out, live)
         self.rows.guess(out)
         return cast(torch.FloatTensor, out)
 

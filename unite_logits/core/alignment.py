@@ -42,6 +42,7 @@ __all__ = [
     "gather_probabilities",
     "plan_lookups",
     "primary_ids",
+    "token_for",
 ]
 
 

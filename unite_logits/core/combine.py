@@ -10,7 +10,14 @@ Rule, per step:
 3. Each model's probabilities over the remaining primary ids are divided by their sum; a
    model whose sum is 0 (it gives none of them any mass) abstains.
 4. The ensemble probability is the weighted mean over the models that did not abstain, the
-   weights renormalised over those models: only ratios between weights matter. It sums to 1.
+   weights renormalised over those models: only ratios between weights matter. It sums to 1
+   over the union.
+5. ``mass``: the weighted mean, over the same models, of the probability each gave the union
+   before renormalising. The ensemble's log-probability of a candidate is reported as
+   ``log(probs[c] * mass)``: the union keeps the mass its models put on it, shared out by rule
+   4. With one model this is that model's own log-probability, so an ensemble of one scores
+   text exactly as the model does; ratios between candidates (and so the choice of greedy
+   search or sampling) are those of rule 4.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ __all__ = ["Combined", "combine"]
 
 @dataclass(frozen=True)
 class Combined:
-    """Ensembled distribution over primary ids, and which models took part."""
+    """Ensembled distribution over primary ids (summing to 1), which models took part, and the
+    mass they gave the union (rule 5)."""
 
     probs: dict[int, float]
     participants: tuple[int, ...]
+    mass: float = 1.0
 
 
 def combine(
@@ -53,6 +62,7 @@ def combine(
     mixture: dict[int, float] = {emit_ids[c]: 0.0 for c in kept}  # type: ignore[misc]
     participants: list[int] = []
     weight_total = 0.0
+    mass = 0.0
     for model_index, (model, weight) in enumerate(zip(aligned, weights)):
         if weight <= 0:
             continue
@@ -62,11 +72,13 @@ def combine(
             continue
         participants.append(model_index)
         weight_total += weight
+        mass += weight * total
         for pid, value in merged.items():
             mixture[pid] += weight * value / total
     if weight_total <= 0:
-        return Combined({}, ())
-    return Combined({pid: value / weight_total for pid, value in mixture.items()}, tuple(participants))
+        return Combined({}, (), 0.0)
+    return Combined({pid: value / weight_total for pid, value in mixture.items()}, tuple(participants),
+                    min(mass / weight_total, 1.0))
 
 
 def _merge_onto_primary_ids(model: Aligned, kept: Sequence[int], emit_ids: Sequence[int | None]) -> dict[int, float]:

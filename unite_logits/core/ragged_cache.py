@@ -72,7 +72,7 @@ class _Group:
         return int(self.pos.shape[1])
 
 
-def _layer_windows(model: PreTrainedModel) -> list[int | None]:
+def layer_windows(model: PreTrainedModel) -> list[int | None]:
     """The sliding window of each layer (None: full attention), from the model's config."""
     config = model.config.get_text_config()
     layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
@@ -112,7 +112,7 @@ class RaggedKVCache:
         self.margin = margin
         self._eager = model.config._attn_implementation == "eager"
         self._cache_keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        windows = _layer_windows(model)
+        windows = layer_windows(model)
         empty = torch.empty(rows, 0, dtype=torch.long, device=self.device)
         self._groups: dict[int | None, _Group] = {}
         for index, window in enumerate(windows):
@@ -324,4 +324,4 @@ def check_supported(model: PreTrainedModel) -> None:
             f"{type(model).__name__} uses attn_implementation={implementation!r}; auxiliaries need "
             "'sdpa' or 'eager' (load it with attn_implementation='sdpa')"
         )
-    _layer_windows(model)
+    layer_windows(model)

@@ -2,7 +2,8 @@
 
 Given every model's next-token log-probabilities for the same rows (the primary's first) and
 the primary's scores after the logits processors before ours, `ensemble_step` returns, per
-row, the ensembled distribution over the primary ids of the union of the models' top-k:
+row, the ensembled distribution over the primary ids of the union of the models' top-k (and,
+when scoring, of each row's target token):
 
 1. per model, one ``topk`` and one device-to-host copy for all rows; a model abstains for a
    row where it does not vote (`StepModel.votes`) or gives every id ``-inf``;
@@ -12,9 +13,10 @@ row, the ensembled distribution over the primary ids of the union of the models'
 4. per row, the combine rule (`unite_logits.core.combine`).
 
 `ensembled_scores` writes those distributions into a scores tensor, as a logits processor
-returns them. Nothing here knows about transformers' generation, the rows' history or the
-members' caches: the callers (`unite_logits.processor`, ensembled scoring) bring the
-log-probabilities. A `StepTrace` given as ``trace`` receives each row's union and outcome.
+returns them: ``log(probs * mass)`` (`unite_logits.core.combine`, rule 5). Nothing here knows
+about transformers' generation, the rows' history or the members' caches: the callers
+(`unite_logits.processor`, `unite_logits.core.scoring`) bring the log-probabilities. A
+`StepTrace` given as ``trace`` receives each row's union and outcome.
 
 Cost per step: per model one top-k and one gather over all rows; per row O(k x models)
 Python over the union.
@@ -29,7 +31,17 @@ from typing import Protocol
 
 import torch
 
-from .alignment import EOS, Lookups, Proposal, aligned_from, build_union, gather_probabilities, plan_lookups, primary_ids
+from .alignment import (
+    EOS,
+    Lookups,
+    Proposal,
+    aligned_from,
+    build_union,
+    candidate_key,
+    gather_probabilities,
+    plan_lookups,
+    primary_ids,
+)
 from .combine import Combined, combine
 from .errors import NonFiniteScoresError
 from .token_bytes import TokenBytes
@@ -80,17 +92,20 @@ def ensemble_step(
     scores: torch.Tensor,
     top_k: int,
     *,
+    targets: Sequence[int] | None = None,
     describe_row: Callable[[int], str] = lambda row: f"row {row}",
     trace: StepTrace | None = None,
-) -> list[dict[int, float]]:
+) -> list[Combined]:
     """Per row, the ensembled probability of each primary id in the union (empty: no model gave
-    an allowed candidate any mass).
+    an allowed candidate any mass) and the mass the union holds.
 
     Args:
         models: the primary first, then the auxiliaries; each with one row per row of ``scores``.
         scores: ``(rows, vocab)`` the primary's scores after the processors before ours; a
             candidate they set to ``-inf`` stays impossible.
         top_k: candidates each model proposes.
+        targets: per row, a primary id whose candidate joins the union (scoring a text: the
+            token that comes next); None: the union is the models' top-k alone.
         describe_row: how a row is named in errors (e.g. "batch row 3 at step 7").
         trace: receives each row's outcome.
 
@@ -111,6 +126,11 @@ def ensemble_step(
         proposals.append(row_proposals)
         taking_part.append(row_models)
     unions = [build_union(row) for row in proposals]
+    if targets is not None:
+        for union, target in zip(unions, targets):
+            key = candidate_key(primary_view, target)
+            if key is not None and key not in union:
+                union.append(key)
     emits = [primary_ids(primary_view, union) for union in unions]
     for union, emit, eos_id in zip(unions, emits, _likeliest_eos(primary_view, scores)):
         if EOS in union:
@@ -124,15 +144,16 @@ def ensemble_step(
         combined = combine(aligned, [p.weight for p in proposals[row]], emits[row], allowed[row])
         if trace is not None and combined.probs:
             trace(row, RowOutcome(proposals[row], taking_part[row], unions[row], emits[row], combined))
-        results.append(combined.probs)
+        results.append(combined)
     return results
 
 
 def ensembled_scores(
-    probs: Sequence[dict[int, float]], primary_logprobs: torch.Tensor, out: torch.Tensor, rows: Sequence[int]
+    combined: Sequence[Combined], primary_logprobs: torch.Tensor, out: torch.Tensor, rows: Sequence[int]
 ) -> None:
-    """Write row ``i``'s distribution ``probs[i]`` into ``out[rows[i]]`` as log-probabilities, ``-inf``
-    elsewhere; a row with no distribution gets the primary's own ``primary_logprobs[i]``.
+    """Write row ``i``'s distribution into ``out[rows[i]]`` as log-probabilities,
+    ``log(probs * mass)`` at the union and ``-inf`` elsewhere; a row with no distribution gets
+    the primary's own ``primary_logprobs[i]``.
 
     One scatter for all rows; ``out`` keeps its dtype and device.
     """
@@ -140,13 +161,13 @@ def ensembled_scores(
     index = torch.as_tensor(list(rows), dtype=torch.long, device=out.device)
     out[index] = float("-inf")
     flat_rows, ids, values = [], [], []
-    for position, row_probs in enumerate(probs):
-        if not row_probs:  # no model gives any allowed candidate mass: the primary alone decides
+    for position, row in enumerate(combined):
+        if not row.probs:  # no model gives any allowed candidate mass: the primary alone decides
             out[rows[position], :vocab] = primary_logprobs[position].to(out.dtype)
             continue
-        flat_rows += [rows[position]] * len(row_probs)
-        ids += list(row_probs)
-        values += list(row_probs.values())
+        flat_rows += [rows[position]] * len(row.probs)
+        ids += list(row.probs)
+        values += [probability * row.mass for probability in row.probs.values()]
     if flat_rows:
         where = (torch.as_tensor(flat_rows, device=out.device), torch.as_tensor(ids, device=out.device))
         out.index_put_(where, torch.tensor(values, dtype=torch.float32, device=out.device).log().to(out.dtype))

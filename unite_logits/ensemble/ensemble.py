@@ -20,6 +20,7 @@ from transformers import LogitsProcessor
 
 from ..core.checks import check_top_k, check_weight, context_window
 from ..core.member import Member
+from ..core.scoring import TokenScores
 from ..core.trace import StepRecord
 from ..models.loading import LoadedModel, load_model
 from ..processor import UniTEProcessor
@@ -27,6 +28,7 @@ from ..remote import RemoteMember
 from ..remote.spec import remote_member_from_spec, split_remote_spec
 from .options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 from .prompts import Prompt, PromptError, PromptTooLongError, PreparedPrompt, check_fits, check_prompt, encode_prompt
+from .scoring import DEFAULT_BATCH_SIZE, Scorer
 from .streaming import GenerationRequest, GenerationResult, Piece, generate_rows, left_pad_id
 
 __all__ = ["Ensemble", "generate", "check_weights"]
@@ -204,6 +206,34 @@ class Ensemble:
         prepared = PreparedPrompt(prompt, chat, ids, [])
         return generate_rows(loaded, [GenerationRequest(prepared, options, on_piece, cancel)])[0]
 
+    # -- scoring ----------------------------------------------------------------------------
+    def scorer(self, *, batch_size: int = DEFAULT_BATCH_SIZE, add_bos_token: bool | None = None) -> Scorer:
+        """A `Scorer` of this ensemble: ensembled log-likelihoods of continuations and texts.
+
+        Raises:
+            ValueError: a member is served remotely (scoring reads every model's distribution at
+                every position of a text, which a served member does not give).
+        """
+        served = [str(m.name) for m in self.models if isinstance(m, RemoteMember)]
+        if served:
+            raise ValueError(f"scoring needs every model in this process; served remotely: {', '.join(served)}")
+        loaded = [m for m in self.models if isinstance(m, LoadedModel)]
+        return Scorer(loaded, self.weights, self.top_k, batch_size=batch_size, add_bos_token=add_bos_token)
+
+    def score(self, pairs: Sequence[tuple[str, str]], *, batch_size: int = DEFAULT_BATCH_SIZE,
+              progress: bool = False) -> list[TokenScores]:
+        """The ensemble's log-likelihood of each continuation given its context (docs/scoring.md):
+        per token (`TokenScores.logprobs`), summed (`TokenScores.logprob`) and whether greedy
+        decoding would have written it (`TokenScores.is_greedy`). One forward pass per model
+        and batch of ``batch_size`` pairs."""
+        return self.scorer(batch_size=batch_size).score_pairs(pairs, progress=progress)
+
+    def score_rolling(self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                      progress: bool = False) -> list[float]:
+        """The ensemble's log-likelihood of each whole text (for perplexity), in disjoint windows
+        of the shortest context window among the models."""
+        return self.scorer(batch_size=batch_size).score_rolling(texts, progress=progress)
+
     def run(self, requests: Sequence[GenerationRequest], *, trace: bool = False,
             processors: Sequence[LogitsProcessor] = ()) -> list[GenerationResult]:
         """Rows from `prepare` through the primary's ``generate`` with one processor for the batch.
@@ -215,7 +245,7 @@ class Ensemble:
         if any(request.prepared.chat for request in requests):  # per member, each row's ids (None: the default)
             member_prompts = [[request.prepared.member_ids[j] for request in requests] for j in range(len(self.models) - 1)]
         with self._processor(member_prompts, trace) as processor:
-            results = generate_rows(self.primary, requests, [processor, *processors])
+            results = generate_rows(self.primary, requests, [processor, *processors], logprobs_from_processors=True)
             self.last_trace = list(processor.trace)
         return results
 

@@ -107,18 +107,21 @@ class GenerationResult:
 
 
 class EnsembledLogprobRecorder(LogitsProcessor):
-    """Keeps the normalised log-probs of the scores it sees (every row); returns them unchanged.
+    """Keeps the log-probabilities of the scores it sees (every row); returns them unchanged.
 
-    Placed right after `UniTEProcessor`, it sees the ensembled distribution (``-inf`` outside
-    the union of candidates), before any sampling warper. Cost: one batched ``log_softmax``.
+    Placed right after `UniTEProcessor` (``logprobs=True``), it keeps the ensemble's
+    log-probabilities as they are (``-inf`` outside the union; the same numbers ensembled
+    scoring gives), before any sampling warper; after a model's raw logits it takes their
+    ``log_softmax``. Cost: at most one batched ``log_softmax``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, logprobs: bool = False) -> None:
+        self.logprobs = logprobs
         self.last: torch.Tensor | None = None  # (batch, vocab)
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.last = torch.log_softmax(scores.float(), dim=-1)
+        self.last = scores.float() if self.logprobs else torch.log_softmax(scores.float(), dim=-1)
         return scores
 
 
@@ -287,9 +290,12 @@ def left_pad_id(loaded: "LoadedModel") -> int:
 
 def generate_rows(
     loaded: "LoadedModel", requests: Sequence[GenerationRequest], processors: Sequence[LogitsProcessor] = (),
+    *, logprobs_from_processors: bool = False,
 ) -> list[GenerationResult]:
     """Run ``requests`` as the rows of one ``loaded.model.generate``; each row streams, stops and
-    ends on its own. ``processors`` run first (the ensemble's), then the log-prob recorder.
+    ends on its own. ``processors`` run first (the ensemble's), then the log-prob recorder;
+    ``logprobs_from_processors``: their output already is log-probabilities (the ensemble's),
+    reported as they are.
 
     The requests have to decode alike (`GenerationOptions.decoding`: all greedy, or the same
     temperature and top-p; a seed, if any, is the first request's). Stop strings,
@@ -309,7 +315,7 @@ def generate_rows(
     eos = list(loaded.eos_token_ids)
     longest = max(requests, key=lambda request: request.options.max_new_tokens).options
     wants_logprobs = any(request.options.top_logprobs is not None for request in requests)
-    recorder = EnsembledLogprobRecorder() if wants_logprobs else None
+    recorder = EnsembledLogprobRecorder(logprobs_from_processors) if wants_logprobs else None
     watchers = [_StepWatcher(tokenizer, eos, request) for request in requests]
     rows = [request.prepared.primary_ids for request in requests]
     pad = left_pad_id(loaded)

@@ -1,0 +1,172 @@
+"""Ensembled log-likelihood of a continuation: UniTE's own rule, applied to a given text.
+
+At each position of the continuation (in the primary's tokens) the ensemble's probability of
+the token that comes next is what the processor would assign if generation were forced along
+the text (`unite_logits.core.step` with the target added to the union):
+
+1. every model's next-token distribution after the text so far, each model reading the text
+   with its own tokenizer exactly as a generation does (its prompt re-encoded, then the
+   primary's tokens pushed through its `TokenSync`);
+2. the union of the models' top-k candidates, plus the target token's candidate;
+3. each model's probabilities over the union, renormalised, averaged with the weights (the
+   same alignment, special-token and abstention rules as generation);
+4. the target's ensembled probability times the mass the models put on the union
+   (`unite_logits.core.combine`, rule 5), so that one model alone scores exactly its own
+   log-probability; and whether the target is the ensemble's greedy choice there.
+
+Every model runs ONE forward pass per batch of requests (`unite_logits.core.forced`): a member
+whose reading of a prefix is not a prefix of its reading of the whole text reads that prefix on
+a short branch of the same pass, so the result equals forced generation everywhere, not only
+where the tokenizations happen to line up. Cost per request: each model's forward pass over its
+own tokens (logits at the continuation's positions only), one `TokenSync` push per continuation
+token and member, and one ensembling step per continuation token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from .alignment import candidate_key, token_for
+from .checks import check_top_k, context_window
+from .combine import Combined
+from .forced import ForcedText, forced_logprobs
+from .prompts import PromptSource
+from .step import StepModel, ensemble_step, relative_weights
+from .token_bytes import TokenBytes
+
+__all__ = ["ScoreRequest", "TokenScores", "ScoringModel", "score_requests"]
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One continuation to score, in the primary's token ids.
+
+    ``member_prompts[j]``: member ``j``'s own ids for the context (a chat template of its own,
+    say); None (or no list): the member re-encodes the primary's context text, as in generation.
+    """
+
+    context: list[int]
+    continuation: list[int]
+    member_prompts: Sequence[list[int] | None] | None = None
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per continuation token: the ensemble's log-probability and whether it is its greedy choice."""
+
+    logprobs: list[float]
+    greedy: list[bool]
+
+    @property
+    def logprob(self) -> float:
+        """The continuation's log-likelihood: the sum over its tokens."""
+        return math.fsum(self.logprobs)
+
+    @property
+    def is_greedy(self) -> bool:
+        """Whether greedy decoding would have written the whole continuation."""
+        return all(self.greedy)
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """A model in this process as scoring needs it: weights, tokenizer view, weight and name."""
+
+    model: PreTrainedModel
+    view: TokenBytes
+    weight: float
+    name: str
+
+
+def score_requests(
+    primary: ScoringModel, members: Sequence[ScoringModel], requests: Sequence[ScoreRequest], top_k: int
+) -> list[TokenScores]:
+    """Score ``requests`` (one batch: every model runs one forward pass over all of them).
+
+    Raises:
+        ValueError: an empty context or continuation, or a text longer than a model's window.
+        NonFiniteScoresError: a model's distribution is NaN or infinite somewhere.
+    """
+    check_top_k(top_k)
+    if not requests:
+        return []
+    for index, request in enumerate(requests):
+        if not request.context or not request.continuation:
+            raise ValueError(f"request {index} has an empty context or continuation (give at least one token each)")
+    weights = relative_weights([primary.weight] + [member.weight for member in members])
+    active = [j for j, member in enumerate(members) if member.weight > 0]
+    primary_texts = [_primary_reading(request) for request in requests]
+    _check_window(primary, primary_texts, "the primary")
+    primary_rows = torch.cat(forced_logprobs(primary.model, primary_texts, primary.view.size))
+    models = [StepModel(primary.view, primary_rows, weights[0], primary.name)]
+    for j in active:
+        member = members[j]
+        texts, votes = _member_readings(member, j, primary.view, requests)
+        _check_window(member, texts, f"member {member.name!r}")
+        rows = torch.cat(forced_logprobs(member.model, texts, member.view.size))
+        models.append(StepModel(member.view, rows, weights[j + 1], member.name, votes.__getitem__))
+    targets = [token for request in requests for token in request.continuation]
+    where = [(index, t) for index, request in enumerate(requests) for t in range(len(request.continuation))]
+    combined = ensemble_step(models, primary_rows, top_k, targets=targets,
+                             describe_row=lambda row: f"request {where[row][0]} at continuation token {where[row][1]}")
+    scored = [_target_score(primary.view, target, row) for target, row in zip(targets, combined)]
+    out, start = [], 0
+    for request in requests:
+        end = start + len(request.continuation)
+        out.append(TokenScores([s[0] for s in scored[start:end]], [s[1] for s in scored[start:end]]))
+        start = end
+    return out
+
+
+def _primary_reading(request: ScoreRequest) -> ForcedText:
+    """The primary reads context + continuation (all but the last token), asked after each prefix."""
+    text = ForcedText(request.context + request.continuation[:-1])
+    for t in range(len(request.continuation)):
+        text.queries.append((-1, len(request.context) + t - 1))
+    return text
+
+
+def _member_readings(member: ScoringModel, index: int, primary_view: TokenBytes,
+                     requests: Sequence[ScoreRequest]) -> tuple[list[ForcedText], list[bool]]:
+    """Each request as the member reads it before each continuation token, as in generation, and
+    whether the member votes there (not while a character is incomplete)."""
+    texts, votes = [], []
+    for request in requests:
+        override = request.member_prompts[index] if request.member_prompts is not None else None
+        sync = PromptSource(index, member.view, primary_view, override).sync(0, tuple(request.context))
+        readings = []
+        for token in request.continuation:
+            readings.append(list(sync.ids))
+            votes.append(sync.ready and bool(sync.ids))  # nothing read yet (an empty context): abstains
+            sync.push_token(token, primary_view.bytes_of(token))
+        trunk = readings[-1] or [member.view.eos_id]  # a stand-in where the member reads nothing at all
+        text = ForcedText(trunk)
+        for reading in readings:
+            text.add_reading(reading or trunk[:1])
+        texts.append(text)
+    return texts, votes
+
+
+def _check_window(model: ScoringModel, texts: Sequence[ForcedText], who: str) -> None:
+    window = context_window(model.model)
+    longest = max(max(len(text.trunk), max((s + len(b) for s, b in text.branches), default=0)) for text in texts)
+    if window is not None and longest > window:
+        raise ValueError(
+            f"{who} ({model.name}) reads a request as {longest} tokens, past its context window of {window}; "
+            "shorten the context"
+        )
+
+
+def _target_score(view: TokenBytes, target: int, combined: Combined) -> tuple[float, bool]:
+    """The ensemble's log-probability of ``target`` and whether it is the greedy choice."""
+    probs, mass = combined.probs, combined.mass
+    key = candidate_key(view, target)
+    pid = token_for(view, key, emitting=True) if key is not None else None
+    value = probs.get(pid, 0.0) * mass if pid is not None else 0.0
+    greedy = bool(probs) and pid is not None and max(probs, key=probs.__getitem__) == pid
+    return (math.log(value) if value > 0 else -math.inf), greedy
