@@ -91,7 +91,7 @@ def test_help_exits_0(capsys):
 def test_subcommands_come_from_small_registrars():
     assert [f.__name__ for f in cli.SUBCOMMANDS] == [
         "_add_models_parser", "_add_generate_parser", "_add_chat_parser", "_add_serve_parser",
-        "add_eval_parser", "add_select_parser"]
+        "add_eval_parser", "add_select_parser", "_add_lm_eval_parser"]
     evaluation = cli.build_parser().parse_args(["eval", "--task", "arc", "--limit", "5"])
     assert evaluation.handler.__name__ == "run_eval" and evaluation.limit == 5
     args = cli.build_parser().parse_args(["generate", "hi"])

@@ -119,21 +119,19 @@ def forced_generation(scoring: ScoreRequest, members: list[ScoringModel], top_k:
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(context=st.sampled_from(CONTEXTS), continuation=continuations, top_k=st.sampled_from([3, 10**6]))
 def test_scoring_gives_the_probabilities_the_processor_assigns_when_forced(context, continuation, top_k):
-    """Wherever the target is among the union generation builds, the numbers agree (with the
-    whole vocabulary as top-k: at every position, whatever the tokenizations)."""
+    """Wherever the target's candidate is among the union generation builds (``proposed``), the
+    numbers agree; with the whole vocabulary as top-k that is every position, whatever the
+    tokenizations. Elsewhere generation gives -inf and scoring a finite value."""
     scoring = request(context, continuation)
     (scored,) = score_requests(PRIMARY, MEMBERS, [scoring], top_k=top_k)
     seen = forced_generation(scoring, MEMBERS, top_k)
-    compared = 0
-    for token, got, scores in zip(scoring.continuation, scored.logprobs, seen):
-        if math.isfinite(float(scores[token])):  # the target was in generation's union
-            assert got == pytest.approx(float(scores[token]), abs=1e-4)
-            compared += 1
-        else:
-            assert math.isfinite(got)  # scoring adds the target to the union
     assert len(seen) == len(scoring.continuation)
+    for token, got, proposed, scores in zip(scoring.continuation, scored.logprobs, scored.proposed, seen):
+        assert math.isfinite(got)  # scoring adds the target to the union
+        if proposed:
+            assert got == pytest.approx(float(scores[token]), abs=1e-4)
     if top_k > 1000:
-        assert compared == len(scoring.continuation)
+        assert all(scored.proposed)
 
 
 def test_where_a_members_reading_of_a_prefix_leaves_its_reading_of_the_text_it_reads_a_branch():

@@ -370,6 +370,25 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- lm-eval ------------------------------------------------------------------------------
+LM_EVAL = "lm-eval"
+
+
+def _add_lm_eval_parser(subparsers: Any) -> None:
+    """Listed in --help; its arguments are lm-eval's own, passed on unparsed (see `main`)."""
+    subparsers.add_parser(LM_EVAL, add_help=False,
+                          help="lm-evaluation-harness with the unite model and the shipped offline tasks "
+                               "(lm_eval's own flags: --model_args models=A+B --tasks unite_piqa ...)")
+
+
+def _run_lm_eval(argv: Sequence[str]) -> int:
+    try:
+        from .. import lm_eval as integration
+    except ImportError as error:
+        raise UsageError(f"{PROG} {LM_EVAL}: error: {error.name} is missing; pip install 'unite-logits[lm-eval]'") from None
+    return integration.main(argv)
+
+
 # -- wiring -------------------------------------------------------------------------------
 SUBCOMMANDS: tuple[Callable[[Any], Any], ...] = (
     _add_models_parser,
@@ -378,6 +397,7 @@ SUBCOMMANDS: tuple[Callable[[Any], Any], ...] = (
     _add_serve_parser,
     add_eval_parser,
     add_select_parser,
+    _add_lm_eval_parser,
 )
 
 
@@ -423,7 +443,10 @@ def _one_line_warning(message: Any, category: Any, filename: Any, lineno: Any, f
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a user's mistake)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == [LM_EVAL]:  # lm-eval's own command line, passed on as it is
+            return _run_lm_eval(argv[1:])
         args = build_parser().parse_args(argv)
         with warnings.catch_warnings(), _library_messages_on_stderr():  # both restored afterwards
             warnings.showwarning = _one_line_warning

@@ -39,16 +39,19 @@ def plain_text(messages: Sequence[Message]) -> str:
 
 
 def chat_prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], name: str | None = None
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], name: str | None = None,
+    add_generation_prompt: bool = True,
 ) -> list[int]:
-    """Prompt ids of ``messages`` in ``tokenizer``'s own chat template, ready for a reply.
+    """Prompt ids of ``messages`` in ``tokenizer``'s own chat template, ready for a reply (or,
+    without ``add_generation_prompt``, continuing the last message).
 
     ``name`` labels the model in the warning given when it has no template.
     """
     validate_messages(messages)
     if has_chat_template(tokenizer):
         ids = tokenizer.apply_chat_template(
-            [dict(message) for message in messages], add_generation_prompt=True, tokenize=True, return_dict=False
+            [dict(message) for message in messages], add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt, tokenize=True, return_dict=False,
         )
         return [int(i) for i in ids]  # type: ignore[arg-type]  # tokenize=True, one conversation: ids
     warnings.warn(

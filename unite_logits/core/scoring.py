@@ -31,12 +31,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from .alignment import candidate_key, token_for
 from .checks import check_top_k, context_window
-from .combine import Combined
 from .forced import ForcedText, forced_logprobs
 from .prompts import PromptSource
-from .step import StepModel, ensemble_step, relative_weights
+from .step import StepModel, relative_weights, score_targets
 from .token_bytes import TokenBytes
 
 __all__ = ["ScoreRequest", "TokenScores", "ScoringModel", "score_requests"]
@@ -57,10 +55,13 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class TokenScores:
-    """Per continuation token: the ensemble's log-probability and whether it is its greedy choice."""
+    """Per continuation token: the ensemble's log-probability, whether it is its greedy choice,
+    and whether it was among the models' top-k (``proposed``; where it was not, generation
+    would never have written it, and scoring added it to the union)."""
 
     logprobs: list[float]
     greedy: list[bool]
+    proposed: list[bool]
 
     @property
     def logprob(self) -> float:
@@ -112,13 +113,13 @@ def score_requests(
         models.append(StepModel(member.view, rows, weights[j + 1], member.name, votes.__getitem__))
     targets = [token for request in requests for token in request.continuation]
     where = [(index, t) for index, request in enumerate(requests) for t in range(len(request.continuation))]
-    combined = ensemble_step(models, primary_rows, top_k, targets=targets,
-                             describe_row=lambda row: f"request {where[row][0]} at continuation token {where[row][1]}")
-    scored = [_target_score(primary.view, target, row) for target, row in zip(targets, combined)]
+    scored = score_targets(models, primary_rows, top_k, targets,
+                           describe_row=lambda row: f"request {where[row][0]} at continuation token {where[row][1]}")
     out, start = [], 0
     for request in requests:
         end = start + len(request.continuation)
-        out.append(TokenScores([s[0] for s in scored[start:end]], [s[1] for s in scored[start:end]]))
+        part = scored[start:end]
+        out.append(TokenScores([s.logprob for s in part], [s.greedy for s in part], [s.proposed for s in part]))
         start = end
     return out
 
@@ -160,13 +161,3 @@ def _check_window(model: ScoringModel, texts: Sequence[ForcedText], who: str) ->
             f"{who} ({model.name}) reads a request as {longest} tokens, past its context window of {window}; "
             "shorten the context"
         )
-
-
-def _target_score(view: TokenBytes, target: int, combined: Combined) -> tuple[float, bool]:
-    """The ensemble's log-probability of ``target`` and whether it is the greedy choice."""
-    probs, mass = combined.probs, combined.mass
-    key = candidate_key(view, target)
-    pid = token_for(view, key, emitting=True) if key is not None else None
-    value = probs.get(pid, 0.0) * mass if pid is not None else 0.0
-    greedy = bool(probs) and pid is not None and max(probs, key=probs.__getitem__) == pid
-    return (math.log(value) if value > 0 else -math.inf), greedy

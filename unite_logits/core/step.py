@@ -33,6 +33,7 @@ import torch
 
 from .alignment import (
     EOS,
+    Aligned,
     Lookups,
     Proposal,
     aligned_from,
@@ -41,13 +42,14 @@ from .alignment import (
     gather_probabilities,
     plan_lookups,
     primary_ids,
+    token_for,
 )
 from .combine import Combined, combine
 from .errors import NonFiniteScoresError
 from .token_bytes import TokenBytes
 
-__all__ = ["NonFiniteScoresError", "StepModel", "StepTrace", "RowOutcome", "ensemble_step", "ensembled_scores",
-           "check_step_inputs", "relative_weights"]
+__all__ = ["NonFiniteScoresError", "StepModel", "StepTrace", "RowOutcome", "TargetScore", "ensemble_step",
+           "score_targets", "ensembled_scores", "check_step_inputs", "relative_weights"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,6 @@ def ensemble_step(
     scores: torch.Tensor,
     top_k: int,
     *,
-    targets: Sequence[int] | None = None,
     describe_row: Callable[[int], str] = lambda row: f"row {row}",
     trace: StepTrace | None = None,
 ) -> list[Combined]:
@@ -104,14 +105,52 @@ def ensemble_step(
         scores: ``(rows, vocab)`` the primary's scores after the processors before ours; a
             candidate they set to ``-inf`` stays impossible.
         top_k: candidates each model proposes.
-        targets: per row, a primary id whose candidate joins the union (scoring a text: the
-            token that comes next); None: the union is the models' top-k alone.
         describe_row: how a row is named in errors (e.g. "batch row 3 at step 7").
         trace: receives each row's outcome.
 
     Raises:
         NonFiniteScoresError: a voting model's distribution is NaN or infinite for a row.
     """
+    return _ensemble(models, scores, top_k, None, describe_row, trace)[0]
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """The ensemble's log-probability of a row's target, whether it is the greedy choice, and
+    whether its candidate was among the models' top-k (the union generation itself builds)."""
+
+    logprob: float
+    greedy: bool
+    proposed: bool
+
+
+def score_targets(
+    models: Sequence[StepModel],
+    scores: torch.Tensor,
+    top_k: int,
+    targets: Sequence[int],
+    *,
+    describe_row: Callable[[int], str] = lambda row: f"row {row}",
+) -> list[TargetScore]:
+    """`ensemble_step` with each row's target (a primary id) added to its union, read off.
+
+    The target's log-probability is ``log(probs[t] * mass)``. Where two of the primary's ids
+    write the same bytes, the primary's probability of the target is that of the target id
+    itself (see `_with_target`), so one model alone scores exactly its own log-probabilities.
+    """
+    combined, proposed = _ensemble(models, scores, top_k, targets, describe_row, None)
+    return [_target_score(models[0].view, target, row, was) for target, row, was in zip(targets, combined, proposed)]
+
+
+def _ensemble(
+    models: Sequence[StepModel],
+    scores: torch.Tensor,
+    top_k: int,
+    targets: Sequence[int] | None,
+    describe_row: Callable[[int], str],
+    trace: StepTrace | None,
+) -> tuple[list[Combined], list[bool]]:
+    """The step; with ``targets``, also whether each target's candidate was in the union already."""
     rows = scores.shape[0]
     primary_view = models[0].view
     tops = [_top_k(model, top_k, describe_row) for model in models]
@@ -126,11 +165,11 @@ def ensemble_step(
         proposals.append(row_proposals)
         taking_part.append(row_models)
     unions = [build_union(row) for row in proposals]
-    if targets is not None:
-        for union, target in zip(unions, targets):
-            key = candidate_key(primary_view, target)
-            if key is not None and key not in union:
-                union.append(key)
+    keys = [candidate_key(primary_view, target) for target in targets] if targets is not None else []
+    proposed = [key in union for key, union in zip(keys, unions)]
+    for union, key, was in zip(unions, keys, proposed):
+        if key is not None and not was:
+            union.append(key)
     emits = [primary_ids(primary_view, union) for union in unions]
     for union, emit, eos_id in zip(unions, emits, _likeliest_eos(primary_view, scores)):
         if EOS in union:
@@ -138,14 +177,26 @@ def ensemble_step(
     allowed = _allowed(scores, emits)
     lookups = [[plan_lookups(p, union) for p in row] for row, union in zip(proposals, unions)]
     values = _gather(models, rows, taking_part, lookups)
+    own = _target_probabilities(models[0], targets) if targets is not None else []
     results = []
     for row in range(rows):
         aligned = [aligned_from(plan, unions[row], values[model][row]) for plan, model in zip(lookups[row], taking_part[row])]
+        if targets is not None and taking_part[row][:1] == [0]:
+            aligned[0] = _with_target(aligned[0], unions[row], keys[row], targets[row], own[row])
         combined = combine(aligned, [p.weight for p in proposals[row]], emits[row], allowed[row])
         if trace is not None and combined.probs:
             trace(row, RowOutcome(proposals[row], taking_part[row], unions[row], emits[row], combined))
         results.append(combined)
-    return results
+    return results, proposed
+
+
+def _target_score(view: TokenBytes, target: int, combined: Combined, proposed: bool) -> TargetScore:
+    """The ensemble's log-probability of ``target`` and whether it is the greedy choice."""
+    key = candidate_key(view, target)
+    pid = token_for(view, key, emitting=True) if key is not None else None
+    value = combined.probs.get(pid, 0.0) * combined.mass if pid is not None else 0.0
+    greedy = bool(combined.probs) and pid is not None and max(combined.probs, key=combined.probs.__getitem__) == pid
+    return TargetScore(math.log(value) if value > 0 else -math.inf, greedy, proposed)
 
 
 def ensembled_scores(
@@ -202,6 +253,27 @@ def check_step_inputs(input_ids: torch.Tensor, scores: torch.Tensor) -> None:
         raise ValueError("`input_ids` is empty: generation needs a non-empty prompt")
     if bool((input_ids < 0).any()):
         raise ValueError("`input_ids` holds negative ids")
+
+
+def _target_probabilities(primary: StepModel, targets: Sequence[int]) -> list[float]:
+    """The primary's probability of each row's target id: one gather."""
+    return [row[0] for row in gather_probabilities(primary.logprobs, [[target] for target in targets])]
+
+
+def _with_target(aligned: Aligned, union: Sequence[Hashable], key: Hashable | None, target: int,
+                 probability: float) -> Aligned:
+    """The primary's probabilities with the target candidate read off the target id itself.
+
+    Where two of the primary's ids write the same bytes (a byte-fallback ``<0x2E>`` beside
+    "."), a candidate stands for the likelier; the token being scored is one id, and the
+    primary's own probability of it is what a model alone would give.
+    """
+    if key is None or key not in union:
+        return aligned
+    position = union.index(key)
+    probs, sources = list(aligned.probs), list(aligned.sources)
+    probs[position], sources[position] = probability, target
+    return Aligned(probs, sources)
 
 
 def _top_k(model: StepModel, top_k: int, describe_row: Callable[[int], str]) -> tuple[list[list[int]], list[list[float]]]:

@@ -23,7 +23,7 @@ from ..core.token_bytes import token_bytes_view
 if TYPE_CHECKING:
     from ..models.loading import LoadedModel
 
-__all__ = ["Scorer", "encode_pair", "rolling_windows", "prefix_token_id", "max_length", "DEFAULT_BATCH_SIZE"]
+__all__ = ["Scorer", "encode_pair", "encode_text", "rolling_windows", "prefix_token_id", "max_length", "DEFAULT_BATCH_SIZE"]
 
 DEFAULT_BATCH_SIZE = 8
 _FALLBACK_MAX_LENGTH = 2048  # what lm-eval assumes of a model that states no window
@@ -37,7 +37,7 @@ def prefix_token_id(tokenizer: Any) -> int:
     return int(token)
 
 
-def _encode(tokenizer: Any, text: str, add_bos_token: bool | None) -> list[int]:
+def encode_text(tokenizer: Any, text: str, add_bos_token: bool | None = None) -> list[int]:
     """The tokenizer's default encoding (BOS where it adds one, unless ``add_bos_token`` says),
     without a second BOS for a text that already starts with one."""
     kwargs: dict[str, Any] = {} if add_bos_token is None else {"add_special_tokens": add_bos_token}
@@ -62,8 +62,8 @@ def encode_pair(tokenizer: Any, context: str, continuation: str, add_bos_token: 
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = _encode(tokenizer, context + continuation, add_bos_token)
-    context_ids = _encode(tokenizer, context, add_bos_token)
+    whole = encode_text(tokenizer, context + continuation, add_bos_token)
+    context_ids = encode_text(tokenizer, context, add_bos_token)
     return context_ids, whole[len(context_ids):]
 
 
@@ -72,7 +72,7 @@ def rolling_windows(tokenizer: Any, text: str, window: int, add_bos_token: bool 
     """Disjoint windows of at most ``window`` tokens covering ``text``: (context, continuation)
     pairs in which every token of the text is a continuation token exactly once (as lm-eval's
     ``get_rolling_token_windows`` with ``context_len=1`` and ``make_disjoint_window``)."""
-    tokens = _encode(tokenizer, text, add_bos_token)
+    tokens = encode_text(tokenizer, text, add_bos_token)
     if not tokens:
         return []
     first = min(window, len(tokens))

@@ -1,0 +1,173 @@
+"""The lm-eval integration end to end, offline, on tiny models saved as folders and the local data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+from testkit import tiny  # noqa: E402
+from testkit.tiny_ensemble import BRACKETS, CHATML  # noqa: E402
+from unite_logits.evaluation.data import resolve_data_dir  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Path:
+    """The benchmark files (``../shared/data``): CI has them; a checkout without skips."""
+    try:
+        return resolve_data_dir()
+    except Exception as error:  # noqa: BLE001 - the guard below says why
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            raise
+        pytest.skip(f"no benchmark data here ({error})")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> tuple[str, str]:
+    """A tiny primary (byte-level BPE, ChatML) and auxiliary (SentencePiece BPE, brackets) as folders."""
+    import copy
+
+    root = tmp_path_factory.mktemp("lm-eval-models")
+    paths = []
+    for name, make, seed, template in (("primary", tiny.byte_bpe, 0, CHATML), ("aux", tiny.sp_bpe, 1, BRACKETS)):
+        tokenizer = copy.deepcopy(make())
+        tokenizer.chat_template = template
+        tiny.tiny_llama(tokenizer, seed=seed).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        paths.append(str(root / name))
+    return paths[0], paths[1]
+
+
+@pytest.fixture(scope="module")
+def tasks(data_dir) -> TaskManager:
+    import unite_logits.lm_eval as integration
+
+    return TaskManager(include_path=str(integration.task_folder(data_dir)), include_defaults=False)
+
+
+def evaluate(model: str, model_args: dict, task_manager: TaskManager, task: str, limit: int) -> dict:
+    import unite_logits.lm_eval  # noqa: F401  (registers unite)
+
+    return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=[task], limit=limit,
+                                   task_manager=task_manager, log_samples=True, bootstrap_iters=0,
+                                   batch_size=3, device="cpu")
+
+
+def resps(results: dict, task: str) -> list[list[float]]:
+    return [[float(r[0][0]) for r in sample["resps"]] for sample in results["samples"][task]]  # per choice, repeat 0
+
+
+def test_unite_is_registered_beside_the_built_in_models():
+    import unite_logits.lm_eval as integration
+    from lm_eval.api.registry import get_model
+
+    assert get_model("unite") is integration.UniteLM
+    assert get_model("hf").__name__ == "HFLM"
+
+
+def test_one_model_unite_reproduces_hf_per_sample(folders, tasks, monkeypatch):
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    ours = evaluate("unite", {"models": folders[1]}, tasks, "unite_arc_easy", 4)
+    reference = evaluate("hf", {"pretrained": folders[1], "dtype": "float32"}, tasks, "unite_arc_easy", 4)
+    got, expected = resps(ours, "unite_arc_easy"), resps(reference, "unite_arc_easy")
+    assert len(got) == 4 and all(len(row) >= 3 for row in got)
+    for row, reference_row in zip(got, expected):
+        assert row == pytest.approx(reference_row, abs=1e-4)
+    for metric in ("acc,none", "acc_norm,none"):
+        assert ours["results"]["unite_arc_easy"][metric] == reference["results"]["unite_arc_easy"][metric]
+
+
+def test_the_command_runs_an_ensemble_offline_and_logs_samples(folders, data_dir, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT), "UNITE_LOGITS_DATA": str(data_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "unite_logits", "lm-eval", "--model_args", f"models={folders[0]}+{folders[1]},top_k=4",
+         "--tasks", "unite_piqa", "--limit", "3", "--batch_size", "2", "--log_samples", "--output_path", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "unite_piqa" in result.stdout and "acc" in result.stdout  # lm-eval's table
+    (results_file,) = out.rglob("results_*.json")
+    (samples_file,) = out.rglob("samples_unite_piqa_*.jsonl")
+    assert json.loads(results_file.read_text())["results"]["unite_piqa"]["acc,none"] in (0.0, 1 / 3, 2 / 3, 1.0)
+    assert len(samples_file.read_text().splitlines()) == 3
+
+
+def test_generate_until_stops_at_until_and_max_gen_toks(folders):
+    from unite_logits.lm_eval import UniteLM
+
+    lm = UniteLM(models=f"{folders[0]}+{folders[1]}", top_k=4, batch_size=2)
+    free = lm.generate_until([Instance("generate_until", {}, ("The quick brown fox", {"max_gen_toks": 8}), 0)])[0]
+    assert free
+    stop = free[2:4]
+    cut = lm.generate_until([Instance("generate_until", {}, ("The quick brown fox", {"until": [stop], "max_gen_toks": 8}), 0),
+                             Instance("generate_until", {}, ("Numbers: 1, 2, 3", {"max_gen_toks": 3}), 1)])
+    assert cut[0] == free[: free.find(stop)]
+    alone = lm.generate_until([Instance("generate_until", {}, ("Numbers: 1, 2, 3", {"max_gen_toks": 3}), 0)])[0]
+    assert cut[1] == alone  # a row of a batch answers as alone
+    from unite_logits import GenerationOptions
+
+    direct = lm.ensemble.generate("Numbers: 1, 2, 3", GenerationOptions(max_new_tokens=3))
+    assert direct.text == alone and direct.completion_tokens == 3
+
+
+def test_each_member_reads_a_chat_in_its_own_template(folders, monkeypatch):
+    from unite_logits.lm_eval import UniteLM
+
+    lm = UniteLM(models=f"{folders[0]}+{folders[1]}", top_k=4)
+    history = [{"role": "user", "content": "What is 12 plus 30?"}]
+    context = lm.apply_chat_template(history)
+    assert context.startswith("<|im_start|>user") and context.endswith("<|im_start|>assistant\n")
+    seen = []
+    score = lm.scorer.score
+    monkeypatch.setattr(lm.scorer, "score", lambda requests, **kw: seen.extend(requests) or score(requests, **kw))
+    ((logprob, _),) = lm.loglikelihood([Instance("loglikelihood", {}, (context, "42"), 0)])
+    (member_ids,) = seen[0].member_prompts
+    member = lm.ensemble.models[1].tokenizer.decode(member_ids)
+    assert "[USER] What is 12 plus 30?" in member and member.endswith("[ASSISTANT] ") and logprob < 0
+    plain = lm.loglikelihood([Instance("loglikelihood", {}, ("What is 12 plus 30?", " 42"), 0)])
+    assert seen[1].member_prompts is None and plain[0][0] < 0
+
+
+def test_model_arguments_are_checked_in_one_line(folders):
+    from unite_logits.lm_eval import UniteLM
+
+    with pytest.raises(ValueError, match="needs `models=`"):
+        UniteLM()
+    with pytest.raises(ValueError, match="unknown model argument.*pretrained"):
+        UniteLM(models=folders[0], pretrained="x")
+    with pytest.raises(ValueError, match="`dtype` has to be one of"):
+        UniteLM(models=folders[0], dtype="int8")
+    with pytest.raises(ValueError, match="one weight|weights for"):
+        UniteLM(models=folders[0], weights="1+2")
+
+
+EXPECTED_DOCS = {"unite_piqa": 1838, "unite_arc_easy": 570, "unite_arc_challenge": 1150, "unite_hellaswag": 10042,
+                 "unite_paper_gsm8k": 1319, "unite_paper_piqa": 1838}
+
+
+@pytest.mark.parametrize("task", list(EXPECTED_DOCS))
+def test_every_shipped_task_loads_offline_with_its_documents(tasks, task, monkeypatch):
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    built = tasks.load([task])["tasks"][task]
+    assert len(list(built.eval_docs)) == EXPECTED_DOCS[task]
+
+
+def test_the_mmlu_group_holds_every_subject(tasks, data_dir):
+    subjects = sorted(p.stem for p in (data_dir / "MMLU" / "test").glob("*.jsonl"))
+    assert len(subjects) == 57
+    names = set(tasks.all_tasks)
+    assert {f"unite_mmlu_{s}" for s in subjects} <= names and "unite_mmlu" in names

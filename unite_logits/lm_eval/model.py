@@ -1,0 +1,211 @@
+"""`UniteLM`: an ensemble as an lm-evaluation-harness model (registered as ``unite``).
+
+``--model unite --model_args models=smollm2-135m-instruct+gemma3-270m`` evaluates the UniTE
+ensemble of those models (the first is the primary); ONE name evaluates that model alone
+through the same code, so members and ensemble are measured by one path. Requests go to
+`unite_logits.ensemble.scoring.Scorer` (``loglikelihood``, ``loglikelihood_rolling``: the
+ensembled log-likelihoods of docs/scoring.md, in batches, one forward pass per model and
+batch) and to `Ensemble.run` (``generate_until``: rows of one ``generate``, each stopping at
+its own ``until`` strings and ``max_gen_toks``).
+
+With ``--apply_chat_template`` each member formats the conversation with its own chat
+template: `UniteLM.apply_chat_template` returns the primary's rendering (what lm-eval shows
+and the primary reads) and remembers the messages, so the members' prompts are their own.
+
+Model arguments (``key=value`` separated by commas; lists joined with ``+``):
+
+* ``models``: catalogue names or model folders, primary first (required);
+* ``weights``: one per model, e.g. ``1+0.5`` (default all 1);
+* ``top_k``: candidates per model and position (default 10);
+* ``dtype``: ``float32`` (default), ``bfloat16`` or ``float16``; ``device``: ``cpu`` (default), ``cuda``...;
+* ``batch_size``: requests per forward pass (lm-eval's ``--batch_size`` also sets it; ``auto`` is 8);
+* ``threads``: torch threads (default: torch's);
+* ``add_bos_token``: as lm-eval's ``hf`` model (default: each tokenizer's own choice);
+* ``max_length``: the longest text (default: the smallest context window of the models).
+
+``max_batch_size`` (from lm-eval's command line) is accepted and not used.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.api.model import LM
+from tqdm.auto import tqdm
+
+from ..core.chat import chat_prompt_ids
+from ..core.scoring import ScoreRequest
+from ..ensemble.ensemble import Ensemble
+from ..ensemble.options import GenerationOptions
+from ..ensemble.prompts import PreparedPrompt
+from ..ensemble.scoring import DEFAULT_BATCH_SIZE, encode_pair, encode_text
+from ..ensemble.streaming import GenerationRequest
+
+__all__ = ["UniteLM", "parse_list"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_GEN_TOKS = 256
+"""lm-eval's default for ``max_gen_toks``."""
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": torch.float32}
+
+
+def parse_list(value: Any, what: str) -> list[str]:
+    """``a+b+c`` (lm-eval splits model arguments at commas), or a list already."""
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        items = [part.strip() for part in str(value).split("+")]
+    if not items or any(not item for item in items):
+        raise ValueError(f"`{what}` has to name at least one model, joined with '+' (e.g. a+b), but is {value!r}")
+    return items
+
+
+def _batch_size(value: Any) -> int:
+    if value is None or str(value).startswith("auto"):
+        return DEFAULT_BATCH_SIZE
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`batch_size` has to be a positive integer or 'auto', but is {value!r}") from None
+    if size < 1:
+        raise ValueError(f"`batch_size` has to be a positive integer or 'auto', but is {value!r}")
+    return size
+
+
+def _device(value: Any) -> str:
+    """lm-eval's CLI defaults to ``cuda:0``: fall back to the CPU where there is no GPU (as ``hf``)."""
+    device = str(value or "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.info("no CUDA device here; running on the CPU")
+        return "cpu"
+    return device
+
+
+class UniteLM(LM):
+    """The UniTE ensemble of ``models`` as an lm-eval ``LM`` (see the module docstring)."""
+
+    def __init__(self, models: Any = None, weights: Any = None, top_k: int = 10, dtype: str = "float32",
+                 device: Any = "cpu", batch_size: Any = 1, max_batch_size: Any = None, threads: Any = None,
+                 add_bos_token: bool | None = None, max_length: int | None = None, **unknown: Any) -> None:
+        super().__init__()
+        if unknown:
+            raise ValueError(f"unknown model argument(s) for unite: {', '.join(sorted(unknown))} "
+                             "(known: models, weights, top_k, dtype, device, batch_size, threads, add_bos_token, max_length)")
+        if models is None:
+            raise ValueError("the unite model needs `models=`, e.g. --model_args models=smollm2-135m-instruct+gemma3-270m")
+        names = parse_list(models, "models")
+        weight_values = [float(w) for w in parse_list(weights, "weights")] if weights is not None else None
+        if str(dtype) not in _DTYPES:
+            raise ValueError(f"`dtype` has to be one of {', '.join(_DTYPES)}, but is {dtype!r}")
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        self.batch_size_per_gpu = _batch_size(batch_size)
+        self.ensemble = Ensemble.load(names, weights=weight_values, top_k=int(top_k), device=_device(device),
+                                      dtype=_DTYPES[str(dtype)])
+        self.scorer = self.ensemble.scorer(batch_size=self.batch_size_per_gpu, add_bos_token=add_bos_token)
+        if max_length is not None:
+            self.scorer.max_length = int(max_length)
+        self._chats: dict[str, tuple[list[dict[str, str]], bool]] = {}
+
+    # -- what lm-eval reads of a model -------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return self.ensemble.primary.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.scorer.max_length
+
+    @property
+    def eot_token_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return "unite-" + "+".join(str(m.name) for m in self.ensemble.models).replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None) if chat_template else None
+
+    def get_model_info(self) -> dict[str, Any]:
+        return {"unite_models": [m.name for m in self.ensemble.models], "unite_weights": self.ensemble.weights,
+                "unite_top_k": self.ensemble.top_k}
+
+    # -- chat -----------------------------------------------------------------------------------
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The primary's rendering of the conversation; the members get theirs when it is scored."""
+        rendered = self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt,
+                                                      continue_final_message=not add_generation_prompt)
+        self._chats[str(rendered)] = ([dict(m) for m in chat_history], add_generation_prompt)
+        return str(rendered)
+
+    def _member_prompts(self, context: str) -> list[list[int] | None] | None:
+        """Each member's own chat-template ids for a context `apply_chat_template` rendered (and
+        any text lm-eval appended to it, encoded after them); None for a plain context."""
+        rendered = context if context in self._chats else next(
+            (key for key in self._chats if context.startswith(key)), None)
+        if rendered is None:
+            return None
+        messages, generation_prompt = self._chats[rendered]
+        suffix = context[len(rendered):]
+        prompts: list[list[int] | None] = []
+        for member in self.ensemble.models[1:]:
+            ids = chat_prompt_ids(member.tokenizer, messages, name=member.name, add_generation_prompt=generation_prompt)
+            prompts.append(ids + (list(member.tokenizer(suffix, add_special_tokens=False)["input_ids"]) if suffix else []))
+        return prompts
+
+    # -- scoring --------------------------------------------------------------------------------
+    def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        scoring = []
+        for context, continuation in (request.args for request in requests):
+            context_ids, continuation_ids = encode_pair(self.tokenizer, context, continuation, self.scorer.add_bos_token)
+            scoring.append(ScoreRequest(context_ids, continuation_ids, self._member_prompts(context)))
+        scored = self.scorer.score(scoring, progress=not disable_tqdm, desc="unite loglikelihood")
+        return [(result.logprob, result.is_greedy) for result in scored]
+
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
+        return self.scorer.score_rolling([request.args[0] for request in requests], progress=not disable_tqdm)
+
+    # -- generation -----------------------------------------------------------------------------
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        """Rows of one ``generate`` per batch of requests that decode alike; each row stops at
+        its ``until`` strings (cut before them) or its ``max_gen_toks``."""
+        prepared = [self._prepare(request.args[0], request.args[1]) for request in requests]
+        groups: dict[Any, list[int]] = {}
+        for index, (_, options) in enumerate(prepared):
+            groups.setdefault((options.decoding, options.seed), []).append(index)
+        out: list[str] = [""] * len(requests)
+        bar = tqdm(total=len(requests), desc="unite generate_until", unit="request", disable=disable_tqdm)
+        with bar:
+            for indices in groups.values():
+                indices.sort(key=lambda i: -len(prepared[i][0].primary_ids))
+                for start in range(0, len(indices), self.batch_size_per_gpu):
+                    batch = indices[start: start + self.batch_size_per_gpu]
+                    results = self.ensemble.run([GenerationRequest(*prepared[i]) for i in batch])
+                    for i, result in zip(batch, results):
+                        out[i] = result.text
+                    bar.update(len(batch))
+        return out
+
+    def _prepare(self, context: str, gen_kwargs: dict[str, Any]) -> tuple[PreparedPrompt, GenerationOptions]:
+        kwargs = dict(gen_kwargs)
+        until = kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_new = next((int(kwargs.pop(k)) for k in ("max_gen_toks", "max_new_tokens", "max_tokens",
+                                                     "max_completion_tokens") if kwargs.get(k) is not None),
+                       DEFAULT_MAX_GEN_TOKS)
+        sample = bool(kwargs.pop("do_sample", False))
+        temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
+        options = GenerationOptions(max_new_tokens=max_new, temperature=(temperature or 1.0) if sample else None,
+                                    top_p=kwargs.pop("top_p", None) if sample else None,
+                                    stop=tuple(s for s in until if s))
+        member_prompts = self._member_prompts(context)
+        if member_prompts is None:
+            return self.ensemble.prepare(context, max_new_tokens=max_new), options
+        ids = encode_text(self.tokenizer, context, self.scorer.add_bos_token)  # the primary's own rendering
+        return PreparedPrompt(context, True, ids, list(member_prompts)), options
