@@ -1,7 +1,7 @@
 """Tiny in-process models and data for the evaluation tests (no downloads, seconds).
 
-Two byte-level BPE tokenizers of different sizes (so vocabularies differ) and random
-``LlamaForCausalLM``s seeded for determinism.
+Two byte-level BPE tokenizers of different sizes (so vocabularies differ), random
+``LlamaForCausalLM``s seeded for determinism, and a data folder in the paper's layout.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CORPUS = [
     "Answer the question by replying A, B, C or D.",
@@ -44,26 +44,12 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalL
     return LlamaForCausalLM(config).eval()
 
 
-def tiny_members() -> list[tuple[Any, Any, str]]:
+def tiny_members() -> list[Any]:
+    """Two tiny `LoadedModel`s, "a" and "b", over byte-level BPE tokenizers of different sizes."""
+    from unite_logits import LoadedModel
+
     tok_a, tok_b = tiny_tokenizer(300), tiny_tokenizer(340)
-    return [(tiny_model(tok_a, 0), tok_a, "a"), (tiny_model(tok_b, 1), tok_b, "b")]
-
-
-class ForceText(LogitsProcessor):
-    """Stand-in ensemble: puts all mass on the first token of ``text`` (log-prob scores).
-
-    Distinguishable from any member alone, so a test can see the processor was used.
-    """
-
-    def __init__(self, tokenizer: Any, text: str) -> None:
-        self.token = tokenizer.encode(text, add_special_tokens=False)[0]
-        self.calls = 0
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.calls += 1
-        out = torch.full_like(scores, float("-inf"))
-        out[:, self.token] = 0.0
-        return out
+    return [LoadedModel(tiny_model(tok_a, 0), tok_a, "a"), LoadedModel(tiny_model(tok_b, 1), tok_b, "b")]
 
 
 def write_data(root: Path, n_arc: int = 6, n_gsm: int = 3) -> Path:

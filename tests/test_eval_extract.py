@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from unite_logits.evaluation.extract import (
+from unite_logits.evaluation.paper.extract import (
     extract_letter,
     extract_number_answer,
-    extract_short_answer,
-    matches_any_alias,
     numbers_equal,
 )
 
@@ -73,14 +71,3 @@ def test_letter_extraction(text: str, expected: str | None) -> None:
 def test_letter_extraction_respects_item_letters() -> None:
     assert extract_letter(" C", "AB") is None
     assert extract_letter(" B", "AB") == "B"
-
-
-def test_short_answer_and_alias_match() -> None:
-    assert extract_short_answer(" Paris\nQuestion: x") == "Paris"
-    assert extract_short_answer("Answer: The Eiffel Tower.") == "The Eiffel Tower."
-    assert extract_short_answer("  \n ") is None
-    assert matches_any_alias("the Eiffel tower!", ["Eiffel Tower", "La tour Eiffel"])
-    assert not matches_any_alias("Eiffel", ["Eiffel Tower"])
-    assert not matches_any_alias("", [""])
-    assert not matches_any_alias("...", ["!!"])  # both normalise to empty
-    assert not matches_any_alias(None, ["x"])

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from testkit.eval_tiny import tiny_members, tiny_tokenizer, write_data
-from unite_logits.models.loading import LoadedModel
 from unite_logits.evaluation.selection import (
     CandidateProfile,
     Thresholds,
@@ -72,24 +71,25 @@ def test_vocabulary_overlap_and_self_agreement() -> None:
     assert vocabulary_overlap(small, small) == 1.0
     assert vocabulary_overlap(small, large) == 1.0  # BPE merges are a prefix of the larger run
     assert 0.5 < vocabulary_overlap(large, small) < 1.0
-    a, _ = tiny_members()
-    member = LoadedModel(*a)
+    member, _ = tiny_members()
     assert top_k_agreement(member, member, ["Question: x\nAnswer:", "The answer is"], k=3) == (1.0, 1.0)
 
 
-def test_select_end_to_end(tmp_path: Path) -> None:
+def test_select_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path / "cache"))
     data = write_data(tmp_path / "data")
     members = tiny_members()
-    report = select("arc", members, out_dir=tmp_path / "out", data_dir=data, limit=3,
-                    max_new_tokens=4, progress=False, heatmap=False)
+    report = select("paper_arc", members, out=tmp_path / "out", data_dir=data, limit=3, progress=False,
+                    heatmap=False)
     assert [c.name for c in report.candidates] == ["a", "b"]
     assert all(c.n == 3 for c in report.candidates)
     (pair,) = report.pairs
     assert (pair.a, pair.b) == ("a", "b")
     assert pair.vocab_overlap_a_in_b == 1.0 and pair.top_k_agreement_a_in_b is not None
     assert report.best_set[0] in {"a", "b"}
-    assert "Suggested set" in (tmp_path / "out" / "arc.select.md").read_text()
-    assert (tmp_path / "out" / "arc.select.json").is_file()
+    assert "Suggested set" in (tmp_path / "out" / "unite_paper_arc.select.md").read_text()
+    assert (tmp_path / "out" / "unite_paper_arc.select.json").is_file()
 
 
 def _report() -> "SelectReport":

@@ -10,7 +10,7 @@ import pytest
 
 from unite_logits.evaluation.data import resolve_data_dir
 from unite_logits.evaluation.errors import EvalUsageError
-from unite_logits.evaluation.tasks import get_task, parse_options
+from unite_logits.evaluation.paper.tasks import get_task, parse_options
 
 DATA = Path(os.environ.get("UNITE_LOGITS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not at {DATA}")
@@ -78,19 +78,6 @@ def test_parse_options_maps_numeric_gold_and_flags_blank() -> None:
     assert gold is None and "blank" in reason
 
 
-def test_qa_task_loads_aliases(tmp_path: Path) -> None:
-    path = tmp_path / "qa.jsonl"
-    rows = [{"question": "Capital of France?", "answer": ["Paris", "paris, France"]},
-            {"question": "Empty?", "answer": [""]},
-            {"id": "x1", "question": "One?", "answer": "1"}]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    task = get_task("qa")
-    data = task.load(tmp_path, path)
-    assert [i.id for i in data.items] == ["qa/0", "x1"] and [s.id for s in data.skipped] == ["qa/1"]
-    assert task.is_correct(task.extract(" paris\n", data.items[0]), data.items[0])
-    assert not task.is_correct(task.extract("\n", data.items[0]), data.items[0])
-
-
 def test_unknown_task_and_missing_data_are_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(EvalUsageError, match="unknown task"):
         get_task("nope")
@@ -117,12 +104,3 @@ def test_bad_arc_rows_are_usage_errors(tmp_path: Path, content: bytes, needle: s
     with pytest.raises(EvalUsageError, match=needle) as caught:
         get_task("arc").load(tmp_path, path)
     assert "\n" not in str(caught.value)
-
-
-def test_qa_answer_has_to_be_text(tmp_path: Path) -> None:
-    path = tmp_path / "qa.jsonl"
-    path.write_text(json.dumps({"question": "Capital of France?", "answer": {"text": "Paris"}}) + "\n")
-    with pytest.raises(EvalUsageError, match="'answer' has to be text or a list of texts"):
-        get_task("qa").load(tmp_path, path)
-    path.write_text(json.dumps({"question": "How many legs has a cat?", "answer": 4}) + "\n")
-    assert get_task("qa").load(tmp_path, path).items[0].gold == ["4"]

@@ -20,12 +20,10 @@ import pytest
 import torch
 
 from testkit import tiny
-from testkit.eval_tiny import tiny_members, write_data
 from testkit.tiny_ensemble import tiny_ensemble
 from unite_logits import Ensemble, GenerationOptions, Member, UniTEProcessor
 from unite_logits.apps import cli
 from unite_logits.evaluation.errors import EvalUsageError
-from unite_logits.evaluation.runner import evaluate
 from unite_logits.processor import ProcessorInUseError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,27 +192,34 @@ def test_a_cache_variable_naming_a_file_is_one_line(tmp_path):
     assert result.returncode == 2 and "is a file, not a folder" in line
 
 
-# -- evaluation records ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def members():
-    return tiny_members()
+# -- evaluation ------------------------------------------------------------------------------
+def test_an_eval_folder_whose_meta_file_was_deleted_is_not_reused(tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    from testkit.eval_tiny import tiny_members, write_data
+    from unite_logits.evaluation.run_task import evaluate
 
-
-def test_records_whose_meta_file_was_deleted_are_not_reused(members, tmp_path):
-    data = write_data(tmp_path / "data")
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path / "cache"))
+    data, members = write_data(tmp_path / "data"), tiny_members()
     out = tmp_path / "out"
-    evaluate("arc", members, out_dir=out, mode="constrained", data_dir=data, limit=2, ensemble=False, progress=False)
-    (out / "arc.constrained.meta.json").unlink()
-    other = write_data(tmp_path / "other", n_arc=3)
+    evaluate("arc_challenge", members, out=out, data_dir=data, limit=2, progress=False)
+    (out / "meta.json").unlink()
     with pytest.raises(EvalUsageError, match="meta.json is gone"):
-        evaluate("arc", members, out_dir=out, mode="constrained", data_dir=other, ensemble=False, progress=False)
+        evaluate("arc_challenge", members, out=out, data_dir=write_data(tmp_path / "other", n_arc=3), progress=False)
 
 
-def test_a_record_line_missing_its_results_is_one_clear_error(members, tmp_path):
-    data = write_data(tmp_path / "data")
+def test_damaged_record_files_are_rebuilt_from_the_request_cache(tmp_path, monkeypatch):
+    """Records are outputs, rebuilt on every run from lm-eval's cache: a damaged line (the old
+    harness read {"id": "q1"} as a record) cannot reach the summary."""
+    pytest.importorskip("lm_eval")
+    from testkit.eval_tiny import tiny_members, write_data
+    from unite_logits.evaluation.run_task import evaluate
+
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path / "cache"))
+    data, members = write_data(tmp_path / "data"), tiny_members()
     out = tmp_path / "out"
-    evaluate("arc", members, out_dir=out, mode="constrained", data_dir=data, limit=1, ensemble=False, progress=False)
-    with open(out / "arc.constrained.jsonl", "a") as log:
+    first = evaluate("arc_challenge", members, out=out, data_dir=data, limit=2, progress=False)
+    with open(out / "records" / "a.jsonl", "a") as log:
         log.write(json.dumps({"id": "q1"}) + "\n")
-    with pytest.raises(EvalUsageError, match=r"line 2 \(item 'q1'\) is not a complete result record"):
-        evaluate("arc", members, out_dir=out, mode="constrained", data_dir=data, ensemble=False, progress=False)
+    again = evaluate("arc_challenge", members, out=out, data_dir=data, limit=2, progress=False)
+    assert again.to_dict() == first.to_dict()
+    assert all("doc_id" in json.loads(line) for line in (out / "records" / "a.jsonl").read_text().splitlines())

@@ -11,7 +11,8 @@ and batch), and puts the results back in order. See docs/scoring.md for the defi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -124,17 +125,23 @@ class Scorer:
         return self.models[0].tokenizer
 
     def score(self, requests: Sequence[ScoreRequest], *, progress: bool = False, desc: str = "scoring",
-              ) -> list[TokenScores]:
-        """Score ``requests`` in batches of `batch_size`, longest first; results in request order."""
+              on_batch: Callable[[list[int], list[TokenScores]], None] | None = None) -> list[TokenScores]:
+        """Score ``requests`` in batches of `batch_size`, longest first; results in request order.
+
+        ``on_batch(indices, results)`` is called as each batch is done (to keep results of a
+        long run as they come: lm-eval's request cache does).
+        """
         order = sorted(range(len(requests)), key=lambda i: -(len(requests[i].context) + len(requests[i].continuation)))
         results: list[TokenScores | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc=desc, unit="request", disable=not progress)
         with bar:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start: start + self.batch_size]
-                for index, scored in zip(batch, score_requests(self.primary, self.members,
-                                                               [requests[i] for i in batch], self.top_k)):
-                    results[index] = scored
+                scored = score_requests(self.primary, self.members, [requests[i] for i in batch], self.top_k)
+                for index, result in zip(batch, scored):
+                    results[index] = result
+                if on_batch is not None:
+                    on_batch(batch, scored)
                 bar.update(len(batch))
         return [result for result in results if result is not None]
 
@@ -148,4 +155,4 @@ class Scorer:
         windows = [rolling_windows(self.tokenizer, text, self.max_length, self.add_bos_token) for text in texts]
         flat = [ScoreRequest(context, continuation) for text in windows for context, continuation in text]
         scored = iter(self.score(flat, progress=progress, desc="scoring windows"))
-        return [sum(next(scored).logprob for _ in text) for text in windows]
+        return [math.fsum(next(scored).logprob for _ in text) for text in windows]

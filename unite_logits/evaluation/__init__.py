@@ -1,9 +1,11 @@
-"""Evaluation harness and compatibility report ("determine" half of UniTE).
+"""Each member alone and the ensemble on the benchmarks researchers run, and the "determine" report.
 
-``evaluate`` scores each member alone and the ensemble on a benchmark (resumable,
-per-item JSONL); ``select`` reports which candidates are worth ensembling. The runner and
-the report (and with them torch and transformers) are imported on first use, so the CLI
-can parse ``eval``/``select`` options without them.
+Evaluation runs on lm-evaluation-harness through the one `unite` model
+(`unite_logits.lm_eval`); this package adds what lm-eval does not do: every member alone and
+the ensemble on the same documents in one command, the paired bootstrap interval of their
+difference, resume after a kill, the documents where they differ (``evaluate``), and the
+compatibility verdict (``select``). ``paper`` holds the UniTE paper's own protocols (prompts,
+answer reading), shipped as lm-eval tasks. Heavy modules are imported on first use.
 """
 
 from __future__ import annotations
@@ -12,34 +14,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from unite_logits.evaluation.errors import EvalUsageError
-from unite_logits.evaluation.summary import Summary
-from unite_logits.evaluation.tasks import TASKS, Item, Task, get_task
 
 if TYPE_CHECKING:
-    from unite_logits.evaluation.runner import EvalMember, evaluate
+    from unite_logits.evaluation.run_task import evaluate
     from unite_logits.evaluation.selection import SelectReport, Thresholds, select
+    from unite_logits.evaluation.summary import Comparison
 
 _HOMES = {
-    "EvalMember": "unite_logits.evaluation.runner",
-    "evaluate": "unite_logits.evaluation.runner",
+    "evaluate": "unite_logits.evaluation.run_task",
+    "Comparison": "unite_logits.evaluation.summary",
     "SelectReport": "unite_logits.evaluation.selection",
     "Thresholds": "unite_logits.evaluation.selection",
     "select": "unite_logits.evaluation.selection",
 }
 
-__all__ = [
-    "EvalUsageError",
-    "EvalMember",
-    "evaluate",
-    "select",
-    "SelectReport",
-    "Thresholds",
-    "Summary",
-    "TASKS",
-    "Task",
-    "Item",
-    "get_task",
-]
+__all__ = ["EvalUsageError", "evaluate", "select", "SelectReport", "Thresholds", "Comparison"]
 
 
 def __getattr__(name: str) -> Any:

@@ -103,10 +103,23 @@ class UniteLM(LM):
             raise ValueError(f"`dtype` has to be one of {', '.join(_DTYPES)}, but is {dtype!r}")
         if threads is not None:
             torch.set_num_threads(int(threads))
-        self.batch_size_per_gpu = _batch_size(batch_size)
-        self.ensemble = Ensemble.load(names, weights=weight_values, top_k=int(top_k), device=_device(device),
-                                      dtype=_DTYPES[str(dtype)])
-        self.scorer = self.ensemble.scorer(batch_size=self.batch_size_per_gpu, add_bos_token=add_bos_token)
+        ensemble = Ensemble.load(names, weights=weight_values, top_k=int(top_k), device=_device(device),
+                                 dtype=_DTYPES[str(dtype)])
+        self._attach(ensemble, _batch_size(batch_size), add_bos_token, max_length)
+
+    @classmethod
+    def from_ensemble(cls, ensemble: Ensemble, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                      add_bos_token: bool | None = None, max_length: int | None = None) -> "UniteLM":
+        """The lm-eval model of an `Ensemble` already loaded (models shared, nothing loaded again)."""
+        lm = cls.__new__(cls)
+        LM.__init__(lm)
+        lm._attach(ensemble, _batch_size(batch_size), add_bos_token, max_length)
+        return lm
+
+    def _attach(self, ensemble: Ensemble, batch_size: int, add_bos_token: bool | None, max_length: int | None) -> None:
+        self.ensemble = ensemble
+        self.batch_size_per_gpu = batch_size
+        self.scorer = ensemble.scorer(batch_size=batch_size, add_bos_token=add_bos_token)
         if max_length is not None:
             self.scorer.max_length = int(max_length)
         self._chats: dict[str, tuple[list[dict[str, str]], bool]] = {}
@@ -165,11 +178,20 @@ class UniteLM(LM):
         for context, continuation in (request.args for request in requests):
             context_ids, continuation_ids = encode_pair(self.tokenizer, context, continuation, self.scorer.add_bos_token)
             scoring.append(ScoreRequest(context_ids, continuation_ids, self._member_prompts(context)))
-        scored = self.scorer.score(scoring, progress=not disable_tqdm, desc="unite loglikelihood")
+        def keep(indices: list[int], results: list[Any]) -> None:  # lm-eval's --use_cache keeps each batch
+            for index, result in zip(indices, results):
+                self.cache_hook.add_partial("loglikelihood", requests[index].args, (result.logprob, result.is_greedy))
+
+        scored = self.scorer.score(scoring, progress=not disable_tqdm, desc="unite loglikelihood", on_batch=keep)
         return [(result.logprob, result.is_greedy) for result in scored]
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
-        return self.scorer.score_rolling([request.args[0] for request in requests], progress=not disable_tqdm)
+        out = []
+        for request in tqdm(requests, desc="unite loglikelihood_rolling", unit="text", disable=disable_tqdm):
+            (total,) = self.scorer.score_rolling([request.args[0]])
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+            out.append(total)
+        return out
 
     # -- generation -----------------------------------------------------------------------------
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
@@ -189,6 +211,7 @@ class UniteLM(LM):
                     results = self.ensemble.run([GenerationRequest(*prepared[i]) for i in batch])
                     for i, result in zip(batch, results):
                         out[i] = result.text
+                        self.cache_hook.add_partial("generate_until", requests[i].args, result.text)
                     bar.update(len(batch))
         return out
 

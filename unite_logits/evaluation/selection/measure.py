@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from unite_logits.evaluation.runs import SystemRun
+from unite_logits.evaluation.summary import Comparison
 from unite_logits.models.loading import LoadedModel
-from unite_logits.evaluation.summary import ModeSummary
 
 __all__ = [
     "CandidateProfile",
@@ -106,17 +107,20 @@ def top_k_agreement(a: LoadedModel, b: LoadedModel, contexts: Sequence[str], k: 
     return (hits_ab / len(contexts), hits_ba / len(contexts))
 
 
-def profile_candidates(records: Sequence[Mapping[str, Any]], summary: ModeSummary) -> list[CandidateProfile]:
-    """Accuracy (from the summary) and length/style (from free-generation outputs)."""
+def profile_candidates(systems: Sequence[SystemRun], comparison: Comparison) -> list[CandidateProfile]:
+    """Accuracy (the task's first metric, from the comparison) and length/style of the generated
+    answers (generative tasks; a log-likelihood task has none: zero length, no style)."""
     profiles = []
-    for system in summary.systems:
-        outputs = [str(r["outputs"][system.name]) for r in records]
+    first = comparison.metrics[0] if comparison.metrics else None
+    for system in systems:
+        outputs = [r["output"] for r in system.records if isinstance(r["output"], str)]
         n = max(1, len(outputs))
         step = sum(answer_style(o) == "step-by-step" for o in outputs) / n
+        accuracy = comparison.result(system.name, first).value if first else 0.0
         profiles.append(CandidateProfile(
-            system.name, system.accuracy, system.n,
-            sum(len(o) for o in outputs) / n, sum(len(o.split()) for o in outputs) / n,
-            step, "step-by-step" if step >= 0.5 else "direct",
+            system.name, accuracy, len(system.records), sum(len(o) for o in outputs) / n,
+            sum(len(o.split()) for o in outputs) / n, step,
+            ("step-by-step" if step >= 0.5 else "direct") if outputs else "n/a (log-likelihood task)",
         ))
     return profiles
 

@@ -52,7 +52,7 @@ def paper_dataset(paper_task: str, data_dir: str, **_: Any) -> datasets.DatasetD
     Unscorable rows are left out (as the harness's own loader does). lm-eval passes its
     metadata (the model arguments among them) too; they are ignored.
     """
-    from unite_logits.evaluation.tasks import get_task
+    from unite_logits.evaluation.paper.tasks import get_task
 
     data = get_task(paper_task).load(Path(data_dir))
     rows = [{"id": item.id, "prompt": item.prompt, "gold": str(item.gold), "letters": list(item.letters),
@@ -62,7 +62,7 @@ def paper_dataset(paper_task: str, data_dir: str, **_: Any) -> datasets.DatasetD
 
 def paper_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     """The paper's answer reading of the generated text, scored as its harness scores it."""
-    from unite_logits.evaluation.tasks import Item, get_task
+    from unite_logits.evaluation.paper.tasks import Item, get_task
 
     task = get_task(doc["paper_task"])
     gold: Any = float(doc["gold"]) if doc["paper_task"] == "gsm8k" else doc["gold"]

@@ -1,8 +1,7 @@
 """Prompt text of the paper's evaluation, each format written once.
 
 Multiple-choice tasks (ARC, PIQA, MMLU) share one lettered layout; GSM8K appends the
-question to the 4-shot chain-of-thought demonstrations; the generic QA task asks for a
-short answer. Changing a format here changes it for every task and mode that uses it.
+question to the 4-shot chain-of-thought demonstrations. Changing a format here changes it for every task and mode that uses it.
 """
 
 from __future__ import annotations
@@ -14,15 +13,12 @@ __all__ = [
     "choice_block",
     "choice_prompt",
     "gsm_prompt",
-    "qa_prompt",
     "GSM_STOP",
     "CHOICE_STOP",
-    "QA_STOP",
 ]
 
 GSM_STOP: tuple[str, ...] = ("\n\nQuestion:", "\n\n\n")
 CHOICE_STOP: tuple[str, ...] = ("\n\n", "\nQuestion:")
-QA_STOP: tuple[str, ...] = ("\n",)
 
 
 def letter_instruction(letters: Sequence[str]) -> str:
@@ -54,8 +50,3 @@ def choice_prompt(
 def gsm_prompt(question: str, demonstrations: str) -> str:
     """4-shot CoT prompt: the demonstrations, then the question in the same layout."""
     return f"{demonstrations.rstrip()}\n\n\nQuestion: {question}\nLet's think step by step\n"
-
-
-def qa_prompt(question: str) -> str:
-    """Short-answer prompt of the generic QA task."""
-    return f"Answer the question with a short answer.\nQuestion: {question}\nAnswer:"

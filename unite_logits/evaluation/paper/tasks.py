@@ -1,8 +1,9 @@
-"""Benchmarks as tasks: loading, prompting, stop strings, answer reading and scoring.
+"""The UniTE paper's protocols: loading its data files, its prompts, stop strings, answer reading.
 
-A ``Task`` turns a data file into ``Item``s whose prompt is final, and scores a
-response. The runner and the compatibility report only see this interface, so a task is
-added by writing one class and registering it in ``TASKS``.
+A ``Task`` turns a data file into ``Item``s whose prompt is final, and scores a response.
+These are what lm-eval lacks (the paper's own prompts and answer reading); the shipped
+lm-eval tasks ``unite_paper_*`` run them (`unite_logits/lm_eval/tasks/unite_tasks.py`),
+and every other benchmark is lm-eval's own task.
 
 Items the data cannot score (ARC rows whose options are all blank, or whose gold option
 is blank) are returned as ``Skipped`` with a reason instead of being counted wrong.
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from unite_logits.evaluation import extract, prompts
+from unite_logits.evaluation.paper import extract, prompts
 from unite_logits.evaluation.data import read_jsonl
 from unite_logits.evaluation.errors import EvalUsageError
 
@@ -33,16 +34,13 @@ __all__ = [
     "ARCTask",
     "PIQATask",
     "MMLUTask",
-    "QATask",
     "TASKS",
     "get_task",
     "parse_options",
     "question_of",
-    "MODES",
 ]
 
 Answer = float | str | None
-MODES = ("free", "constrained", "both")  # how a task is asked: generate, pick a letter, or both
 _LETTERS = string.ascii_uppercase[:8]
 
 
@@ -245,42 +243,8 @@ class MMLUTask(ChoiceTask):
         return [(f"mmlu/{subject}/{i}", row, tuple(shots), f"{file} record {i + 1}") for i, row in enumerate(rows)]
 
 
-class QATask(Task):
-    """Generic short-answer QA: ``{"question", "answer": [aliases...]}``, normalised match."""
-
-    name = "qa"
-    default_file = "QA/test.jsonl"
-    stop_strings = prompts.QA_STOP
-    max_new_tokens = 32
-
-    def load(self, data_dir: Path, path: Path | None = None) -> TaskData:
-        items, skipped = [], []
-        file = self._path(data_dir, path)
-        for i, row in enumerate(read_jsonl(file)):
-            item_id = str(row.get("id", f"qa/{i}"))
-            aliases = row.get("answer", [])
-            if isinstance(aliases, (str, int, float)) and not isinstance(aliases, bool):
-                aliases = [aliases]
-            if not isinstance(aliases, list) or not all(
-                isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in aliases
-            ):
-                raise EvalUsageError(f"{file} record {i + 1}: 'answer' has to be text or a list of texts")
-            aliases = [str(a) for a in aliases]
-            if not any(extract.normalize_text(a) for a in aliases):
-                skipped.append(Skipped(item_id, "no non-empty answer alias", i))
-                continue
-            items.append(Item(item_id, prompts.qa_prompt(question_of(row, f"{file} record {i + 1}")), aliases, row=i))
-        return TaskData(items, skipped)
-
-    def extract(self, text: str, item: Item) -> Answer:
-        return extract.extract_short_answer(text)
-
-    def is_correct(self, answer: Answer, item: Item) -> bool:
-        return isinstance(answer, str) and extract.matches_any_alias(answer, item.gold)
-
-
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (GSM8KTask, ARCTask, PIQATask, MMLUTask, QATask)
+    cls.name: cls for cls in (GSM8KTask, ARCTask, PIQATask, MMLUTask)
 }
 
 

@@ -8,8 +8,7 @@ never correct.
 from __future__ import annotations
 
 import re
-import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
 __all__ = [
@@ -18,9 +17,6 @@ __all__ = [
     "extract_number_answer",
     "numbers_equal",
     "extract_letter",
-    "normalize_text",
-    "extract_short_answer",
-    "matches_any_alias",
 ]
 
 # A number: optional sign (not when glued to a preceding word/digit, so "10-3" is 10 and 3),
@@ -123,33 +119,3 @@ def extract_letter(text: str, letters: Sequence[str]) -> str | None:
         if m:
             return next(g for g in m.groups() if g).upper()
     return None
-
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_text(text: str) -> str:
-    """SQuAD-style normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower().translate(_PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def extract_short_answer(text: str) -> str | None:
-    """First non-empty line of a response, without an "Answer:" prefix; None if empty."""
-    for line in text.splitlines():
-        line = re.sub(r"^\s*(?:final\s+)?answer\s*[:\-]\s*", "", line, flags=re.IGNORECASE).strip()
-        if line:
-            return line
-    return None
-
-
-def matches_any_alias(prediction: str | None, aliases: Iterable[str]) -> bool:
-    """Exact match after normalisation against any alias; empty predictions never match."""
-    if prediction is None:
-        return False
-    pred = normalize_text(prediction)
-    if not pred:
-        return False
-    return any(pred == normalize_text(alias) for alias in aliases if normalize_text(alias))

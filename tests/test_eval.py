@@ -1,0 +1,174 @@
+"""``unite-logits eval`` on lm-eval: members alone and the ensemble on the same documents,
+resumed after a kill record for record, refusing another run's folder; the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from testkit.eval_tiny import tiny_members, write_data  # noqa: E402
+from unite_logits.evaluation.cli import DEFAULT_MEMBERS, add_eval_parser, add_select_parser, run_eval, run_select  # noqa: E402
+from unite_logits.evaluation.errors import EvalUsageError  # noqa: E402
+from unite_logits.evaluation.run_task import evaluate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Task folders go to this test's cache; no hub or datasets network access."""
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def members():
+    return tiny_members()
+
+
+def records(out: Path, system: str) -> list[dict]:
+    return [json.loads(line) for line in (out / "records" / f"{system}.jsonl").read_text().splitlines()]
+
+
+def test_members_alone_and_the_ensemble_on_the_same_documents(members, tmp_path):
+    data = write_data(tmp_path / "data")
+    comparison = evaluate("arc_challenge", members, out=tmp_path / "out", data_dir=data, top_k=4, progress=False)
+    assert comparison.task == "unite_arc_challenge" and comparison.n == 6  # the blank-option row is left out
+    assert comparison.metrics == ["acc", "acc_norm"] and comparison.best_member in {"a", "b"}
+    names = [r.name for r in comparison.results if r.metric == "acc"]
+    assert names == ["a", "b", "ensemble"]
+    assert set(comparison.gains) == {"acc", "acc_norm"} and comparison.gains["acc"].n == 6
+    for system in names:
+        assert [r["doc_id"] for r in records(tmp_path / "out", system)] == list(range(6))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["task"] == "unite_arc_challenge" and summary["n_differences"] == len(comparison.differences)
+    assert "ensemble − best member" in (tmp_path / "out" / "summary.md").read_text()
+    for row in comparison.differences:
+        assert row["ensemble"] != row["best_member"] and set(row["outputs"]) == {"a", "b", "ensemble"}
+
+
+def test_a_generative_paper_task_runs_through_the_same_path(members, tmp_path):
+    data = write_data(tmp_path / "data")
+    comparison = evaluate("paper_gsm8k", members, out=tmp_path / "out", data_dir=data, limit=2, progress=False)
+    assert comparison.metrics == ["exact_match"] and comparison.n == 2
+    assert all(isinstance(r["output"], str) for r in records(tmp_path / "out", "ensemble"))
+
+
+def test_a_changed_data_file_or_model_set_is_refused(members, tmp_path):
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "out"
+    evaluate("arc_challenge", members, out=out, data_dir=data, limit=2, progress=False)
+    changed = tmp_path / "changed"
+    write_data(changed, n_arc=7)
+    with pytest.raises(EvalUsageError, match="other settings.*docs_sha256"):
+        evaluate("arc_challenge", members, out=out, data_dir=changed, limit=2, progress=False)
+    with pytest.raises(EvalUsageError, match="other settings.*systems"):
+        evaluate("arc_challenge", members[:1], out=out, data_dir=data, limit=2, progress=False)
+    with pytest.raises(EvalUsageError, match="other settings.*top_k"):
+        evaluate("arc_challenge", members, out=out, data_dir=data, limit=2, top_k=3, progress=False)
+    grown = evaluate("arc_challenge", members, out=out, data_dir=data, limit=4, progress=False)  # --limit may grow
+    assert grown.n == 4
+    (out / "meta.json").unlink()
+    with pytest.raises(EvalUsageError, match="meta.json is gone"):
+        evaluate("arc_challenge", members, out=out, data_dir=data, limit=4, progress=False)
+
+
+def test_unknown_tasks_and_repeated_members_are_one_line_errors(members, tmp_path):
+    data = write_data(tmp_path / "data")
+    with pytest.raises(EvalUsageError, match="unknown task 'no_such_task'"):
+        evaluate("no_such_task", members, out=tmp_path / "out", data_dir=data, progress=False)
+    with pytest.raises(EvalUsageError, match="each member may be given once"):
+        evaluate("arc_challenge", [members[0], members[0]], out=tmp_path / "out", data_dir=data, progress=False)
+
+
+CHILD = """
+import sys
+from testkit.eval_tiny import tiny_members
+from unite_logits.evaluation.run_task import evaluate
+evaluate("arc_challenge", tiny_members(), out=sys.argv[1], data_dir=sys.argv[2], batch_size=1, progress=False)
+"""
+
+
+def _cached(out: Path) -> int:
+    total = 0
+    for db in (out / "cache").glob("*.db"):
+        with sqlite3.connect(db) as connection:
+            total += connection.execute("select count(*) from unnamed").fetchone()[0]
+    return total
+
+
+def test_a_run_killed_midway_resumes_to_the_same_records_computing_only_the_rest(members, tmp_path, monkeypatch):
+    data = write_data(tmp_path / "data")
+    whole = tmp_path / "whole"  # one request per forward pass everywhere, so floats do not depend on batching
+    evaluate("arc_challenge", members, out=whole, data_dir=data, batch_size=1, progress=False)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(killed), str(data)], env=env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            if _cached(killed) >= 30:  # the first system done, the second under way
+                break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL, "the child finished before it could be killed"
+    before = _cached(killed)
+    assert 0 < before < 3 * 24  # 6 items x 4 choices per system, 3 systems: part of it
+    from unite_logits.ensemble.scoring import Scorer
+
+    computed = []
+    score = Scorer.score
+    monkeypatch.setattr(Scorer, "score", lambda self, requests, **kw: computed.extend(requests) or score(self, requests, **kw))
+    evaluate("arc_challenge", members, out=killed, data_dir=data, batch_size=1, progress=False)
+    assert len(computed) == 3 * 24 - before  # nothing cached is computed again
+    for system in ("a", "b", "ensemble"):
+        assert records(killed, system) == records(whole, system)
+    assert json.loads((killed / "summary.json").read_text())["gains"] == json.loads((whole / "summary.json").read_text())["gains"]
+
+
+# -- the command line ------------------------------------------------------------------------
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="unite-logits")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_eval_parser(sub)
+    add_select_parser(sub)
+    return parser.parse_args(argv)
+
+
+def test_eval_defaults_and_handlers():
+    args = parse(["eval", "--task", "piqa"])
+    assert args.members == list(DEFAULT_MEMBERS) and args.limit is None and args.handler is run_eval
+    assert parse(["select", "--task", "gsm8k", "--candidates", "x", "y"]).handler is run_select
+    with pytest.raises(SystemExit):
+        parse(["eval", "--task", "piqa", "--limit", "0"])
+
+
+def test_eval_command_prints_members_ensemble_and_the_interval(members, tmp_path, capsys):
+    data = write_data(tmp_path / "data")
+    by_name = {m.name: m for m in members}
+    args = parse(["eval", "--task", "arc_challenge", "--members", "a", "b", "--limit", "3", "--out", str(tmp_path / "out"),
+                  "--data-dir", str(data), "--no-progress"])
+    assert run_eval(args, loader=by_name.__getitem__) == 0
+    out = capsys.readouterr().out
+    assert "| a | " in out and "| b | " in out and "| ensemble | " in out and "95% CI" in out
+    args = parse(["eval", "--task", "arc_challenge", "--members", "a", "b", "--limit", "3", "--out", str(tmp_path / "out"),
+                  "--data-dir", str(data), "--no-progress", "--json"])
+    assert run_eval(args, loader=by_name.__getitem__) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["best_member"] in {"a", "b"} and "acc" in report["gains"]

@@ -1,0 +1,186 @@
+"""Each member alone and the ensemble on one lm-eval task, through the one `unite` model, resumably.
+
+Every system runs the same lm-eval task (a shipped offline task, or any lm-eval task whose
+data can be had) on the same documents through `unite_logits.lm_eval.UniteLM`, so members and
+ensemble are measured by one path. Resuming rests on lm-eval's request cache
+(``use_cache``): the model hands each finished batch to the cache as it goes, so a run that
+is killed loses only the batch in flight, and a rerun answers every cached request from the
+cache and computes only the rest. The results folder records the run's identity (task,
+documents, models and their weights digests, settings; `unite_logits.evaluation.identity`) and
+refuses to resume another run.
+
+Layout of ``out``: ``meta.json`` (the identity), ``cache/<system>_rank0.db`` (lm-eval's request
+caches), ``records/<system>.jsonl`` (per-sample records from lm-eval's sample logs),
+``summary.json`` / ``summary.md`` and ``differences.jsonl`` (`unite_logits.evaluation.summary`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unite_logits.evaluation.errors import EvalUsageError
+from unite_logits.evaluation.identity import run_identity
+from unite_logits.evaluation.records import check_meta, write_records
+
+__all__ = ["ENSEMBLE", "SystemRun", "TaskRun", "resolve_task", "run_systems", "slug"]
+
+logger = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"
+_OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@dataclass
+class SystemRun:
+    """One system's results: lm-eval's task-level metrics and one record per sample."""
+
+    name: str
+    metrics: dict[str, float]
+    records: list[dict[str, Any]]
+
+
+@dataclass
+class TaskRun:
+    """A task's documents, resolved once for every system."""
+
+    name: str
+    manager: Any  # lm_eval.tasks.TaskManager
+    subtasks: dict[str, int]  # name -> number of documents
+    digest: str
+    metrics: list[str]
+    generative: bool
+    systems: list[SystemRun] = field(default_factory=list)
+
+
+def slug(name: str) -> str:
+    """A file name for a system name."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "system"
+
+
+def resolve_task(task: str, data_dir: str | os.PathLike[str] | None = None) -> TaskRun:
+    """The lm-eval task ``task`` (a shipped ``unite_*`` name, its short form such as ``piqa``,
+    or any lm-eval task), its documents' digest, subtasks and metrics.
+
+    Raises:
+        EvalUsageError: an unknown task, or data that cannot be had.
+    """
+    for key, value in _OFFLINE.items():
+        os.environ.setdefault(key, value)
+    from lm_eval.tasks import TaskManager
+
+    import unite_logits.lm_eval as integration
+
+    shipped = integration.task_folder(data_dir)
+    local = TaskManager(include_path=str(shipped), include_defaults=False)
+    name = task if task in local.all_tasks else f"unite_{task}" if f"unite_{task}" in local.all_tasks else None
+    manager = local
+    if name is None:  # any other lm-eval task (its data must be reachable or cached)
+        manager = TaskManager(include_path=str(shipped))
+        if task not in manager.all_tasks:
+            raise EvalUsageError(f"unknown task {task!r}: neither a shipped task ({', '.join(integration.TASKS)}) "
+                                 "nor an lm-eval task name")
+        name = task
+    try:
+        loaded = manager.load([name])["tasks"]
+    except Exception as error:  # noqa: BLE001 - lm-eval and datasets raise many kinds; one line names the task
+        raise EvalUsageError(f"task {name!r} could not be loaded ({type(error).__name__}: {error})") from None
+    digest = hashlib.sha256()
+    subtasks, metrics, generative = {}, [], False
+    for subtask, built in sorted(loaded.items()):
+        docs = list(built.eval_docs)
+        subtasks[subtask] = len(docs)
+        digest.update(subtask.encode() + b"\0")
+        for doc in docs:
+            digest.update(json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
+        for metric in built.config.metric_list or []:
+            if metric["metric"] not in metrics and isinstance(metric["metric"], str):
+                metrics.append(metric["metric"])
+        generative = generative or built.config.output_type == "generate_until"
+    return TaskRun(name, manager, subtasks, digest.hexdigest(), metrics, generative)
+
+
+def _record(subtask: str, sample: dict[str, Any], metrics: Sequence[str]) -> dict[str, Any]:
+    """One sample of lm-eval's log as a record: its document, metric values and output."""
+    responses = sample.get("filtered_resps", sample.get("resps"))
+    output: Any
+    if responses and isinstance(responses[0], str):
+        output = responses[0]
+    else:
+        output = [float(r[0]) if isinstance(r, (list, tuple)) else float(r) for r in responses or []]
+    return {"task": subtask, "doc_id": int(sample["doc_id"]), "doc_hash": sample.get("doc_hash"),
+            "target": str(sample.get("target")), "context": _context(sample),
+            "metrics": {m: float(sample[m]) for m in metrics if isinstance(sample.get(m), (int, float))},
+            "output": output}
+
+
+def _context(sample: dict[str, Any]) -> str:
+    arguments = sample.get("arguments")
+    first = arguments[0] if isinstance(arguments, (list, tuple)) and arguments else None
+    return str(first[0]) if isinstance(first, (list, tuple)) and first else ""
+
+
+def run_systems(
+    run: TaskRun,
+    systems: Sequence[tuple[str, Callable[[], Any]]],
+    *,
+    out: Path,
+    identity: dict[str, Any],
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    apply_chat_template: bool = False,
+    progress: bool = True,
+) -> TaskRun:
+    """Run every system (name, maker of its `UniteLM`) on ``run``'s task; resumes from ``out``.
+
+    Raises:
+        EvalUsageError: ``out`` holds another run (or records whose identity file is gone).
+    """
+    import lm_eval
+
+    out = Path(out)
+    meta = out / "meta.json"
+    if not meta.exists() and any((out / folder).exists() and any((out / folder).iterdir())
+                                 for folder in ("cache", "records")):
+        raise EvalUsageError(f"{out} holds results but its meta.json is gone, so nothing says which task, data "
+                             "and models they belong to; delete them or use another --out")
+    check_meta(meta, identity)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    run.systems = []
+    for index, (name, make) in enumerate(systems, 1):
+        logger.info("%s on %s (%d of %d)%s", name, run.name, index, len(systems), f", first {limit} documents" if limit else "")
+        results = lm_eval.simple_evaluate(
+            model=make(), tasks=[run.name], task_manager=run.manager, limit=limit, num_fewshot=num_fewshot,
+            log_samples=True, use_cache=str(out / "cache" / slug(name)), bootstrap_iters=0,
+            apply_chat_template=apply_chat_template, verbosity="ERROR" if not progress else "WARNING",
+        )
+        assert results is not None
+        records = [_record(subtask, sample, run.metrics) for subtask in sorted(results["samples"])
+                   for sample in results["samples"][subtask]]
+        write_records(out / "records" / f"{slug(name)}.jsonl", records)
+        run.systems.append(SystemRun(name, _means(records, run.metrics), records))
+    return run
+
+
+def _means(records: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, float]:
+    """Each metric over every sample (over all subtasks of a group: weighted by size)."""
+    means = {}
+    for metric in metrics:
+        values = [r["metrics"][metric] for r in records if metric in r["metrics"]]
+        if values:
+            means[metric] = sum(values) / len(values)
+    return means
+
+
+def identity_of(run: TaskRun, systems: Sequence[tuple[str, Sequence[Any]]], *, weights: Sequence[float] | None,
+                top_k: int, num_fewshot: int | None, apply_chat_template: bool) -> dict[str, Any]:
+    """What a results folder of this run records and checks (see `run_identity`)."""
+    return run_identity(task=run.name, docs_sha256=run.digest, systems=systems, weights=weights, top_k=top_k,
+                        settings={"num_fewshot": num_fewshot, "apply_chat_template": apply_chat_template})
