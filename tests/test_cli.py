@@ -183,8 +183,8 @@ def test_temperature_without_sample_warns_in_one_line(fake_ensemble, capsys):
 
 
 def test_eval_usage_errors_are_one_line(capsys):
-    code, _, err = run(["eval", "--task", "gsm8k", "--mode", "constrained"], capsys)
-    assert_one_line_error(code, err, "multiple-choice")
+    code, _, err = run(["eval", "--task", "gsm8k", "--limit", "0"], capsys)
+    assert_one_line_error(code, err, "--limit", "positive integer")
 
 
 @pytest.mark.parametrize(

@@ -189,13 +189,16 @@ def test_progress_false_turns_off_transformers_bars_for_the_call_only(folders, c
     [
         (b"", "no scorable items"),
         (b'{"question": "q?", "answer": "x"}\n[1, 2]\n', ":2: a record has to be a JSON object"),
-        (b'{"id": "x", "question": "q?", "answer": "a"}\n{"id": "x", "question": "r?", "answer": "b"}\n',
-         "'x' appears more than once"),
-        (b'{"question": null, "answer": "Paris"}\n', "'question' has to be non-empty text"),
+        (b'{"question": null, "answer": "so the answer is 4"}\n', "'question' has to be non-empty text"),
     ],
 )
-def test_eval_data_mistakes_are_one_line_before_any_model_loads(tmp_path, capsys, content, needle):
-    data = tmp_path / "qa.jsonl"
-    data.write_bytes(content)
-    code, out, err = run(["eval", "--task", "qa", "--data", str(data), "--members", "/no/such/model"], capsys)
+def test_eval_data_mistakes_are_one_line_before_any_model_loads(tmp_path, capsys, monkeypatch, content, needle):
+    pytest.importorskip("lm_eval")
+    from testkit.eval_tiny import write_data
+
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path / "cache"))
+    data = write_data(tmp_path / "data")
+    (data / "GSM" / "test.cleand.jsonl").write_bytes(content)
+    code, out, err = run(["eval", "--task", "paper_gsm8k", "--data-dir", str(data), "--members", "/no/such/model",
+                          "--no-progress"], capsys)
     assert_one_line(code, err, needle)

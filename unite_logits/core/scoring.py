@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
@@ -62,6 +62,7 @@ class TokenScores:
     logprobs: list[float]
     greedy: list[bool]
     proposed: list[bool]
+    top: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
 
     @property
     def logprob(self) -> float:
@@ -85,9 +86,11 @@ class ScoringModel:
 
 
 def score_requests(
-    primary: ScoringModel, members: Sequence[ScoringModel], requests: Sequence[ScoreRequest], top_k: int
+    primary: ScoringModel, members: Sequence[ScoringModel], requests: Sequence[ScoreRequest], top_k: int,
+    top_n: int = 0,
 ) -> list[TokenScores]:
-    """Score ``requests`` (one batch: every model runs one forward pass over all of them).
+    """Score ``requests`` (one batch: every model runs one forward pass over all of them);
+    ``top_n``: also each position's likeliest primary ids (`TokenScores.top`).
 
     Raises:
         ValueError: an empty context or continuation, or a text longer than a model's window.
@@ -113,13 +116,14 @@ def score_requests(
         models.append(StepModel(member.view, rows, weights[j + 1], member.name, votes.__getitem__))
     targets = [token for request in requests for token in request.continuation]
     where = [(index, t) for index, request in enumerate(requests) for t in range(len(request.continuation))]
-    scored = score_targets(models, primary_rows, top_k, targets,
+    scored = score_targets(models, primary_rows, top_k, targets, top_n=top_n,
                            describe_row=lambda row: f"request {where[row][0]} at continuation token {where[row][1]}")
     out, start = [], 0
     for request in requests:
         end = start + len(request.continuation)
         part = scored[start:end]
-        out.append(TokenScores([s.logprob for s in part], [s.greedy for s in part], [s.proposed for s in part]))
+        out.append(TokenScores([s.logprob for s in part], [s.greedy for s in part], [s.proposed for s in part],
+                               [s.top for s in part]))
         start = end
     return out
 

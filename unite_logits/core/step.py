@@ -116,12 +116,14 @@ def ensemble_step(
 
 @dataclass(frozen=True)
 class TargetScore:
-    """The ensemble's log-probability of a row's target, whether it is the greedy choice, and
-    whether its candidate was among the models' top-k (the union generation itself builds)."""
+    """The ensemble's log-probability of a row's target, whether it is the greedy choice,
+    whether its candidate was among the models' top-k (the union generation itself builds),
+    and the likeliest primary ids there with their log-probabilities (best first)."""
 
     logprob: float
     greedy: bool
     proposed: bool
+    top: tuple[tuple[int, float], ...] = ()
 
 
 def score_targets(
@@ -130,16 +132,19 @@ def score_targets(
     top_k: int,
     targets: Sequence[int],
     *,
+    top_n: int = 0,
     describe_row: Callable[[int], str] = lambda row: f"row {row}",
 ) -> list[TargetScore]:
     """`ensemble_step` with each row's target (a primary id) added to its union, read off.
 
-    The target's log-probability is ``log(probs[t] * mass)``. Where two of the primary's ids
-    write the same bytes, the primary's probability of the target is that of the target id
-    itself (see `_with_target`), so one model alone scores exactly its own log-probabilities.
+    The target's log-probability is ``log(probs[t] * mass)``, as are the ``top_n`` likeliest
+    ids'. Where two of the primary's ids write the same bytes, the primary's probability of
+    the target is that of the target id itself (see `_with_target`), so one model alone scores
+    exactly its own log-probabilities.
     """
     combined, proposed = _ensemble(models, scores, top_k, targets, describe_row, None)
-    return [_target_score(models[0].view, target, row, was) for target, row, was in zip(targets, combined, proposed)]
+    return [_target_score(models[0].view, target, row, was, top_n)
+            for target, row, was in zip(targets, combined, proposed)]
 
 
 def _ensemble(
@@ -190,13 +195,16 @@ def _ensemble(
     return results, proposed
 
 
-def _target_score(view: TokenBytes, target: int, combined: Combined, proposed: bool) -> TargetScore:
-    """The ensemble's log-probability of ``target`` and whether it is the greedy choice."""
+def _target_score(view: TokenBytes, target: int, combined: Combined, proposed: bool, top_n: int) -> TargetScore:
+    """The ensemble's log-probability of ``target``, whether it is the greedy choice, the top ``top_n``."""
     key = candidate_key(view, target)
     pid = token_for(view, key, emitting=True) if key is not None else None
-    value = combined.probs.get(pid, 0.0) * combined.mass if pid is not None else 0.0
-    greedy = bool(combined.probs) and pid is not None and max(combined.probs, key=combined.probs.__getitem__) == pid
-    return TargetScore(math.log(value) if value > 0 else -math.inf, greedy, proposed)
+    probs, mass = combined.probs, combined.mass
+    value = probs.get(pid, 0.0) * mass if pid is not None else 0.0
+    greedy = bool(probs) and pid is not None and max(probs, key=probs.__getitem__) == pid
+    best = sorted(probs, key=probs.__getitem__, reverse=True)[:top_n]
+    top = tuple((token, math.log(probs[token] * mass)) for token in best if probs[token] > 0)
+    return TargetScore(math.log(value) if value > 0 else -math.inf, greedy, proposed, top)
 
 
 def ensembled_scores(

@@ -27,7 +27,16 @@ from ..processor import UniTEProcessor
 from ..remote import RemoteMember
 from ..remote.spec import remote_member_from_spec, split_remote_spec
 from .options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
-from .prompts import Prompt, PromptError, PromptTooLongError, PreparedPrompt, check_fits, check_prompt, encode_prompt
+from .prompts import (
+    Prompt,
+    PreparedPrompt,
+    PromptError,
+    PromptTooLongError,
+    check_fits,
+    check_prompt,
+    encode_prompt,
+    token_ids,
+)
 from .scoring import DEFAULT_BATCH_SIZE, Scorer
 from .streaming import GenerationRequest, GenerationResult, Piece, generate_rows, left_pad_id
 
@@ -112,9 +121,16 @@ class Ensemble:
         Cost: one tokenization (and template) per model.
         """
         check_prompt(prompt)
-        chat = chat or not isinstance(prompt, str)
+        given = token_ids(prompt)
+        chat = (chat or not isinstance(prompt, str)) and given is None
         ids: list[list[int]] = []
-        for loaded in self.models:
+        if given is not None:  # the primary's ids; each auxiliary reads their text, as always
+            size = len(self.primary.tokenizer)
+            if max(given) >= size:
+                raise PromptError(f"the prompt holds token id {max(given)}, past the primary's vocabulary of {size}")
+            text = str(self.primary.tokenizer.decode(given, skip_special_tokens=True))
+            ids = [given] + [encode_prompt(m, text, chat=False) for m in self.models[1:]]
+        for loaded in self.models if given is None else ():
             try:
                 ids.append(encode_prompt(loaded, prompt, chat=chat))
             except TemplateError as error:

@@ -31,9 +31,11 @@ __all__ = [
     "check_fits",
     "encode_prompt",
     "messages_of",
+    "token_ids",
 ]
 
-Prompt = Union[str, Sequence[Mapping[str, str]]]
+Prompt = Union[str, Sequence[Mapping[str, str]], Sequence[int]]
+"""Text, a conversation (chat messages), or the primary's token ids (as OpenAI completions take)."""
 
 
 class PromptError(ValueError):
@@ -55,17 +57,29 @@ def check_text(text: str, what: str = "the prompt") -> None:
         ) from None
 
 
+def token_ids(prompt: Prompt) -> list[int] | None:
+    """The prompt's token ids if it is given as ids, else None."""
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return [int(t) for t in prompt]
+    return None
+
+
 def check_prompt(prompt: Prompt) -> None:
-    """A prompt is non-blank valid text or a non-empty list of chat messages."""
+    """A prompt is non-blank valid text, a non-empty list of chat messages, or non-negative ids."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise PromptError("the prompt is empty")
         check_text(prompt)
         return
+    ids = token_ids(prompt)
+    if ids is not None:
+        if min(ids) < 0:
+            raise PromptError("the prompt holds negative token ids")
+        return
     if not prompt or not all(isinstance(m, Mapping) and "role" in m and "content" in m for m in prompt):
         raise PromptError("a chat prompt has to be a non-empty list of {'role': ..., 'content': ...} messages")
     for index, message in enumerate(prompt):
-        check_text(str(message["content"]), f"message {index}")
+        check_text(str(message["content"]), f"message {index}")  # type: ignore[index]
 
 
 def check_fits(model: Any, name: str, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -81,7 +95,7 @@ def check_fits(model: Any, name: str, prompt_tokens: int, max_new_tokens: int) -
 
 def messages_of(prompt: Prompt) -> list[dict[str, str]]:
     """The prompt as chat messages (text is one user turn)."""
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]  # type: ignore[arg-type]
 
 
 def encode_prompt(loaded: "LoadedModel | RemoteMember", prompt: Prompt, *, chat: bool) -> list[int]:
@@ -96,7 +110,7 @@ def encode_prompt(loaded: "LoadedModel | RemoteMember", prompt: Prompt, *, chat:
 
     if chat:
         return chat_prompt_ids(loaded.tokenizer, messages_of(prompt), name=loaded.name)
-    text = prompt if isinstance(prompt, str) else plain_text(prompt)
+    text = prompt if isinstance(prompt, str) else plain_text(prompt)  # type: ignore[arg-type]
     return list(loaded.tokenizer(text)["input_ids"])
 
 

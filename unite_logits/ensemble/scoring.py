@@ -125,11 +125,13 @@ class Scorer:
         return self.models[0].tokenizer
 
     def score(self, requests: Sequence[ScoreRequest], *, progress: bool = False, desc: str = "scoring",
-              on_batch: Callable[[list[int], list[TokenScores]], None] | None = None) -> list[TokenScores]:
+              on_batch: Callable[[list[int], list[TokenScores]], None] | None = None,
+              top_n: int = 0) -> list[TokenScores]:
         """Score ``requests`` in batches of `batch_size`, longest first; results in request order.
 
         ``on_batch(indices, results)`` is called as each batch is done (to keep results of a
-        long run as they come: lm-eval's request cache does).
+        long run as they come: lm-eval's request cache does). ``top_n``: also each position's
+        likeliest ids (`TokenScores.top`).
         """
         order = sorted(range(len(requests)), key=lambda i: -(len(requests[i].context) + len(requests[i].continuation)))
         results: list[TokenScores | None] = [None] * len(requests)
@@ -137,7 +139,7 @@ class Scorer:
         with bar:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start: start + self.batch_size]
-                scored = score_requests(self.primary, self.members, [requests[i] for i in batch], self.top_k)
+                scored = score_requests(self.primary, self.members, [requests[i] for i in batch], self.top_k, top_n)
                 for index, result in zip(batch, scored):
                     results[index] = result
                 if on_batch is not None:

@@ -29,11 +29,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ...ensemble.prompts import PromptTooLongError
 from ...ensemble.streaming import GenerationResult
 from . import openai_format as fmt
-from .schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from ...core.checks import context_window
+from ...core.token_bytes import token_bytes_view
+from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields, TokenizeRequest
 from .worker import (
     DEFAULT_BATCH_WAIT_S,
     DEFAULT_MAX_BATCH,
     ChoiceDone,
+    Echoed,
     Ended,
     Event,
     Failed,
@@ -110,7 +113,10 @@ class _Run:
             options = body.options(settings.default_max_tokens, top_logprobs)
         except ValueError as error:
             raise OpenAIError(400, str(error)) from None
-        self.job = Job(request_id, list(prompts), chat, options, self._notify)
+        echo = bool(getattr(body, "echo", False))
+        self.job = Job(request_id, list(prompts), chat, options, self._notify, echo=echo,
+                       generate=not echo or body.max_tokens != 0)
+        self.echoes: dict[int, Echoed] = {}
         worker.submit(self.job)
 
     def _notify(self, event: Event) -> None:  # called on the worker thread
@@ -133,7 +139,7 @@ class _Run:
             raise _ClientGone()
 
     async def events_until_end(self, request: Request | None = None,
-                               until_started: bool = False) -> AsyncIterator[PieceReady | ChoiceDone | Rejected]:
+                               until_started: bool = False) -> AsyncIterator[PieceReady | Echoed | ChoiceDone | Rejected]:
         """Pieces and per-choice results until the job ends (or, ``until_started``, until it
         starts); with ``request``, watch for a disconnect."""
         checked = time.monotonic()
@@ -168,6 +174,8 @@ class _Run:
         async for event in self.events_until_end(request):
             if isinstance(event, ChoiceDone):
                 done[event.choice] = _not_cancelled(event.result)
+            elif isinstance(event, Echoed):
+                self.echoes[event.choice] = event
         return [done[i] for i in sorted(done)]
 
 
@@ -263,9 +271,34 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
                                _completion_chunks(run, body, request_id, created=int(time.time())) if body.stream else None)
         if not isinstance(answer, list):
             return answer
-        choices = [fmt.completion_choice(i, result, body.logprobs is not None) for i, result in enumerate(answer)]
+        if body.echo:
+            view = token_bytes_view(ensemble.primary.tokenizer, ensemble.primary.eos_token_ids)
+            choices = [fmt.echo_choice(i, run.echoes[i], result, view, body.logprobs) for i, result in enumerate(answer)]
+        else:
+            choices = [fmt.completion_choice(i, result, body.logprobs is not None) for i, result in enumerate(answer)]
         return fmt.response(request_id, "text_completion", body.model, choices,
                             _usage(answer, prompts=len(body.prompts)))
+
+    # -- the primary's tokenizer, as lm-eval's remote tokenizer and vLLM's server offer it ----
+    tokenizer = ensemble.primary.tokenizer
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        return {"eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token, "pad_token": tokenizer.pad_token,
+                "chat_template": getattr(tokenizer, "chat_template", None),
+                "model_max_length": context_window(ensemble.primary.model), "tokenizer": ensemble.primary.name}
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        ids = tokenizer(body.text, add_special_tokens=body.add_special_tokens)["input_ids"]
+        return {"tokens": list(ids), "count": len(ids), "max_model_len": context_window(ensemble.primary.model)}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
+        if body.tokens and max(body.tokens) >= len(tokenizer):
+            raise OpenAIError(400, f"token id {max(body.tokens)} is past the vocabulary of {len(tokenizer)}",
+                              param="tokens", code="invalid_value")
+        return {"prompt": tokenizer.decode(body.tokens)}
 
     return app
 

@@ -30,6 +30,7 @@ __all__ = [
     "text_delta",
     "response",
     "Chunks",
+    "echo_choice",
 ]
 
 SSE_DONE = "data: [DONE]\n\n"
@@ -99,6 +100,42 @@ def chat_delta(index: int, delta: dict[str, Any], logprobs: Any = None, finish: 
 def text_delta(index: int, text: str, logprobs: Any = None, finish: str | None = None) -> dict[str, Any]:
     """One choice of a streamed ``text_completion`` chunk."""
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def echo_choice(index: int, echoed: Any, result: GenerationResult, view: Any, logprobs: int | None) -> dict[str, Any]:
+    """A ``text_completion`` choice with ``echo``: the prompt's text and, per prompt token, its
+    ensembled log-probability (None for the first, which nothing precedes) and, with
+    ``logprobs: N``, its N likeliest alternatives; then the generated text's, if any."""
+    ids = echoed.prompt_ids
+    strings = [_token_text(view, token) for token in ids]
+    scores = echoed.scores
+    prompt = {
+        "tokens": strings,
+        "token_logprobs": [None, *scores.logprobs],
+        "top_logprobs": [None, *({_token_text(view, t): lp for t, lp in top} for top in scores.top)],
+        "text_offset": list(_offsets(strings, 0)),
+    }
+    text = view.tokenizer.decode(ids) + result.text
+    out: dict[str, Any] = {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason(result)}
+    if logprobs is not None:
+        generated = completion_logprobs(result.logprobs, sum(len(s) for s in strings))
+        out["logprobs"] = {key: prompt[key] + generated[key] for key in prompt}
+    return out
+
+
+def _token_text(view: Any, token: int) -> str:
+    data = view.bytes_of(token)
+    if data is None:
+        return str(view.tokenizer.decode([token], skip_special_tokens=False))
+    return data.decode("utf-8", errors="replace")
+
+
+def _offsets(strings: Sequence[str], start: int) -> list[int]:
+    offsets = []
+    for text in strings:
+        offsets.append(start)
+        start += len(text)
+    return offsets
 
 
 def response(request_id: str, kind: str, model: str, choices: list[dict[str, Any]], usage: dict[str, int]) -> dict[str, Any]:

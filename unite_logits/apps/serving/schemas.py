@@ -22,6 +22,8 @@ __all__ = [
     "MAX_CHOICES",
     "MAX_STOP_STRINGS",
     "MAX_COMPLETION_LOGPROBS",
+    "TokenizeRequest",
+    "DetokenizeRequest",
 ]
 
 MAX_CHOICES = 8  # n (times prompts) per request: each choice is a row of the batch it runs in
@@ -68,7 +70,7 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    max_tokens: int | None = Field(default=None, ge=1, strict=True)  # strict: `true` is not 1
+    max_tokens: int | None = Field(default=None, ge=0, strict=True)  # strict: `true` is not 1; 0 with echo only
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
@@ -99,6 +101,8 @@ class SamplingFields(BaseModel):
             raise ValueError("logit_bias is not supported by this server")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream: true")
+        if self.max_tokens == 0 and not getattr(self, "echo", False):
+            raise ValueError("max_tokens: 0 generates nothing; it only makes sense with echo: true")
         return self
 
     @property
@@ -111,7 +115,7 @@ class SamplingFields(BaseModel):
 
     def options(self, default_max_tokens: int, top_logprobs: int | None) -> GenerationOptions:
         return GenerationOptions(
-            max_new_tokens=self.max_tokens or default_max_tokens,
+            max_new_tokens=(self.max_tokens if self.max_tokens is not None else default_max_tokens) or 1,
             temperature=self.temperature,
             top_p=self.top_p,
             stop=self.stop_strings,
@@ -150,10 +154,41 @@ class ChatCompletionRequest(SamplingFields):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-class CompletionRequest(SamplingFields):
-    """``POST /v1/completions``: plain continuation of one prompt or a list of prompts."""
+class TokenizeRequest(BaseModel):
+    """``POST /tokenize``: ``prompt`` (vLLM, lm-eval) or ``content`` (llama.cpp)."""
 
-    prompt: str | list[str]
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str | None = None
+    content: str | None = None
+    add_special_tokens: bool = True
+
+    @model_validator(mode="after")
+    def _has_text(self) -> "TokenizeRequest":
+        if self.prompt is None and self.content is None:
+            raise ValueError("prompt is required")
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.prompt if self.prompt is not None else str(self.content)
+
+
+class DetokenizeRequest(BaseModel):
+    """``POST /detokenize``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tokens: list[int] = Field(strict=True)
+
+
+class CompletionRequest(SamplingFields):
+    """``POST /v1/completions``: plain continuation of one prompt or a list of prompts, each text
+    or the primary's token ids. With ``echo`` the prompt comes back with the ensemble's
+    log-probability of each of its tokens (``logprobs``: and its likeliest alternatives), as
+    the OpenAI legacy API and vLLM return them; ``max_tokens: 0`` then only scores the prompt."""
+
+    prompt: str | list[str] | list[list[int]] | list[int]
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS, strict=True)
     echo: bool = False
     suffix: str | None = None
@@ -161,20 +196,24 @@ class CompletionRequest(SamplingFields):
 
     @model_validator(mode="after")
     def _completion_rules(self) -> "CompletionRequest":
-        if self.echo:
-            raise ValueError("echo is not supported by this server")
         if self.suffix:
             raise ValueError("suffix is not supported by this server")
         if self.best_of not in (None, 1, self.n):
             raise ValueError("best_of is not supported by this server")
         if not self.prompts:
             raise ValueError("prompt is an empty list")
-        if len(self.prompts) * self.n > MAX_CHOICES:
+        if len(self.prompts) * self.n > MAX_CHOICES and not self.echo:
             raise ValueError(f"at most {MAX_CHOICES} completions per request (prompts x n)")
-        if any(not p.strip() for p in self.prompts):
+        if any((not p.strip()) if isinstance(p, str) else not p for p in self.prompts):
             raise ValueError("the prompt is empty")
+        if self.echo and (self.stream or self.n != 1):
+            raise ValueError("echo works with stream: false and n: 1")
         return self
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and all(isinstance(t, int) for t in self.prompt):
+            return [list(self.prompt)]  # type: ignore[arg-type]
+        return list(self.prompt)  # type: ignore[arg-type]

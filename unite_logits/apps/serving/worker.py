@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ...core.checks import check_int, context_window
+from ...core.scoring import ScoreRequest, TokenScores
 from ...ensemble.options import GenerationOptions
 from ...ensemble.prompts import PreparedPrompt, PromptError
 from ...ensemble.streaming import GenerationRequest, GenerationResult, Piece
 
 __all__ = ["Job", "GenerationWorker", "FinishedJob", "DEFAULT_MAX_BATCH", "DEFAULT_BATCH_WAIT_S", "Event",
-           "Started", "Rejected", "PieceReady", "ChoiceDone", "Ended", "Failed"]
+           "Started", "Rejected", "PieceReady", "Echoed", "ChoiceDone", "Ended", "Failed"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,16 @@ class ChoiceDone:
 
 
 @dataclass(frozen=True)
+class Echoed:
+    """Choice ``choice``'s prompt scored: its ids and the ensemble's log-probability of each
+    token after the first (`unite_logits.TokenScores`)."""
+
+    choice: int
+    prompt_ids: list[int]
+    scores: TokenScores
+
+
+@dataclass(frozen=True)
 class Ended:
     """Every choice of the job ended (or it was cancelled before it started)."""
 
@@ -86,7 +97,7 @@ class Failed:
     error: BaseException
 
 
-Event = Union[Started, Rejected, PieceReady, ChoiceDone, Ended, Failed]
+Event = Union[Started, Rejected, PieceReady, Echoed, ChoiceDone, Ended, Failed]
 Notify = Callable[[Event], None]
 
 DEFAULT_MAX_BATCH = 8
@@ -95,7 +106,8 @@ DEFAULT_BATCH_WAIT_S = 0.02  # a step of the smallest catalogue pair takes ~70 m
 
 @dataclass
 class Job:
-    """One request: a prompt per choice, how to decode, where events go, a cancel flag."""
+    """One request: a prompt per choice, how to decode, where events go, a cancel flag; with
+    ``echo``, each prompt is scored (`Echoed`) and, if ``generate``, continued as well."""
 
     request_id: str
     prompts: Sequence[Any]
@@ -103,6 +115,8 @@ class Job:
     options: GenerationOptions
     notify: Notify
     cancel: threading.Event = field(default_factory=threading.Event)
+    echo: bool = False
+    generate: bool = True
 
 
 @dataclass(frozen=True)
@@ -264,7 +278,7 @@ class GenerationWorker:
         """The oldest waiting job and every later one that can share its batch."""
         head = self._waiting.popleft()
         batch = [head]
-        if head.job.options.seed is not None:
+        if head.job.options.seed is not None or head.job.echo:
             return batch
         rows, longest_prompt, most_new = len(head.rows), head.longest_prompt, head.job.options.max_new_tokens
         for admitted in list(self._waiting):
@@ -272,7 +286,7 @@ class GenerationWorker:
             new_rows = rows + len(admitted.rows)
             new_most = max(most_new, options.max_new_tokens)
             new_longest = max(longest_prompt, admitted.longest_prompt)
-            if (options.seed is None and options.decoding == head.job.options.decoding
+            if (options.seed is None and not admitted.job.echo and options.decoding == head.job.options.decoding
                     and new_rows <= self.max_batch
                     and (self._window is None or new_longest + new_most <= self._window)):
                 batch.append(admitted)
@@ -290,7 +304,10 @@ class GenerationWorker:
             admitted.job.notify(Started())
         self._running = batch
         try:
-            self.ensemble.run([self._request(row) for row in rows])
+            if batch[0].job.echo:
+                self._echo(batch[0])
+            else:
+                self.ensemble.run([self._request(row) for row in rows])
         except Exception as error:  # reported to its requests; the worker goes on
             logger.exception("batch of %s failed", ", ".join(a.job.request_id for a in batch))
             for admitted in batch:
@@ -301,6 +318,27 @@ class GenerationWorker:
         finally:
             self._running = []
         logger.info("batch of %d requests, %d rows", len(batch), len(rows))
+
+    def _echo(self, admitted: _Admitted) -> None:
+        """Score each prompt's tokens (all but the first, which nothing precedes), then continue
+        the prompts if the request asks for tokens too."""
+        job = admitted.job
+        scorer = self.ensemble.scorer()
+        rows = [row for row in admitted.rows if len(row.prepared.primary_ids) > 1]
+        requests = [ScoreRequest(row.prepared.primary_ids[:1], row.prepared.primary_ids[1:]) for row in rows]
+        scored = dict(zip(map(id, rows), scorer.score(requests, top_n=job.options.top_logprobs or 0)))
+        empty = TokenScores([], [], [], [])
+        for row in admitted.rows:
+            for index in row.indices:
+                job.notify(Echoed(index, list(row.prepared.primary_ids), scored.get(id(row), empty)))
+        if job.generate:
+            self.ensemble.run([self._request(row) for row in admitted.rows])
+            return
+        for row in admitted.rows:
+            result = GenerationResult("", "length", len(row.prepared.primary_ids), 0)
+            for index in row.indices:
+                job.notify(ChoiceDone(index, result))
+            self._record(admitted, row.indices, result)
 
     def _request(self, row: _Row) -> GenerationRequest:
         job = row.admitted.job

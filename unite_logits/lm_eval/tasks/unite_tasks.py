@@ -54,7 +54,11 @@ def paper_dataset(paper_task: str, data_dir: str, **_: Any) -> datasets.DatasetD
     """
     from unite_logits.evaluation.paper.tasks import get_task
 
+    from unite_logits.evaluation.errors import EvalUsageError
+
     data = get_task(paper_task).load(Path(data_dir))
+    if not data.items:
+        raise EvalUsageError(f"{paper_task} data in {data_dir}: no scorable items ({len(data.skipped)} rows skipped)")
     rows = [{"id": item.id, "prompt": item.prompt, "gold": str(item.gold), "letters": list(item.letters),
              "paper_task": paper_task} for item in data.items]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
