@@ -666,8 +666,12 @@ def test_cli_generate_with_a_served_auxiliary(gemma_server, capsys):
     assert code == 0 and out["models"][1] == f"gemma3-270m@{gemma_server.url}" and out["new_tokens"] >= 1
 
 
-def test_cli_refuses_a_served_primary_and_a_dead_server_in_one_line(capsys):
+@pytest.mark.parametrize("option", ["--primary", "--aux"])
+def test_cli_a_dead_server_is_one_line_naming_it(capsys, option):
     from unite_logits.apps.cli import main
 
-    assert main(["generate", "hi", "--primary", "gemma3-270m@http://127.0.0.1:9"]) == 2
-    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert main(["generate", "hi", option, "gemma3-270m@http://127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("unite-logits: error: remote member 'gemma3-270m@http://127.0.0.1:9'")
+    assert "cannot reach the server" in err[-1]
+    assert not any("Traceback" in line for line in err)

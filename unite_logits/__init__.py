@@ -9,7 +9,8 @@ The names below are imported on first use, so that ``import unite_logits`` (and
 
 Layers (see docs/architecture.md): ``core`` (the ensembling core), ``processor`` (the
 transformers integration), ``ensemble`` (the library front), ``apps`` (command line, chat,
-server), ``models`` (provisioning), ``remote`` (served members), ``evaluation``.
+server), ``models`` (provisioning), ``remote`` (served members and a served primary,
+`ServedCausalLM`), ``evaluation``, ``lm_eval`` (the lm-evaluation-harness model).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from .ensemble.streaming import GenerationResult, Piece
     from .models.loading import LoadedModel, load_model
     from .processor import UniTEProcessor
-    from .remote import RemoteMember, RemoteMemberError
+    from .remote import RemoteMember, RemoteMemberError, ServedCausalLM
 
 _HOMES = {
     "Ensemble": ".ensemble.ensemble",
@@ -44,6 +45,7 @@ _HOMES = {
     "UniTEProcessor": ".processor",
     "RemoteMember": ".remote",
     "RemoteMemberError": ".remote",
+    "ServedCausalLM": ".remote",
     "TokenBytes": ".core.token_bytes",
     "token_bytes_view": ".core.token_bytes",
     "StepRecord": ".core.trace",

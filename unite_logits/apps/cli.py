@@ -170,8 +170,6 @@ def _load_ensemble(args: argparse.Namespace, *, prompt: Any = None) -> Any:
 
     specs = [args.primary, *(args.aux or [DEFAULT_AUX])]
     try:
-        if split_remote_spec(args.primary) is not None:
-            raise ValueError(f"the primary runs generate here and cannot be SPEC@URL: {args.primary!r}")
         if prompt is not None:
             check_prompt(prompt)
         check_weights(args.weights, len(specs))

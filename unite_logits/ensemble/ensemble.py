@@ -25,7 +25,8 @@ from ..core.trace import StepRecord
 from ..models.loading import LoadedModel, load_model
 from ..processor import UniTEProcessor
 from ..remote import RemoteMember
-from ..remote.spec import remote_member_from_spec, split_remote_spec
+from ..remote.primary import DEFAULT_TOP_N, is_served
+from ..remote.spec import remote_member_from_spec, served_primary_from_spec, split_remote_spec
 from .options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 from .prompts import (
     Prompt,
@@ -60,15 +61,17 @@ def check_weights(weights: Sequence[float] | None, n_models: int) -> list[float]
 class Ensemble:
     """Loaded models (primary first) with their weights and ``top_k``.
 
-    Use `load` to build one from names; a spec given twice is loaded once. An auxiliary may
-    be a `RemoteMember` (a model behind a server; spec ``SPEC@URL``); the primary runs here.
+    Use `load` to build one from names; a spec given twice is loaded once. Any model may be
+    served (spec ``SPEC@URL``): an auxiliary as a `RemoteMember`, the primary as a `LoadedModel`
+    holding a `ServedCausalLM`, which ``generate`` drives like a local model.
     """
 
     def __init__(self, models: Sequence[Model], *, weights: Sequence[float] | None = None, top_k: int = 10):
         if not models:
             raise ValueError("an ensemble needs at least one model")
         if isinstance(models[0], RemoteMember):
-            raise ValueError(f"the primary runs `generate` in this process; {models[0].name!r} is served remotely")
+            raise ValueError(f"the primary runs `generate`, so it has to be a model, not a `RemoteMember`: serve "
+                             f"{models[0].name!r} as a primary with Ensemble.load(['NAME@URL', ...]) (a ServedCausalLM)")
         self.models = list(models)
         self.weights = check_weights(weights, len(self.models))
         self.top_k = check_top_k(top_k)
@@ -87,18 +90,19 @@ class Ensemble:
     ) -> "Ensemble":
         """Check the options, then load each distinct spec once (primary first).
 
-        An auxiliary ``SPEC@URL`` (e.g. ``gemma3-270m@http://127.0.0.1:8080``) becomes a
-        `RemoteMember`: only its tokenizer is loaded here, and its server is checked.
+        A ``SPEC@URL`` (e.g. ``gemma3-270m@http://127.0.0.1:8080``) is served: only its
+        tokenizer is loaded here, and its server is checked. A served primary becomes a
+        `unite_logits.remote.ServedCausalLM` (``generate`` drives it like a local model), a
+        served auxiliary a `RemoteMember`.
         """
         checked = check_weights(weights, len(specs))
         check_top_k(top_k)
-        if split_remote_spec(specs[0]) is not None:
-            raise ValueError(f"the primary runs `generate` in this process and cannot be served remotely: {specs[0]!r}")
         loaded: dict[str, LoadedModel] = {}
         models: list[Model] = []
-        for spec, weight in zip(specs, checked):
+        for index, (spec, weight) in enumerate(zip(specs, checked)):
             if split_remote_spec(spec) is not None:
-                models.append(remote_member_from_spec(spec, weight=weight))
+                models.append(served_primary_from_spec(spec, top_n=max(4 * top_k, DEFAULT_TOP_N)) if index == 0
+                              else remote_member_from_spec(spec, weight=weight))
                 continue
             if spec not in loaded:
                 loaded[spec] = load_model(spec, device=device, dtype=dtype, progress=progress)
@@ -230,7 +234,7 @@ class Ensemble:
             ValueError: a member is served remotely (scoring reads every model's distribution at
                 every position of a text, which a served member does not give).
         """
-        served = [str(m.name) for m in self.models if isinstance(m, RemoteMember)]
+        served = [str(m.name) for m in self.models if isinstance(m, RemoteMember) or is_served(m.model)]
         if served:
             raise ValueError(f"scoring needs every model in this process; served remotely: {', '.join(served)}")
         loaded = [m for m in self.models if isinstance(m, LoadedModel)]

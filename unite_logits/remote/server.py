@@ -7,9 +7,11 @@ before any generation starts (a few small requests, well under a second on a LAN
   slots); any other server must answer ``GET /v1/models`` (OpenAI-compatible);
 * the vocabulary: its size (llama-server reports ``n_vocab`` in ``/v1/models``) must
   cover the tokenizer's, and a probe text must tokenize to the same ids on the server
-  (``POST /tokenize``, which llama-server and vLLM both offer) as with the tokenizer, as
-  must the tokenizer's special tokens (they appear among the candidates). A server that
-  offers no way to check is used with a warning that says so.
+  (``POST /tokenize``, which llama-server and vLLM both offer) as with the tokenizer, or at
+  least every id must detokenize to the same text (``POST /detokenize``: only ids are ever
+  sent, so a server whose pre-tokenizer splits text differently is fine), as must the
+  tokenizer's special tokens (they appear among the candidates). A server that offers no
+  way to check is used with a warning that says so.
 """
 
 from __future__ import annotations
@@ -120,6 +122,29 @@ def _special_tokens(tokenizer: Any) -> list[tuple[str, int]]:
     return list(dict.fromkeys(found))
 
 
+def _same_text(client: JsonClient, info: ServerInfo, tokenizer: Any, expected: Sequence[int], served: Sequence[int]) -> bool:
+    """Whether the ids mean the same text on both sides, though the two tokenize the probe
+    differently (llama.cpp's pre-tokenizer of SmolLM2 splits CJK otherwise than transformers').
+
+    Ids are what the ensemble sends, never text, so a different *tokenization* does no harm
+    as long as every id stands for the same piece: the server's detokenization of the
+    tokenizer's ids, and of its own, must be the probe text, piece for piece. False where the
+    server cannot detokenize.
+    """
+    pieces = [[token] for token in expected] + [list(expected), list(served)]
+    for ids in pieces:
+        body: dict[str, Any] = {"tokens": ids}
+        if info.model is not None:
+            body["model"] = info.model
+        answer = client.request("POST", "/detokenize", body, allow=(404, 405, 501))
+        text = answer.get("content", answer.get("prompt")) if isinstance(answer, dict) else None
+        if not isinstance(text, str) or text != tokenizer.decode(ids if ids is not served else expected):
+            return False
+    logger.info("remote member %r at %s tokenizes text differently from the tokenizer, but its ids mean the same "
+                "text (only ids are sent)", client.member, client.url)
+    return True
+
+
 def check_vocabulary(client: JsonClient, info: ServerInfo, tokenizer: Any) -> None:
     """Raise `RemoteMemberError` unless the server's vocabulary is the tokenizer's.
 
@@ -140,7 +165,7 @@ def check_vocabulary(client: JsonClient, info: ServerInfo, tokenizer: Any) -> No
             "checked against the tokenizer; make sure it serves the tokenizer's model", client.member, client.url,
         )
         return
-    if served != expected:
+    if served != expected and not _same_text(client, info, tokenizer, expected, served):
         first = next((i for i, (a, b) in enumerate(zip(served, expected)) if a != b), min(len(served), len(expected)))
         raise client.error(
             f"the server tokenizes a probe text differently from the tokenizer (first difference at token "

@@ -11,12 +11,15 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..models.errors import ModelLoadError
 from .member import RemoteMember
 
-__all__ = ["split_remote_spec", "load_tokenizer", "remote_member_from_spec"]
+if TYPE_CHECKING:
+    from ..models.loading import LoadedModel
+
+__all__ = ["split_remote_spec", "load_tokenizer", "remote_member_from_spec", "served_primary_from_spec"]
 
 _WITH_SCHEME = re.compile(r"@(?=https?://)")
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}(/\S*)?$")
@@ -114,3 +117,20 @@ def remote_member_from_spec(text: str, *, weight: float = 1.0, **options: Any) -
     tokenizer, name, eos_ids = load_tokenizer(spec)
     options.setdefault("name", f"{name}@{url}")
     return RemoteMember(url, tokenizer, weight=weight, eos_token_ids=eos_ids, **options)
+
+
+def served_primary_from_spec(text: str, *, top_n: int | None = None, **options: Any) -> "LoadedModel":
+    """The primary for ``SPEC@URL``: a `LoadedModel` whose model is a `ServedCausalLM` (the model
+    runs on the server; generation, the processor and `Ensemble` use it as a local one).
+
+    Raises:
+        ValueError: ``text`` is not ``SPEC@URL``.
+        ModelError: the tokenizer cannot be loaded; `RemoteMemberError`: the server is
+            unreachable or serves another model.
+    """
+    from ..models.loading import LoadedModel
+    from .primary import DEFAULT_TOP_N, ServedCausalLM
+
+    member = remote_member_from_spec(text, **options)
+    model = ServedCausalLM(member, top_n=top_n or DEFAULT_TOP_N)
+    return LoadedModel(model, member.tokenizer, str(member.name))
