@@ -171,3 +171,17 @@ def test_the_mmlu_group_holds_every_subject(tasks, data_dir):
     assert len(subjects) == 57
     names = set(tasks.all_tasks)
     assert {f"unite_mmlu_{s}" for s in subjects} <= names and "unite_mmlu" in names
+
+
+def test_the_command_keeps_a_users_own_include_path_beside_the_shipped_tasks(data_dir, tmp_path):
+    """lm-eval's ``--include_path`` takes one folder: the wrapper joins the shipped one to the user's."""
+    import unite_logits.lm_eval as integration
+
+    shipped = integration.task_folder(data_dir)
+    mine = tmp_path / "my_tasks"
+    mine.mkdir()
+    (mine / "my_piqa.yaml").write_text(f"include: {shipped / 'unite_piqa.yaml'}\ntask: my_piqa\n")
+    with integration._shipped_tasks_included(shipped):
+        known = TaskManager(include_path=str(mine), include_defaults=False).all_tasks
+    assert "my_piqa" in known and "unite_piqa" in known
+    assert "unite_piqa" not in TaskManager(include_path=str(mine), include_defaults=False).all_tasks  # restored

@@ -16,12 +16,14 @@ lm-eval has no plugin hook for models, hence the import (and the wrapper command
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import lm_eval.models  # noqa: F401  (populates lm-eval's built-in model names first: `get_model` needs them)
 import lm_eval.tasks
@@ -91,14 +93,40 @@ def main(argv: Sequence[str]) -> int:
     args = list(argv)
     if not any(a == "--model" or a.startswith("--model=") for a in args):
         args = ["--model", "unite", *args]
-    if not any(a in ("-h", "--help") for a in args):
-        args += ["--include_path", str(task_folder())]
     saved = sys.argv
     sys.argv = ["lm_eval", *args]
     try:
-        cli_evaluate()
+        with _shipped_tasks_included(None if any(a in ("-h", "--help") for a in args) else task_folder()):
+            cli_evaluate()
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:
         sys.argv = saved
     return 0
+
+
+@contextlib.contextmanager
+def _shipped_tasks_included(folder: Path | None) -> Iterator[None]:
+    """While lm-eval's command line runs, every `TaskManager` it makes also reads ``folder``.
+
+    lm-eval's ``--include_path`` takes one folder, so adding ours to the arguments would
+    replace a folder the user gave; joining it to theirs where the manager is made keeps both.
+    """
+    if folder is None:
+        yield
+        return
+    from lm_eval.tasks import TaskManager
+
+    original = TaskManager.__init__
+
+    def init(self: Any, *args: Any, include_path: Any = None, **kwargs: Any) -> None:
+        paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+        if str(folder) not in map(str, paths):
+            paths.append(folder)
+        original(self, *args, include_path=paths, **kwargs)
+
+    TaskManager.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TaskManager.__init__ = original  # type: ignore[method-assign]
