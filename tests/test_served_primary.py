@@ -194,3 +194,14 @@ def test_killing_either_server_midway_is_one_clear_error_in_bounded_time(tmp_pat
             ensemble.generate("Once upon a time", GenerationOptions(max_new_tokens=200), on_piece=kill_after_a_few)
         elapsed = time.monotonic() - started
         assert len(pieces) >= 3 and victim.url in str(caught.value) and elapsed < 60
+
+
+def test_beam_search_runs_over_the_servers_top_n(scripted):
+    model = served(scripted)
+    prompt = torch.tensor([[1, 2, 3]])
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3, num_beams=2,
+                         num_return_sequences=2, do_sample=False, pad_token_id=0)
+    assert out.shape == (2, 6)
+    assert out[0, 3:].tolist() == [14, 25, 36]  # the best beam: the server's best each step
+    for row in out.tolist():  # every token one of the three the server listed after the one before it
+        assert all(10 + (a + 1) % 50 <= b <= 12 + (a + 1) % 50 for a, b in zip(row[2:], row[3:]))
