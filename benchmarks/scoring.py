@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size, "top_k": args.top_k, "threads": args.threads, "repeats": args.repeats,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
         "median_seconds": {k: round(v, 2) for k, v in medians.items()},
+        "seconds": {k: [round(v, 3) for v in values] for k, values in seconds.items()},
         "ratio_ensemble_to_sum_of_hf": round(statistics.median(ratios), 3),
         "repeat_ratios": [round(r, 3) for r in ratios],
         "one_model_max_abs_difference_to_hf": worst_difference,
