@@ -125,8 +125,8 @@ def _shipped_tasks_included(folder: Path | None) -> Iterator[None]:
             paths.append(folder)
         original(self, *args, include_path=paths, **kwargs)
 
-    TaskManager.__init__ = init  # type: ignore[method-assign]
+    TaskManager.__init__ = init
     try:
         yield
     finally:
-        TaskManager.__init__ = original  # type: ignore[method-assign]
+        TaskManager.__init__ = original
