@@ -185,3 +185,23 @@ def test_the_command_keeps_a_users_own_include_path_beside_the_shipped_tasks(dat
         known = TaskManager(include_path=str(mine), include_defaults=False).all_tasks
     assert "my_piqa" in known and "unite_piqa" in known
     assert "unite_piqa" not in TaskManager(include_path=str(mine), include_defaults=False).all_tasks  # restored
+
+
+def test_generate_until_samples_with_do_sample_and_temperature(folders):
+    import torch
+
+    from unite_logits.lm_eval import UniteLM
+
+    lm = UniteLM(models=f"{folders[0]}+{folders[1]}", top_k=4, batch_size=2)
+
+    def answer(**gen_kwargs):
+        return lm.generate_until([Instance("generate_until", {}, ("The quick brown fox", {"max_gen_toks": 12, **gen_kwargs}), 0)])[0]
+
+    greedy = answer()
+    torch.manual_seed(0)
+    first = answer(do_sample=True, temperature=5.0)
+    torch.manual_seed(0)
+    again = answer(do_sample=True, temperature=5.0)
+    assert first == again  # sampling follows torch's seed, as lm-eval seeds it
+    assert first != greedy  # a near-flat distribution over the union: 12 draws all greedy is ~impossible
+    assert answer(do_sample=False, temperature=5.0) == greedy  # temperature without do_sample: greedy
