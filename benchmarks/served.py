@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -45,6 +46,7 @@ from unite_logits.models.catalogue import get_entry
 from unite_logits.models.gguf_files import materialize_gguf
 from unite_logits.models.loading import load_model
 from unite_logits.remote.llama_server import LlamaServer, find_binary
+from unite_logits.remote.primary import top_n_for
 from unite_logits.remote.spec import remote_member_from_spec, served_primary_from_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         slots = max(args.batch, 1)
         with LlamaServer(binary, ggufs[PRIMARY], slots=slots, ctx_per_slot=1024, extra_args=()) as smol, \
                 LlamaServer(binary, ggufs[AUXILIARY], slots=slots, ctx_per_slot=1024) as gemma:
-            served = {"primary": served_primary_from_spec(f"{PRIMARY}@{smol.url}", top_n=max(4 * args.top_k, 40)),
+            served = {"primary": served_primary_from_spec(f"{PRIMARY}@{smol.url}", top_n=top_n_for(args.top_k)),
                       "aux": remote_member_from_spec(f"{AUXILIARY}@{gemma.url}"),
                       "aux_alone": served_primary_from_spec(f"{AUXILIARY}@{gemma.url}")}
             one_repeat(served, local, args)  # warm-up: byte maps, connections, the servers' first prompts
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "transformers": "fp32, 2 torch threads, KV cache",
         "settings": vars(args) | {"out": str(args.out)},
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cores": __import__("os").cpu_count(), "torch": torch.__version__},
+                    "cores": os.cpu_count(), "torch": torch.__version__},
         "median": median,
         "repeats": rounds,
     }

@@ -25,7 +25,7 @@ from ..core.trace import StepRecord
 from ..models.loading import LoadedModel, load_model
 from ..processor import UniTEProcessor
 from ..remote import RemoteMember
-from ..remote.primary import DEFAULT_TOP_N, is_served
+from ..remote.primary import is_served, top_n_for
 from ..remote.spec import remote_member_from_spec, served_primary_from_spec, split_remote_spec
 from .options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 from .prompts import (
@@ -101,7 +101,7 @@ class Ensemble:
         models: list[Model] = []
         for index, (spec, weight) in enumerate(zip(specs, checked)):
             if split_remote_spec(spec) is not None:
-                models.append(served_primary_from_spec(spec, top_n=max(4 * top_k, DEFAULT_TOP_N)) if index == 0
+                models.append(served_primary_from_spec(spec, top_n=top_n_for(top_k)) if index == 0
                               else remote_member_from_spec(spec, weight=weight))
                 continue
             if spec not in loaded:

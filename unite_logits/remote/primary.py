@@ -27,11 +27,17 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ..core.checks import check_top_k
 from .member import RemoteMember
 
-__all__ = ["ServedConfig", "ServedCausalLM", "DEFAULT_TOP_N"]
+__all__ = ["ServedConfig", "ServedCausalLM", "DEFAULT_TOP_N", "top_n_for"]
 
 DEFAULT_TOP_N = 40
 """Candidates the server lists per step (llama.cpp's ``n_probs`` takes any; vLLM caps them at 20
 by default: start it with ``--max-logprobs``)."""
+
+
+def top_n_for(top_k: int) -> int:
+    """Candidates a served primary asks for in an ensemble of ``top_k``: ``4 * top_k``, at least
+    `DEFAULT_TOP_N` (the union's candidates from other models must find the primary's value)."""
+    return max(4 * check_top_k(top_k), DEFAULT_TOP_N)
 
 
 class ServedConfig(PretrainedConfig):
@@ -93,9 +99,11 @@ class ServedCausalLM(PreTrainedModel, GenerationMixin):
         """
         if input_ids is None:
             raise ValueError("a served model reads token ids (`input_ids`), not embeddings")
-        rows = input_ids.tolist()
-        if attention_mask is not None:
-            rows = [[t for t, keep in zip(row, mask) if keep] for row, mask in zip(rows, attention_mask.tolist())]
+        if attention_mask is None:
+            rows = input_ids.tolist()
+        else:
+            keep = attention_mask.bool()
+            rows = [row[mask].tolist() for row, mask in zip(input_ids, keep)]
         logprobs = self.runner.logprobs(rows)
         return CausalLMOutputWithPast(logits=logprobs[:, None, :].to(input_ids.device))
 

@@ -131,14 +131,14 @@ def _same_text(client: JsonClient, info: ServerInfo, tokenizer: Any, expected: S
     tokenizer's ids, and of its own, must be the probe text, piece for piece. False where the
     server cannot detokenize.
     """
-    pieces = [[token] for token in expected] + [list(expected), list(served)]
-    for ids in pieces:
+    probe = tokenizer.decode(list(expected))
+    checks = [([token], tokenizer.decode([token])) for token in expected] + [(list(expected), probe), (list(served), probe)]
+    for ids, text in checks:
         body: dict[str, Any] = {"tokens": ids}
         if info.model is not None:
             body["model"] = info.model
         answer = client.request("POST", "/detokenize", body, allow=(404, 405, 501))
-        text = answer.get("content", answer.get("prompt")) if isinstance(answer, dict) else None
-        if not isinstance(text, str) or text != tokenizer.decode(ids if ids is not served else expected):
+        if not isinstance(answer, dict) or answer.get("content", answer.get("prompt")) != text:
             return False
     logger.info("remote member %r at %s tokenizes text differently from the tokenizer, but its ids mean the same "
                 "text (only ids are sent)", client.member, client.url)
