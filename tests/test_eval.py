@@ -42,9 +42,10 @@ def records(out: Path, system: str) -> list[dict]:
     return [json.loads(line) for line in (out / "records" / f"{system}.jsonl").read_text().splitlines()]
 
 
-def test_members_alone_and_the_ensemble_on_the_same_documents(members, tmp_path):
+def test_members_alone_and_the_ensemble_on_the_same_documents(members, tmp_path, capsys):
     data = write_data(tmp_path / "data")
     comparison = evaluate("arc_challenge", members, out=tmp_path / "out", data_dir=data, top_k=4, progress=False)
+    assert "unite loglikelihood" not in capsys.readouterr().err  # progress=False hides the model's bars
     assert comparison.task == "unite_arc_challenge" and comparison.n == 6  # the blank-option row is left out
     assert comparison.metrics == ["acc", "acc_norm"] and comparison.best_member in {"a", "b"}
     names = [r.name for r in comparison.results if r.metric == "acc"]
@@ -109,6 +110,16 @@ def _cached(out: Path) -> int:
     return total
 
 
+def _counting(monkeypatch) -> list:
+    """Every request the scorer computes (not answered from a cache) is appended here."""
+    from unite_logits.ensemble.scoring import Scorer
+
+    computed: list = []
+    score = Scorer.score
+    monkeypatch.setattr(Scorer, "score", lambda self, requests, **kw: computed.extend(requests) or score(self, requests, **kw))
+    return computed
+
+
 def test_a_run_killed_midway_resumes_to_the_same_records_computing_only_the_rest(members, tmp_path, monkeypatch):
     data = write_data(tmp_path / "data")
     whole = tmp_path / "whole"  # one request per forward pass everywhere, so floats do not depend on batching
@@ -130,16 +141,55 @@ def test_a_run_killed_midway_resumes_to_the_same_records_computing_only_the_rest
     assert child.returncode == -signal.SIGKILL, "the child finished before it could be killed"
     before = _cached(killed)
     assert 0 < before < 3 * 24  # 6 items x 4 choices per system, 3 systems: part of it
-    from unite_logits.ensemble.scoring import Scorer
-
-    computed = []
-    score = Scorer.score
-    monkeypatch.setattr(Scorer, "score", lambda self, requests, **kw: computed.extend(requests) or score(self, requests, **kw))
+    computed = _counting(monkeypatch)
     evaluate("arc_challenge", members, out=killed, data_dir=data, batch_size=1, progress=False)
     assert len(computed) == 3 * 24 - before  # nothing cached is computed again
     for system in ("a", "b", "ensemble"):
         assert records(killed, system) == records(whole, system)
     assert json.loads((killed / "summary.json").read_text())["gains"] == json.loads((whole / "summary.json").read_text())["gains"]
+
+
+def test_reuse_takes_matching_answers_over_and_computes_only_what_changed(members, tmp_path, monkeypatch, caplog):
+    data = write_data(tmp_path / "data")
+    first = tmp_path / "k4"
+    evaluate("arc_challenge", members, out=first, data_dir=data, top_k=4, batch_size=1, progress=False)
+    computed = _counting(monkeypatch)
+    swept = tmp_path / "k2"  # another top_k: the members alone are the same, the ensemble is not
+    with caplog.at_level("INFO", logger="unite_logits.evaluation.runs"):
+        evaluate("arc_challenge", members, out=swept, data_dir=data, top_k=2, batch_size=1, progress=False, reuse=[first])
+    assert len(computed) == 24  # 6 items x 4 choices, the ensemble's only
+    assert "a: answers taken from" in caplog.text and "b: answers taken from" in caplog.text
+    assert "ensemble: answers taken" not in caplog.text
+    for system in ("a", "b"):
+        assert records(swept, system) == records(first, system)
+    computed.clear()
+    again = tmp_path / "again"  # the same run: every system taken over, nothing computed
+    evaluate("arc_challenge", members, out=again, data_dir=data, top_k=4, batch_size=1, progress=False, reuse=[swept, first])
+    assert computed == []
+    for system in ("a", "b", "ensemble"):
+        assert records(again, system) == records(first, system)
+    from unite_logits.evaluation.selection import select
+
+    select("arc_challenge", members, out=tmp_path / "select", data_dir=data, batch_size=1, heatmap=False,
+           progress=False, reuse=[first])  # select's candidates alone are eval's members alone
+    assert computed == []
+    caplog.clear()
+    alone = tmp_path / "alone"  # other documents: nothing matches, a warning says so
+    with caplog.at_level("WARNING", logger="unite_logits.evaluation.runs"):
+        evaluate("arc_challenge", members[:1], out=alone, data_dir=write_data(tmp_path / "other", n_arc=5),
+                 top_k=4, batch_size=1, progress=False, reuse=[first])
+    assert len(computed) == 5 * 4 and "nothing taken from it" in caplog.text
+
+
+def test_reuse_of_a_folder_that_is_no_results_folder_is_refused_before_anything_is_written(members, tmp_path):
+    data = write_data(tmp_path / "data")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvalUsageError, match="--reuse .*empty: it has no meta.json"):
+        evaluate("arc_challenge", members, out=tmp_path / "out", data_dir=data, progress=False, reuse=[tmp_path / "empty"])
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "empty" / "meta.json").write_text("[1]")
+    with pytest.raises(EvalUsageError, match="meta.json is damaged"):
+        evaluate("arc_challenge", members, out=tmp_path / "out", data_dir=data, progress=False, reuse=[tmp_path / "empty"])
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -155,6 +205,7 @@ def test_eval_defaults_and_handlers():
     args = parse(["eval", "--task", "piqa"])
     assert args.members == list(DEFAULT_MEMBERS) and args.limit is None and args.handler is run_eval
     assert parse(["select", "--task", "gsm8k", "--candidates", "x", "y"]).handler is run_select
+    assert args.reuse == [] and parse(["eval", "--task", "piqa", "--reuse", "x", "--reuse", "y"]).reuse == ["x", "y"]
     with pytest.raises(SystemExit):
         parse(["eval", "--task", "piqa", "--limit", "0"])
 

@@ -51,6 +51,10 @@ def _add_common(parser: argparse.ArgumentParser, default_out: str, default_limit
     parser.add_argument("--batch-size", type=_positive, default=8, help="requests per forward pass (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                        help="an earlier results folder whose answers are taken over where a system's task, documents, "
+                             "models and settings match (a member alone matches whatever the ensemble's --top-k and "
+                             "--weights were): a top-k sweep or an added member recomputes only what changed; repeatable")
 
 
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -105,7 +109,7 @@ def run_eval(args: argparse.Namespace, loader: Loader | None = None) -> int:
     comparison = evaluate(args.task, args.members, out=args.out, limit=args.limit, weights=args.weights,
                           top_k=args.top_k, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
                           apply_chat_template=args.apply_chat_template, data_dir=args.data_dir,
-                          progress=not args.no_progress, loader=loader)
+                          progress=not args.no_progress, loader=loader, reuse=args.reuse)
     print(json.dumps(comparison.to_dict(), default=str) if args.json else comparison.to_markdown())
     if not args.json:
         print(f"records, summary and differences in {args.out}")
@@ -126,6 +130,6 @@ def run_select(args: argparse.Namespace, loader: Loader | None = None) -> int:
     thresholds = Thresholds(args.max_gap / 100, args.max_length_ratio, args.min_vocab_overlap, args.min_top_k_agreement)
     report = select(args.task, args.candidates, limit=args.limit, out=args.out, data_dir=args.data_dir,
                     thresholds=thresholds, top_k=args.top_k, batch_size=args.batch_size, heatmap=not args.no_heatmap,
-                    progress=not args.no_progress, loader=loader)
+                    progress=not args.no_progress, loader=loader, reuse=args.reuse)
     print(json.dumps(report.to_dict(), default=str) if args.json else report.to_markdown())
     return 0

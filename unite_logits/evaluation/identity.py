@@ -6,19 +6,22 @@ weights digests, the ensemble's weights and ``top_k``, and the settings that cha
 (few-shot count, chat template). The number of documents evaluated (``--limit``) is not part
 of it, so a run can grow. Cost: a member without a known digest has its parameters hashed
 once (about a second per GB).
+
+One system's answers depend on less than the whole run: `answers_identity` is what another
+folder's answers must match to be reused (``unite-logits eval --reuse``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from unite_logits.models.loading import LoadedModel
 
-__all__ = ["model_digest", "run_identity"]
+__all__ = ["answers_identity", "model_digest", "run_identity"]
 
 
 @torch.no_grad()
@@ -45,3 +48,17 @@ def run_identity(*, task: str, docs_sha256: str, systems: Sequence[tuple[str, Se
         "top_k": top_k,
         **settings,
     }
+
+
+def answers_identity(identity: Mapping[str, Any], system: Mapping[str, Any]) -> dict[str, Any]:
+    """What fixes the answers of ``system`` (one entry of ``identity["systems"]``).
+
+    The task, its documents and the request settings, the system's models, and for an ensemble
+    its ``weights`` and ``top_k``; a model alone scores as itself whatever the ensemble's weights
+    and ``top_k`` are, so they are left out for it, as is the system's name (a label).
+    """
+    key = {k: v for k, v in identity.items() if k not in ("systems", "weights", "top_k")}
+    key["models"] = system["models"]
+    if len(system["models"]) > 1:
+        key.update(weights=identity.get("weights"), top_k=identity.get("top_k"))
+    return key

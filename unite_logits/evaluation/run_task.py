@@ -60,12 +60,17 @@ def evaluate(
     ensemble: bool = True,
     progress: bool = True,
     loader: Callable[[str], LoadedModel] | None = None,
+    reuse: Sequence[str | os.PathLike[str]] = (),
 ) -> Comparison:
     """Evaluate each member alone and their ensemble (first member the primary) on ``task``.
 
     ``task`` is a shipped offline task (``unite_piqa`` or just ``piqa``, ...) or any lm-eval
     task name. Resumes from ``out`` (refusing a folder made by another run); writes
     ``summary.json``, ``summary.md``, ``differences.jsonl`` and per-system records there.
+    ``reuse``: earlier results folders whose answers are taken over wherever a system's task,
+    documents, models and settings match (a member alone matches whatever the ensemble's
+    ``top_k`` and weights were), so that a ``top_k`` sweep or an added member recomputes only
+    what changed.
 
     Raises:
         EvalUsageError: an unknown task, data that cannot be had, a folder of another run,
@@ -88,10 +93,12 @@ def evaluate(
 
     def maker(name: str, models: list[LoadedModel]) -> Callable[[], Any]:
         chosen = weights if name == ENSEMBLE else None
-        return lambda: UniteLM.from_ensemble(Ensemble(models, weights=chosen, top_k=top_k), batch_size=batch_size)
+        return lambda: UniteLM.from_ensemble(Ensemble(models, weights=chosen, top_k=top_k), batch_size=batch_size,
+                                         progress=progress)
 
     run_systems(run, [(name, maker(name, models)) for name, models in systems], out=Path(out), identity=identity,
-                limit=limit, num_fewshot=num_fewshot, apply_chat_template=apply_chat_template, progress=progress)
+                limit=limit, num_fewshot=num_fewshot, apply_chat_template=apply_chat_template, progress=progress,
+                reuse=reuse)
     comparison = compare(run)
     comparison.save(Path(out))
     return comparison

@@ -7,7 +7,9 @@ ensemble are measured by one path. Resuming rests on lm-eval's request cache
 is killed loses only the batch in flight, and a rerun answers every cached request from the
 cache and computes only the rest. The results folder records the run's identity (task,
 documents, models and their weights digests, settings; `unite_logits.evaluation.identity`) and
-refuses to resume another run.
+refuses to resume another run. ``reuse`` folders lend their request caches to the systems whose
+answers they computed under the same identity (`answers_identity`): a new ``top_k``, new weights
+or a third member recomputes only the systems that changed.
 
 Layout of ``out``: ``meta.json`` (the identity), ``cache/<system>_rank0.db`` (lm-eval's request
 caches), ``records/<system>.jsonl`` (per-sample records from lm-eval's sample logs),
@@ -21,16 +23,17 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from unite_logits.evaluation.errors import EvalUsageError
-from unite_logits.evaluation.identity import run_identity
+from unite_logits.evaluation.identity import answers_identity, run_identity
 from unite_logits.evaluation.records import check_meta, write_records
 
-__all__ = ["ENSEMBLE", "SystemRun", "TaskRun", "resolve_task", "run_systems", "slug"]
+__all__ = ["ENSEMBLE", "SystemRun", "TaskRun", "resolve_task", "reuse_answers", "run_systems", "slug"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +110,65 @@ def resolve_task(task: str, data_dir: str | os.PathLike[str] | None = None) -> T
     return TaskRun(name, manager, subtasks, digest.hexdigest(), metrics, generative)
 
 
+def _cache_prefix(out: Path, name: str) -> Path:
+    """The ``use_cache`` prefix of a system's request cache (lm-eval adds ``_rank0.db``)."""
+    return out / "cache" / slug(name)
+
+
+def _cache_file(out: Path, name: str) -> Path:
+    return _cache_prefix(out, name).with_name(_cache_prefix(out, name).name + "_rank0.db")
+
+
+def _stored_identity(folder: Path) -> dict[str, Any]:
+    """An earlier results folder's ``meta.json``, checked to be one."""
+    meta = folder / "meta.json"
+    try:
+        stored = json.loads(meta.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvalUsageError(f"--reuse {folder}: it has no meta.json, so nothing says which run its answers "
+                             "belong to") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        stored = None
+    if not isinstance(stored, dict) or not isinstance(stored.get("systems"), list):
+        raise EvalUsageError(f"--reuse {folder}: its meta.json is damaged (not a run's identity)")
+    return stored
+
+
+def reuse_answers(out: Path, identity: dict[str, Any], folders: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Copy into ``out`` each earlier folder's request cache of a system with the same answers.
+
+    A system is taken from the first folder whose ``meta.json`` lists a system with the same
+    `answers_identity` (its name may differ) and that has a cache; a system that already has a
+    cache in ``out`` keeps it. Returns the names of the systems seeded. Cost: one file copy each.
+
+    Raises:
+        EvalUsageError: a folder without, or with a damaged, ``meta.json``.
+    """
+    def key(ident: dict[str, Any], system: dict[str, Any]) -> str:
+        return json.dumps(answers_identity(ident, system), sort_keys=True)
+
+    seeded: list[str] = []
+    for folder in map(Path, folders):
+        stored = _stored_identity(folder)
+        theirs = {key(stored, system): system["name"] for system in stored["systems"]}
+        taken = 0
+        for system in identity["systems"]:
+            source_name = theirs.get(key(identity, system))
+            target = _cache_file(out, system["name"])
+            if source_name is None or target.exists() or not _cache_file(folder, source_name).exists():
+                continue
+            partial = target.with_name(target.name + ".partial")
+            shutil.copyfile(_cache_file(folder, source_name), partial)
+            os.replace(partial, target)
+            seeded.append(system["name"])
+            taken += 1
+            logger.info("%s: answers taken from %s (%s)", system["name"], folder, source_name)
+        if not taken:
+            logger.warning("--reuse %s: none of its systems has this run's task, documents, models and settings "
+                           "(or they are already here); nothing taken from it", folder)
+    return seeded
+
+
 def _record(subtask: str, sample: dict[str, Any], metrics: Sequence[str]) -> dict[str, Any]:
     """One sample of lm-eval's log as a record: its document, metric values and output."""
     responses = sample.get("filtered_resps", sample.get("resps"))
@@ -137,11 +199,14 @@ def run_systems(
     num_fewshot: int | None = None,
     apply_chat_template: bool = False,
     progress: bool = True,
+    reuse: Sequence[str | os.PathLike[str]] = (),
 ) -> TaskRun:
-    """Run every system (name, maker of its `UniteLM`) on ``run``'s task; resumes from ``out``.
+    """Run every system (name, maker of its `UniteLM`) on ``run``'s task; resumes from ``out``,
+    and takes answers from the ``reuse`` folders where they match (`reuse_answers`).
 
     Raises:
-        EvalUsageError: ``out`` holds another run (or records whose identity file is gone).
+        EvalUsageError: ``out`` holds another run (or records whose identity file is gone), or a
+            ``reuse`` folder is not a results folder.
     """
     import lm_eval
 
@@ -151,14 +216,17 @@ def run_systems(
                                  for folder in ("cache", "records")):
         raise EvalUsageError(f"{out} holds results but its meta.json is gone, so nothing says which task, data "
                              "and models they belong to; delete them or use another --out")
+    for folder in reuse:  # a folder that is no results folder is refused before anything is written
+        _stored_identity(Path(folder))
     check_meta(meta, identity)
     (out / "cache").mkdir(parents=True, exist_ok=True)
+    reuse_answers(out, identity, reuse)
     run.systems = []
     for index, (name, make) in enumerate(systems, 1):
         logger.info("%s on %s (%d of %d)%s", name, run.name, index, len(systems), f", first {limit} documents" if limit else "")
         results = lm_eval.simple_evaluate(
             model=make(), tasks=[run.name], task_manager=run.manager, limit=limit, num_fewshot=num_fewshot,
-            log_samples=True, use_cache=str(out / "cache" / slug(name)), bootstrap_iters=0,
+            log_samples=True, use_cache=str(_cache_prefix(out, name)), bootstrap_iters=0,
             apply_chat_template=apply_chat_template, verbosity="ERROR" if not progress else "WARNING",
         )
         assert results is not None

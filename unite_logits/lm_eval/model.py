@@ -109,11 +109,14 @@ class UniteLM(LM):
 
     @classmethod
     def from_ensemble(cls, ensemble: Ensemble, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                      add_bos_token: bool | None = None, max_length: int | None = None) -> "UniteLM":
-        """The lm-eval model of an `Ensemble` already loaded (models shared, nothing loaded again)."""
+                      add_bos_token: bool | None = None, max_length: int | None = None,
+                      progress: bool = True) -> "UniteLM":
+        """The lm-eval model of an `Ensemble` already loaded (models shared, nothing loaded again);
+        ``progress=False`` hides its progress bars."""
         lm = cls.__new__(cls)
         LM.__init__(lm)
         lm._attach(ensemble, _batch_size(batch_size), add_bos_token, max_length)
+        lm.progress = progress
         return lm
 
     def _attach(self, ensemble: Ensemble, batch_size: int, add_bos_token: bool | None, max_length: int | None) -> None:
@@ -123,6 +126,7 @@ class UniteLM(LM):
         if max_length is not None:
             self.scorer.max_length = int(max_length)
         self._chats: dict[str, tuple[list[dict[str, str]], bool]] = {}
+        self.progress = True
 
     # -- what lm-eval reads of a model -------------------------------------------------------
     @property
@@ -174,6 +178,7 @@ class UniteLM(LM):
 
     # -- scoring --------------------------------------------------------------------------------
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        disable_tqdm = disable_tqdm or not self.progress
         scoring = []
         for context, continuation in (request.args for request in requests):
             context_ids, continuation_ids = encode_pair(self.tokenizer, context, continuation, self.scorer.add_bos_token)
@@ -186,6 +191,7 @@ class UniteLM(LM):
         return [(result.logprob, result.is_greedy) for result in scored]
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
+        disable_tqdm = disable_tqdm or not self.progress
         out = []
         for request in tqdm(requests, desc="unite loglikelihood_rolling", unit="text", disable=disable_tqdm):
             (total,) = self.scorer.score_rolling([request.args[0]])
@@ -197,6 +203,7 @@ class UniteLM(LM):
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Rows of one ``generate`` per batch of requests that decode alike; each row stops at
         its ``until`` strings (cut before them) or its ``max_gen_toks``."""
+        disable_tqdm = disable_tqdm or not self.progress
         prepared = [self._prepare(request.args[0], request.args[1]) for request in requests]
         groups: dict[Any, list[int]] = {}
         for index, (_, options) in enumerate(prepared):

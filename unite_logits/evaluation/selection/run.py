@@ -44,8 +44,11 @@ def select(
     heatmap: bool = True,
     progress: bool = True,
     loader: Callable[[str], LoadedModel] | None = None,
+    reuse: Sequence[str | os.PathLike[str]] = (),
 ) -> SelectReport:
-    """Profile candidates on the first ``limit`` documents of ``task`` and judge every pair."""
+    """Profile candidates on the first ``limit`` documents of ``task`` and judge every pair;
+    each candidate's answers are taken from a ``reuse`` folder (an earlier ``eval`` or
+    ``select``) where they were computed on the same task and documents."""
     from unite_logits.ensemble.ensemble import Ensemble
     from unite_logits.lm_eval import UniteLM
 
@@ -55,10 +58,10 @@ def select(
     identity = identity_of(run, systems, weights=None, top_k=top_k, num_fewshot=None, apply_chat_template=False)
 
     def maker(models: list[LoadedModel]) -> Callable[[], Any]:
-        return lambda: UniteLM.from_ensemble(Ensemble(models, top_k=top_k), batch_size=batch_size)
+        return lambda: UniteLM.from_ensemble(Ensemble(models, top_k=top_k), batch_size=batch_size, progress=progress)
 
     run_systems(run, [(name, maker(models)) for name, models in systems], out=Path(out), identity=identity,
-                limit=limit, progress=progress)
+                limit=limit, progress=progress, reuse=reuse)
     comparison = compare(run)
     profiles = profile_candidates(run.systems, comparison)
     by_name = {p.name: p for p in profiles}
