@@ -20,7 +20,8 @@ pytest.importorskip("lm_eval")
 from testkit.eval_tiny import tiny_members, write_data  # noqa: E402
 from unite_logits.evaluation.cli import DEFAULT_MEMBERS, add_eval_parser, add_select_parser, run_eval, run_select  # noqa: E402
 from unite_logits.evaluation.errors import EvalUsageError  # noqa: E402
-from unite_logits.evaluation.run_task import evaluate  # noqa: E402
+from unite_logits.apps.cli import build_parser  # noqa: E402
+from unite_logits.evaluation.run_task import evaluate, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,11 +52,18 @@ def test_members_alone_and_the_ensemble_on_the_same_documents(members, tmp_path,
     names = [r.name for r in comparison.results if r.metric == "acc"]
     assert names == ["a", "b", "ensemble"]
     assert set(comparison.gains) == {"acc", "acc_norm"} and comparison.gains["acc"].n == 6
+    for metric, best in comparison.best_members.items():  # each metric against its own best member
+        assert comparison.result(best, metric).value == max(comparison.result(m, metric).value for m in "ab")
+    agreement = comparison.agreement  # multiple choice: where the ensemble wins and loses
+    assert agreement is not None and agreement.n == 6 and agreement.best_member == comparison.best_member
+    assert sum(b.ensemble_right for b in agreement.buckets) == round(6 * comparison.result("ensemble", "acc").value)
     for system in names:
         assert [r["doc_id"] for r in records(tmp_path / "out", system)] == list(range(6))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["task"] == "unite_arc_challenge" and summary["n_differences"] == len(comparison.differences)
     assert "ensemble − best member" in (tmp_path / "out" / "summary.md").read_text()
+    assert "| members right | documents | ensemble right |" in (tmp_path / "out" / "summary.md").read_text()
+    assert summary["agreement"]["n"] == 6 and len(summary["agreement"]["references"]) == 3
     for row in comparison.differences:
         assert row["ensemble"] != row["best_member"] and set(row["outputs"]) == {"a", "b", "ensemble"}
 
@@ -63,7 +71,7 @@ def test_members_alone_and_the_ensemble_on_the_same_documents(members, tmp_path,
 def test_a_generative_paper_task_runs_through_the_same_path(members, tmp_path):
     data = write_data(tmp_path / "data")
     comparison = evaluate("paper_gsm8k", members, out=tmp_path / "out", data_dir=data, limit=2, progress=False)
-    assert comparison.metrics == ["exact_match"] and comparison.n == 2
+    assert comparison.metrics == ["exact_match"] and comparison.n == 2 and comparison.agreement is None
     assert all(isinstance(r["output"], str) for r in records(tmp_path / "out", "ensemble"))
 
 
@@ -223,3 +231,19 @@ def test_eval_command_prints_members_ensemble_and_the_interval(members, tmp_path
     assert run_eval(args, loader=by_name.__getitem__) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["best_member"] in {"a", "b"} and "acc" in report["gains"]
+
+
+def test_report_summarises_a_folder_again_from_its_records_alone(members, tmp_path, capsys):
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "out"
+    evaluate("arc_challenge", members, out=out, data_dir=data, top_k=4, progress=False)
+    written = {name: (out / name).read_text() for name in ("summary.json", "summary.md", "differences.jsonl")}
+    for name in written:
+        (out / name).unlink()
+    (tmp_path / "data").rename(tmp_path / "gone")  # nothing but the folder is read
+    args = build_parser().parse_args(["report", str(out)])
+    assert args.handler(args) == 0
+    assert {name: (out / name).read_text() for name in written} == written
+    assert written["summary.md"] in capsys.readouterr().out
+    with pytest.raises(EvalUsageError, match="not an eval results folder"):
+        report(tmp_path / "gone")

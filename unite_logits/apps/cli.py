@@ -22,7 +22,7 @@ from typing import Any
 from ..core.errors import MemberError, NonFiniteScoresError
 from ..ensemble.options import DEFAULT_MAX_NEW_TOKENS, MAX_SEED, GenerationOptions
 from ..ensemble.prompts import PromptError
-from ..evaluation.cli import add_eval_parser, add_select_parser
+from ..evaluation.cli import add_eval_parser, add_report_parser, add_select_parser
 from ..evaluation.errors import EvalUsageError
 from ..models.catalogue import CATALOGUE, is_installed
 from ..models.memory import format_bytes
@@ -394,6 +394,7 @@ SUBCOMMANDS: tuple[Callable[[Any], Any], ...] = (
     _add_chat_parser,
     _add_serve_parser,
     add_eval_parser,
+    add_report_parser,
     add_select_parser,
     _add_lm_eval_parser,
 )

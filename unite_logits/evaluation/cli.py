@@ -15,7 +15,8 @@ from typing import Any
 
 from unite_logits.evaluation.errors import EvalUsageError
 
-__all__ = ["DEFAULT_MEMBERS", "add_eval_parser", "add_select_parser", "run_eval", "run_select"]
+__all__ = ["DEFAULT_MEMBERS", "add_eval_parser", "add_report_parser", "add_select_parser", "run_eval", "run_report",
+           "run_select"]
 
 DEFAULT_MEMBERS = ("smollm2-135m-instruct", "gemma3-270m")
 Loader = Callable[[str], Any]
@@ -76,6 +77,19 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``report``: an eval results folder summarised again from its records."""
+    parser = subparsers.add_parser(
+        "report", help="summarise an eval results folder again from its records (no model is loaded)",
+        description="Rebuild summary.json, summary.md and differences.jsonl of an `eval` results folder from its "
+                    "per-sample records, and print the summary.",
+    )
+    parser.add_argument("out", metavar="DIR", help="an `unite-logits eval` results folder")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=run_report)
+    return parser
+
+
 def add_select_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``select``: the compatibility report over candidate models."""
     parser = subparsers.add_parser(
@@ -113,6 +127,15 @@ def run_eval(args: argparse.Namespace, loader: Loader | None = None) -> int:
     print(json.dumps(comparison.to_dict(), default=str) if args.json else comparison.to_markdown())
     if not args.json:
         print(f"records, summary and differences in {args.out}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Run ``report``: rewrite and print a folder's summary."""
+    from unite_logits.evaluation.run_task import report
+
+    comparison = report(args.out)
+    print(json.dumps(comparison.to_dict(), default=str) if args.json else comparison.to_markdown())
     return 0
 
 

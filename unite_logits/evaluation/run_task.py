@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from unite_logits.evaluation.errors import EvalUsageError
-from unite_logits.evaluation.runs import ENSEMBLE, TaskRun, identity_of, resolve_task, run_systems
+from unite_logits.evaluation.runs import ENSEMBLE, TaskRun, identity_of, read_run, resolve_task, run_systems
 from unite_logits.evaluation.summary import Comparison, compare
 from unite_logits.models.loading import LoadedModel
 
-__all__ = ["evaluate", "load_members", "Systems"]
+__all__ = ["evaluate", "load_members", "report", "Systems"]
 
 Systems = list[tuple[str, list[LoadedModel]]]
 
@@ -100,5 +100,13 @@ def evaluate(
                 limit=limit, num_fewshot=num_fewshot, apply_chat_template=apply_chat_template, progress=progress,
                 reuse=reuse)
     comparison = compare(run)
+    comparison.save(Path(out))
+    return comparison
+
+
+def report(out: str | os.PathLike[str]) -> Comparison:
+    """Summarise a results folder again from its records (no model is loaded) and rewrite its
+    ``summary.*`` and ``differences.jsonl``: for a folder summarised by an older version."""
+    comparison = compare(read_run(out))
     comparison.save(Path(out))
     return comparison

@@ -33,7 +33,7 @@ from unite_logits.evaluation.errors import EvalUsageError
 from unite_logits.evaluation.identity import answers_identity, run_identity
 from unite_logits.evaluation.records import check_meta, write_records
 
-__all__ = ["ENSEMBLE", "SystemRun", "TaskRun", "resolve_task", "reuse_answers", "run_systems", "slug"]
+__all__ = ["ENSEMBLE", "SystemRun", "TaskRun", "read_run", "resolve_task", "reuse_answers", "run_systems", "slug"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +235,33 @@ def run_systems(
         write_records(out / "records" / f"{slug(name)}.jsonl", records)
         run.systems.append(SystemRun(name, _means(records, run.metrics), records))
     return run
+
+
+def read_run(out: str | os.PathLike[str]) -> TaskRun:
+    """A results folder's run as its records hold it (no model, no lm-eval task is loaded):
+    the systems of its ``meta.json`` that have records, in that order.
+
+    Raises:
+        EvalUsageError: no ``meta.json`` (not a results folder) or no records yet.
+    """
+    out = Path(out)
+    try:
+        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvalUsageError(f"{out} is not an eval results folder (it has no meta.json)") from None
+    systems = []
+    for system in meta.get("systems", []):
+        path = out / "records" / f"{slug(system['name'])}.jsonl"
+        if path.exists():
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            systems.append(SystemRun(system["name"], {}, records))
+    if not systems:
+        raise EvalUsageError(f"{out} has no records yet: run `unite-logits eval` there first")
+    metrics = list(dict.fromkeys(m for s in systems for r in s.records for m in r["metrics"]))
+    for system in systems:
+        system.metrics = _means(system.records, metrics)
+    generative = any(isinstance(r["output"], str) for s in systems for r in s.records)
+    return TaskRun(meta["task"], None, {}, meta["docs_sha256"], metrics, generative, systems)
 
 
 def _means(records: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, float]:

@@ -3,8 +3,9 @@
 Works from the per-sample records alone, so a resumed run summarises exactly what its
 records hold. For every metric whose values are 0/1 (acc, acc_norm, exact_match): each
 system's mean with its Wilson 95 % interval, and the paired bootstrap 95 % interval of
-ensemble minus the best member (best by the task's first metric); the documents where the
-two differ go to ``differences.jsonl``.
+ensemble minus the best member on that metric; the documents where the ensemble and the best
+member by the task's first metric differ go to ``differences.jsonl``. On a multiple-choice
+task, `unite_logits.evaluation.agreement` adds where the ensemble wins and loses.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unite_logits.evaluation.agreement import Agreement, analyse
 from unite_logits.evaluation.runs import ENSEMBLE, SystemRun, TaskRun
 from unite_logits.evaluation.stats import PairedDiff, paired_bootstrap, proportion
 
@@ -41,9 +43,11 @@ class Comparison:
     n: int
     metrics: list[str]
     results: list[SystemResult]
-    best_member: str | None
-    gains: dict[str, PairedDiff] = field(default_factory=dict)  # per binary metric: ensemble - best member
+    best_member: str | None  # by the first metric
+    gains: dict[str, PairedDiff] = field(default_factory=dict)  # per binary metric: ensemble - its best member
+    best_members: dict[str, str] = field(default_factory=dict)  # per binary metric: the member gains compare with
     differences: list[dict[str, Any]] = field(default_factory=list)
+    agreement: Agreement | None = None
 
     def result(self, name: str, metric: str) -> SystemResult:
         return next(r for r in self.results if r.name == name and r.metric == metric)
@@ -68,7 +72,8 @@ class Comparison:
                     cells.append(f"{r.value:.4g}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         for metric, gain in self.gains.items():
-            lines.append(f"\n{metric}: ensemble − best member ({self.best_member}) {100 * gain.diff:+.1f} points, "
+            best = self.best_members.get(metric, self.best_member)
+            lines.append(f"\n{metric}: ensemble − best member ({best}) {100 * gain.diff:+.1f} points, "
                          f"95% CI [{100 * gain.low:+.1f}, {100 * gain.high:+.1f}] (paired {gain.method}, n={gain.n})")
         if self.gains:
             first = self.metrics[0]
@@ -76,6 +81,8 @@ class Comparison:
             worse = len(self.differences) - better
             lines.append(f"\n{first}: the ensemble is right where {self.best_member} is wrong on {better} documents, "
                          f"wrong where it is right on {worse} (differences.jsonl)")
+        if self.agreement is not None:
+            lines.append(self.agreement.to_markdown().rstrip("\n"))
         return "\n".join(lines) + "\n"
 
     def save(self, out: Path) -> tuple[Path, Path]:
@@ -114,9 +121,13 @@ def compare(run: TaskRun, seed: int = 0) -> Comparison:
     if best is None or ENSEMBLE not in keyed:
         return comparison
     for metric in metrics:
-        ours, theirs = values[(ENSEMBLE, metric)], values[(best, metric)]
+        best_here = max(members, key=lambda name: sum(values[(name, metric)]))  # ties: the first member
+        ours, theirs = values[(ENSEMBLE, metric)], values[(best_here, metric)]
         if _binary(ours) and _binary(theirs):
             comparison.gains[metric] = paired_bootstrap([v == 1.0 for v in ours], [v == 1.0 for v in theirs], seed=seed)
+            comparison.best_members[metric] = best_here
+    comparison.agreement = analyse({name: {d: keyed[name][d] for d in common} for name in keyed}, members, ENSEMBLE,
+                                   best, seed=seed)
     if first is not None:
         for doc, ours_value, theirs_value in zip(common, values[(ENSEMBLE, first)], values[(best, first)]):
             if ours_value != theirs_value:
