@@ -37,3 +37,25 @@ def test_union_coverage_counts_unproposed_tokens_by_side_and_position():
     assert report["accuracy"] == 0.5
     assert report["tokens"] == {"gold_first": 2, "gold_later": 2, "other_first": 2, "other_later": 1}
     assert report["unproposed_share"] == {"gold_first": 0.0, "gold_later": 0.5, "other_first": 1.0, "other_later": 0.0}
+
+
+def test_eval_tables_put_every_system_and_the_gain_of_each_folder_in_its_row(tmp_path, capsys):
+    from benchmarks import eval_tables
+
+    def result(name, metric, value):
+        return {"name": name, "metric": metric, "value": value, "n": 10, "ci_low": value - 0.1, "ci_high": value + 0.1}
+
+    gain = {"diff": -0.012, "low": -0.034, "high": 0.01, "n": 10, "method": "bootstrap"}
+    summary = {"task": "unite_piqa", "n": 1838, "metrics": ["acc"],
+               "results": [result("smollm2-135m-instruct", "acc", 0.5), result("x", "acc", 0.6), result("ensemble", "acc", 0.588)],
+               "best_members": {"acc": "x"}, "gains": {"acc": gain},
+               "agreement": {"members": ["smollm2-135m-instruct", "x"], "n": 10, "ensemble_accuracy": 0.588,
+                             "buckets": [{"members_right": k, "n": 4, "ensemble_right": k + 1} for k in range(3)],
+                             "references": [{"key": k, "accuracy": 0.5, "versus_best": gain}
+                                            for k in ("mean_probability", "sum_logprob", "oracle")]}}
+    (tmp_path / "piqa").mkdir()
+    (tmp_path / "piqa" / "summary.json").write_text(json.dumps(summary))
+    assert eval_tables.main([str(tmp_path / "piqa")]) == 0
+    out = capsys.readouterr().out
+    assert "| piqa | 1,838 | 50.0 [40.0, 60.0] | 60.0 [50.0, 70.0] | 58.8 [48.8, 68.8] | −1.2 [−3.4, +1.0] (vs x) |" in out
+    assert "| piqa | 2 | 4 | 2 (50.0 %) | 58.8 | 50.0 (−1.2) | 50.0 (−1.2) | 50.0 (−1.2) |" in out
