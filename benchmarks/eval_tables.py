@@ -30,13 +30,21 @@ def _interval(gain: dict[str, Any]) -> str:
     return f"{_signed(gain['diff'])} [{_signed(gain['low'])}, {_signed(gain['high'])}]"
 
 
+def _setting(summary: dict[str, Any]) -> str:
+    """The ensemble's ``top_k`` and weights, as the folder's ``meta.json`` records them."""
+    meta = summary.get("meta") or {}
+    weights = meta.get("weights")
+    return f"{meta.get('top_k', '?')}" + (f", weights {','.join(f'{w:g}' for w in weights)}" if weights else "")
+
+
 def accuracy_table(summaries: list[dict[str, Any]], metric: str) -> str:
     """One row per folder: each system's ``metric`` with its Wilson interval, and the gain."""
-    systems = list(dict.fromkeys(r["name"] for s in summaries for r in s["results"]))
-    head = ["task", "documents", *[SHORT.get(n, n) for n in systems], f"ensemble − best member, {metric}"]
+    names = list(dict.fromkeys(r["name"] for s in summaries for r in s["results"]))
+    systems = [n for n in names if n != "ensemble"] + ["ensemble"]
+    head = ["task", "documents", "top_k", *[SHORT.get(n, n) for n in systems], f"ensemble − best member, {metric}"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for summary in summaries:
-        cells = [summary["task"].removeprefix("unite_"), f"{summary['n']:,}"]
+        cells = [summary["task"].removeprefix("unite_"), f"{summary['n']:,}", _setting(summary)]
         for name in systems:
             result = next((r for r in summary["results"] if r["name"] == name and r["metric"] == metric), None)
             cells.append("" if result is None else
@@ -50,7 +58,7 @@ def accuracy_table(summaries: list[dict[str, Any]], metric: str) -> str:
 
 def agreement_table(summaries: list[dict[str, Any]]) -> str:
     """Per folder: the ensemble's accuracy where members disagree, and the references."""
-    head = ["task", "members", "some but not all members right", "ensemble right there",
+    head = ["task", "top_k", "members", "some but not all members right", "ensemble right there",
             "UniTE", "mean of choice probabilities", "sum of log-likelihoods", "oracle"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for summary in summaries:
@@ -60,7 +68,7 @@ def agreement_table(summaries: list[dict[str, Any]]) -> str:
         split = agreement["buckets"][1:-1]
         n, right = sum(b["n"] for b in split), sum(b["ensemble_right"] for b in split)
         refs = {r["key"]: r for r in agreement["references"]}
-        cells = [summary["task"].removeprefix("unite_"), str(len(agreement["members"])), f"{n}",
+        cells = [summary["task"].removeprefix("unite_"), _setting(summary), str(len(agreement["members"])), f"{n}",
                  f"{right} ({_pct(right / n) if n else '−'} %)", _pct(agreement["ensemble_accuracy"])]
         cells += [f"{_pct(refs[k]['accuracy'])} ({_signed(refs[k]['versus_best']['diff'])})"
                   for k in ("mean_probability", "sum_logprob", "oracle")]
@@ -72,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="unite-logits eval results folders")
     args = parser.parse_args(argv)
-    summaries = [json.loads((folder / "summary.json").read_text()) for folder in args.folders]
+    summaries = []
+    for folder in args.folders:
+        summary = json.loads((folder / "summary.json").read_text())
+        meta = folder / "meta.json"
+        summary["meta"] = json.loads(meta.read_text()) if meta.exists() else {}
+        summaries.append(summary)
     for metric in ("acc", "acc_norm"):
         print(accuracy_table(summaries, metric), end="\n\n")
     print(agreement_table(summaries))

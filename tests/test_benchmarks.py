@@ -55,7 +55,8 @@ def test_eval_tables_put_every_system_and_the_gain_of_each_folder_in_its_row(tmp
                                             for k in ("mean_probability", "sum_logprob", "oracle")]}}
     (tmp_path / "piqa").mkdir()
     (tmp_path / "piqa" / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "piqa" / "meta.json").write_text(json.dumps({"top_k": 5, "weights": [0.5, 1.0]}))
     assert eval_tables.main([str(tmp_path / "piqa")]) == 0
     out = capsys.readouterr().out
-    assert "| piqa | 1,838 | 50.0 [40.0, 60.0] | 60.0 [50.0, 70.0] | 58.8 [48.8, 68.8] | −1.2 [−3.4, +1.0] (vs x) |" in out
-    assert "| piqa | 2 | 4 | 2 (50.0 %) | 58.8 | 50.0 (−1.2) | 50.0 (−1.2) | 50.0 (−1.2) |" in out
+    assert "| piqa | 1,838 | 5, weights 0.5,1 | 50.0 [40.0, 60.0] | 60.0 [50.0, 70.0] | 58.8 [48.8, 68.8] | −1.2 [−3.4, +1.0] (vs x) |" in out
+    assert "| piqa | 5, weights 0.5,1 | 2 | 4 | 2 (50.0 %) | 58.8 | 50.0 (−1.2) | 50.0 (−1.2) | 50.0 (−1.2) |" in out
