@@ -59,7 +59,7 @@ def accuracy_table(summaries: list[dict[str, Any]], metric: str) -> str:
 def agreement_table(summaries: list[dict[str, Any]]) -> str:
     """Per folder: the ensemble's accuracy where members disagree, and the references."""
     head = ["task", "top_k", "members", "some but not all members right", "ensemble right there",
-            "UniTE", "mean of choice probabilities", "sum of log-likelihoods", "oracle"]
+            "best member right there", "UniTE", "mean of choice probabilities", "sum of log-likelihoods", "oracle"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for summary in summaries:
         agreement = summary.get("agreement")
@@ -67,9 +67,11 @@ def agreement_table(summaries: list[dict[str, Any]]) -> str:
             continue
         split = agreement["buckets"][1:-1]
         n, right = sum(b["n"] for b in split), sum(b["ensemble_right"] for b in split)
+        best = sum(b["best_member_right"] for b in split)
         refs = {r["key"]: r for r in agreement["references"]}
         cells = [summary["task"].removeprefix("unite_"), _setting(summary), str(len(agreement["members"])), f"{n}",
-                 f"{right} ({_pct(right / n) if n else '−'} %)", _pct(agreement["ensemble_accuracy"])]
+                 f"{right} ({_pct(right / n) if n else '−'} %)", f"{best} ({_pct(best / n) if n else '−'} %)",
+                 _pct(agreement["ensemble_accuracy"])]
         cells += [f"{_pct(refs[k]['accuracy'])} ({_signed(refs[k]['versus_best']['diff'])})"
                   for k in ("mean_probability", "sum_logprob", "oracle")]
         lines.append("| " + " | ".join(cells) + " |")

@@ -50,7 +50,8 @@ def test_eval_tables_put_every_system_and_the_gain_of_each_folder_in_its_row(tmp
                "results": [result("smollm2-135m-instruct", "acc", 0.5), result("x", "acc", 0.6), result("ensemble", "acc", 0.588)],
                "best_members": {"acc": "x"}, "gains": {"acc": gain},
                "agreement": {"members": ["smollm2-135m-instruct", "x"], "n": 10, "ensemble_accuracy": 0.588,
-                             "buckets": [{"members_right": k, "n": 4, "ensemble_right": k + 1} for k in range(3)],
+                             "buckets": [{"members_right": k, "n": 4, "ensemble_right": k + 1, "best_member_right": 2 * k}
+                                         for k in range(3)],
                              "references": [{"key": k, "accuracy": 0.5, "versus_best": gain}
                                             for k in ("mean_probability", "sum_logprob", "oracle")]}}
     (tmp_path / "piqa").mkdir()
@@ -59,4 +60,4 @@ def test_eval_tables_put_every_system_and_the_gain_of_each_folder_in_its_row(tmp
     assert eval_tables.main([str(tmp_path / "piqa")]) == 0
     out = capsys.readouterr().out
     assert "| piqa | 1,838 | 5, weights 0.5,1 | 50.0 [40.0, 60.0] | 60.0 [50.0, 70.0] | 58.8 [48.8, 68.8] | −1.2 [−3.4, +1.0] (vs x) |" in out
-    assert "| piqa | 5, weights 0.5,1 | 2 | 4 | 2 (50.0 %) | 58.8 | 50.0 (−1.2) | 50.0 (−1.2) | 50.0 (−1.2) |" in out
+    assert "| piqa | 5, weights 0.5,1 | 2 | 4 | 2 (50.0 %) | 2 (50.0 %) | 58.8 | 50.0 (−1.2) | 50.0 (−1.2) | 50.0 (−1.2) |" in out

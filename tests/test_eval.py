@@ -62,7 +62,7 @@ def test_members_alone_and_the_ensemble_on_the_same_documents(members, tmp_path,
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["task"] == "unite_arc_challenge" and summary["n_differences"] == len(comparison.differences)
     assert "ensemble − best member" in (tmp_path / "out" / "summary.md").read_text()
-    assert "| members right | documents | ensemble right |" in (tmp_path / "out" / "summary.md").read_text()
+    assert "| members right | documents | ensemble right | " in (tmp_path / "out" / "summary.md").read_text()
     assert summary["agreement"]["n"] == 6 and len(summary["agreement"]["references"]) == 3
     for row in comparison.differences:
         assert row["ensemble"] != row["best_member"] and set(row["outputs"]) == {"a", "b", "ensemble"}

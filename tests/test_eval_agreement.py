@@ -44,6 +44,8 @@ def test_buckets_account_for_every_document_and_the_references_are_bounded(case)
     assert [b.members_right for b in agreement.buckets] == list(range(len(members) + 1))
     assert sum(b.ensemble_right for b in agreement.buckets) == sum(r["metrics"]["acc"] for r in records["ensemble"].values())
     assert all(0 <= b.ensemble_right <= b.n for b in agreement.buckets)
+    assert sum(b.best_member_right for b in agreement.buckets) == sum(r["metrics"]["acc"] for r in records[best].values())
+    assert agreement.buckets[0].best_member_right == 0 and agreement.buckets[-1].best_member_right == agreement.buckets[-1].n
     best_accuracy = sum(r["metrics"]["acc"] for r in records[best].values()) / n
     refs = {r.key: r for r in agreement.references}
     assert set(refs) == {"mean_probability", "sum_logprob", "oracle"}

@@ -36,6 +36,7 @@ class Bucket:
     members_right: int
     n: int
     ensemble_right: int
+    best_member_right: int  # the ensemble beats its best member by the sum of the differences
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,10 @@ class Agreement:
     def to_markdown(self) -> str:
         total = len(self.members)
         lines = ["\nacc by how many members pick the gold answer (argmax of the choices' log-likelihoods):\n",
-                 "| members right | documents | ensemble right |", "|---|---|---|"]
+                 f"| members right | documents | ensemble right | {self.best_member} right |", "|---|---|---|---|"]
         for b in self.buckets:
             share = f"{100 * b.ensemble_right / b.n:.1f} %" if b.n else "-"
-            lines.append(f"| {b.members_right} of {total} | {b.n} | {b.ensemble_right} ({share}) |")
+            lines.append(f"| {b.members_right} of {total} | {b.n} | {b.ensemble_right} ({share}) | {b.best_member_right} |")
         lines.append(f"\nreferences against {self.best_member} (acc, points; paired bootstrap 95 % CI):\n")
         lines += ["| combination | acc | − best member |", "|---|---|---|",
                   f"| UniTE ensemble (token level) | {100 * self.ensemble_accuracy:.1f} | |"]
@@ -113,9 +114,9 @@ def analyse(records: Mapping[str, Mapping[Any, Mapping[str, Any]]], members: Seq
     gold = [g for _, g in parsed[ensemble]]
     right = {name: [int(np.argmax(s)) == g for s, g in parsed[name]] for name in parsed}
     counts = [sum(right[m][i] for m in members) for i in range(len(keys))]
-    buckets = [Bucket(k, sum(c == k for c in counts), sum(r for c, r in zip(counts, right[ensemble]) if c == k))
-               for k in range(len(members) + 1)]
     best = right[best_member]
+    buckets = [Bucket(k, sum(c == k for c in counts), sum(r for c, r in zip(counts, right[ensemble]) if c == k),
+                      sum(r for c, r in zip(counts, best) if c == k)) for k in range(len(members) + 1)]
     mean_probability, summed = [], []
     for i, g in enumerate(gold):
         choices = [parsed[m][i][0] for m in members]
