@@ -91,9 +91,10 @@ def test_help_exits_0(capsys):
 def test_subcommands_come_from_small_registrars():
     assert [f.__name__ for f in cli.SUBCOMMANDS] == [
         "_add_models_parser", "_add_generate_parser", "_add_chat_parser", "_add_serve_parser",
-        "add_eval_parser", "add_select_parser", "_add_lm_eval_parser"]
+        "add_eval_parser", "add_report_parser", "add_select_parser", "_add_lm_eval_parser"]
     evaluation = cli.build_parser().parse_args(["eval", "--task", "arc", "--limit", "5"])
     assert evaluation.handler.__name__ == "run_eval" and evaluation.limit == 5
+    assert cli.build_parser().parse_args(["report", "folder"]).handler.__name__ == "run_report"
     args = cli.build_parser().parse_args(["generate", "hi"])
     assert args.primary == "smollm2-135m-instruct" and args.aux is None and args.top_k == 10
     assert args.max_new_tokens == 64 and args.dtype == "float32" and not args.sample
