@@ -27,19 +27,24 @@ from benchmarks.scoring import ROOT, TASKS, requests
 logger = logging.getLogger(__name__)
 
 
-def _gold(task: str, items: int, data: Path) -> list[int]:
+def _answers(task: str, items: int, data: Path) -> list[tuple[int, int]]:
+    """Each item's (gold index, number of choices), in the order `requests` lists them."""
     rows = [json.loads(line) for line in (data / TASKS[task][0]).read_text().splitlines()[:items]]
     if task == "hellaswag":
-        return [int(row["label"]) for row in rows]
-    return [row["choices"]["label"].index(row["answerKey"]) for row in rows]
+        return [(int(row["label"]), len(row["endings"])) for row in rows]
+    return [(row["choices"]["label"].index(row["answerKey"]), len(row["choices"]["text"])) for row in rows]
 
 
-def coverage(scored: list[Any], gold: list[int], n_choices: int) -> dict[str, Any]:
-    """Shares of unproposed tokens (gold / distractors, first token / later) and the accuracy."""
+def coverage(scored: list[Any], answers: list[tuple[int, int]]) -> dict[str, Any]:
+    """Shares of unproposed tokens (gold / distractors, first token / later) and the accuracy;
+    ``answers``: each item's (gold index, number of choices), its choices consecutive in ``scored``."""
+    if sum(n for _, n in answers) != len(scored):
+        raise ValueError(f"{len(scored)} scored choices for items with {sum(n for _, n in answers)} in all")
     counts = {key: [0, 0] for key in ("gold_first", "gold_later", "other_first", "other_later")}
-    right = 0
-    for item, answer in enumerate(gold):
-        choices = scored[item * n_choices:(item + 1) * n_choices]
+    right, start = 0, 0
+    for answer, n_choices in answers:
+        choices = scored[start:start + n_choices]
+        start += n_choices
         right += max(range(n_choices), key=lambda c: choices[c].logprob) == answer
         for c, result in enumerate(choices):
             side = "gold" if c == answer else "other"
@@ -48,7 +53,7 @@ def coverage(scored: list[Any], gold: list[int], n_choices: int) -> dict[str, An
                 cell[0] += not proposed
                 cell[1] += 1
     shares = {key: (missing / total if total else None) for key, (missing, total) in counts.items()}
-    return {"accuracy": right / len(gold), "unproposed_share": shares,
+    return {"accuracy": right / len(answers), "unproposed_share": shares,
             "tokens": {key: total for key, (_, total) in counts.items()}}
 
 
@@ -68,14 +73,13 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(os.environ.get("UNITE_LOGITS_DATA", ROOT.parent / "shared" / "data"))
     pairs = requests(args.task, args.items, data)
-    gold = _gold(args.task, args.items, data)
-    n_choices = len(pairs) // len(gold)
+    answers = _answers(args.task, args.items, data)
     loaded = Ensemble.load(args.models)
     rows = []
     for k in args.top_k:
         logger.info("top_k %d: %d requests", k, len(pairs))
         scored = Ensemble(loaded.models, top_k=k).score(pairs, batch_size=args.batch_size)
-        rows.append({"top_k": k, **coverage(scored, gold, n_choices)})
+        rows.append({"top_k": k, **coverage(scored, answers)})
     print(f"| top_k | acc ({args.items} items) | unproposed: gold 1st | gold later | distractor 1st | distractor later |")
     print("|---|---|---|---|---|---|")
     for row in rows:

@@ -30,13 +30,15 @@ def test_union_coverage_counts_unproposed_tokens_by_side_and_position():
     def scores(logprobs, proposed):
         return TokenScores(logprobs, [False] * len(logprobs), proposed)
 
-    # item 0 (gold 1): the gold answer wins; item 1 (gold 0): a distractor wins
+    # item 0 (gold 1 of 2): the gold answer wins; item 1 (gold 0 of 3): a distractor wins
     scored = [scores([-3.0, -1.0], [False, True]), scores([-1.0, -0.5, -0.1], [True, True, False]),
-              scores([-4.0], [True]), scores([-1.0], [False])]
-    report = coverage(scored, [1, 0], n_choices=2)
+              scores([-4.0], [True]), scores([-1.0], [False]), scores([-9.0], [False])]
+    report = coverage(scored, [(1, 2), (0, 3)])
     assert report["accuracy"] == 0.5
-    assert report["tokens"] == {"gold_first": 2, "gold_later": 2, "other_first": 2, "other_later": 1}
+    assert report["tokens"] == {"gold_first": 2, "gold_later": 2, "other_first": 3, "other_later": 1}
     assert report["unproposed_share"] == {"gold_first": 0.0, "gold_later": 0.5, "other_first": 1.0, "other_later": 0.0}
+    with pytest.raises(ValueError, match="5 scored choices for items with 4"):
+        coverage(scored, [(1, 2), (0, 2)])
 
 
 def test_eval_tables_put_every_system_and_the_gain_of_each_folder_in_its_row(tmp_path, capsys):
