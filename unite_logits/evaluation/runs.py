@@ -116,7 +116,8 @@ def _cache_prefix(out: Path, name: str) -> Path:
 
 
 def _cache_file(out: Path, name: str) -> Path:
-    return _cache_prefix(out, name).with_name(_cache_prefix(out, name).name + "_rank0.db")
+    """The file lm-eval writes for that prefix."""
+    return out / "cache" / f"{slug(name)}_rank0.db"
 
 
 def _stored_identity(folder: Path) -> dict[str, Any]:
@@ -134,22 +135,19 @@ def _stored_identity(folder: Path) -> dict[str, Any]:
     return stored
 
 
-def reuse_answers(out: Path, identity: dict[str, Any], folders: Sequence[str | os.PathLike[str]]) -> list[str]:
+def reuse_answers(out: Path, identity: dict[str, Any], sources: Sequence[tuple[Path, dict[str, Any]]]) -> list[str]:
     """Copy into ``out`` each earlier folder's request cache of a system with the same answers.
 
-    A system is taken from the first folder whose ``meta.json`` lists a system with the same
-    `answers_identity` (its name may differ) and that has a cache; a system that already has a
-    cache in ``out`` keeps it. Returns the names of the systems seeded. Cost: one file copy each.
-
-    Raises:
-        EvalUsageError: a folder without, or with a damaged, ``meta.json``.
+    ``sources``: (folder, its stored identity) pairs, as `_stored_identity` reads them. A system
+    is taken from the first folder that lists a system with the same `answers_identity` (its
+    name may differ) and has a cache; a system that already has a cache in ``out`` keeps it.
+    Returns the names of the systems seeded. Cost: one file copy each.
     """
     def key(ident: dict[str, Any], system: dict[str, Any]) -> str:
         return json.dumps(answers_identity(ident, system), sort_keys=True)
 
     seeded: list[str] = []
-    for folder in map(Path, folders):
-        stored = _stored_identity(folder)
+    for folder, stored in sources:
         theirs = {key(stored, system): system["name"] for system in stored["systems"]}
         taken = 0
         for system in identity["systems"]:
@@ -216,11 +214,10 @@ def run_systems(
                                  for folder in ("cache", "records")):
         raise EvalUsageError(f"{out} holds results but its meta.json is gone, so nothing says which task, data "
                              "and models they belong to; delete them or use another --out")
-    for folder in reuse:  # a folder that is no results folder is refused before anything is written
-        _stored_identity(Path(folder))
+    sources = [(Path(folder), _stored_identity(Path(folder))) for folder in reuse]  # refused before any write
     check_meta(meta, identity)
     (out / "cache").mkdir(parents=True, exist_ok=True)
-    reuse_answers(out, identity, reuse)
+    reuse_answers(out, identity, sources)
     run.systems = []
     for index, (name, make) in enumerate(systems, 1):
         logger.info("%s on %s (%d of %d)%s", name, run.name, index, len(systems), f", first {limit} documents" if limit else "")
