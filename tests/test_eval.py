@@ -247,3 +247,6 @@ def test_report_summarises_a_folder_again_from_its_records_alone(members, tmp_pa
     assert written["summary.md"] in capsys.readouterr().out
     with pytest.raises(EvalUsageError, match="not an eval results folder"):
         report(tmp_path / "gone")
+    (out / "meta.json").write_text("{truncated", encoding="utf-8")
+    with pytest.raises(EvalUsageError, match="report .*meta.json is damaged"):
+        report(out)

@@ -117,21 +117,25 @@ def _cache_prefix(out: Path, name: str) -> Path:
 
 def _cache_file(out: Path, name: str) -> Path:
     """The file lm-eval writes for that prefix."""
-    return out / "cache" / f"{slug(name)}_rank0.db"
+    prefix = _cache_prefix(out, name)
+    return prefix.with_name(prefix.name + "_rank0.db")
 
 
-def _stored_identity(folder: Path) -> dict[str, Any]:
-    """An earlier results folder's ``meta.json``, checked to be one."""
+def _stored_identity(folder: Path, role: str) -> dict[str, Any]:
+    """An earlier results folder's ``meta.json``, checked to be a run's identity.
+
+    ``role`` names the folder in the error (``--reuse DIR``, ``report DIR``).
+    """
     meta = folder / "meta.json"
     try:
         stored = json.loads(meta.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EvalUsageError(f"--reuse {folder}: it has no meta.json, so nothing says which run its answers "
-                             "belong to") from None
+        raise EvalUsageError(f"{role} {folder}: it has no meta.json, so it is not an eval results folder "
+                             "(nothing says which run its answers belong to)") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         stored = None
     if not isinstance(stored, dict) or not isinstance(stored.get("systems"), list):
-        raise EvalUsageError(f"--reuse {folder}: its meta.json is damaged (not a run's identity)")
+        raise EvalUsageError(f"{role} {folder}: its meta.json is damaged (not a run's identity)")
     return stored
 
 
@@ -214,7 +218,7 @@ def run_systems(
                                  for folder in ("cache", "records")):
         raise EvalUsageError(f"{out} holds results but its meta.json is gone, so nothing says which task, data "
                              "and models they belong to; delete them or use another --out")
-    sources = [(Path(folder), _stored_identity(Path(folder))) for folder in reuse]  # refused before any write
+    sources = [(Path(folder), _stored_identity(Path(folder), "--reuse")) for folder in reuse]  # refused before any write
     check_meta(meta, identity)
     (out / "cache").mkdir(parents=True, exist_ok=True)
     reuse_answers(out, identity, sources)
@@ -239,15 +243,12 @@ def read_run(out: str | os.PathLike[str]) -> TaskRun:
     the systems of its ``meta.json`` that have records, in that order.
 
     Raises:
-        EvalUsageError: no ``meta.json`` (not a results folder) or no records yet.
+        EvalUsageError: no ``meta.json`` (not a results folder), a damaged one, or no records yet.
     """
     out = Path(out)
-    try:
-        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalUsageError(f"{out} is not an eval results folder (it has no meta.json)") from None
+    meta = _stored_identity(out, "report")
     systems = []
-    for system in meta.get("systems", []):
+    for system in meta["systems"]:
         path = out / "records" / f"{slug(system['name'])}.jsonl"
         if path.exists():
             records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
