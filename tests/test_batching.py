@@ -101,7 +101,7 @@ def test_prompt_past_a_members_context_window_is_refused(primary, members):
 def test_member_abstains_once_generation_crosses_its_window(primary, members, caplog):
     model, tok = primary
     proc = UniTEProcessor(tok, [short_context_member(members, 20)], top_k=5, trace=True)
-    with caplog.at_level(logging.WARNING, logger="unite_logits.core.rows"):
+    with caplog.at_level(logging.WARNING, logger="unite_logits.core.member_rows"):
         out = run(model, tok, ["The quick brown"], proc, max_new_tokens=24, min_new_tokens=24)
     assert len(out[0]) == 24
     assert any("past its context window of 20" in message for message in caplog.messages)

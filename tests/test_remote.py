@@ -517,6 +517,8 @@ def test_killing_the_server_mid_use_gives_the_clear_error_or_abstains(tmp_path, 
 
 # -- the row store's cache view (what the processor's AuxiliaryRows calls) ----------------
 def test_row_cache_sends_each_fed_rows_full_ids_and_edits_only_its_lists(scripted):
+    from unite_logits.core.reading import ReadTree
+
     scripted.completion = lambda body: Reply.json(llama_cpp_answer([(5, -0.5), (2, -1.5), (9, -2.0)]))
     _, runner = _runner(scripted)
     cache = runner.new_cache(2)
@@ -526,13 +528,15 @@ def test_row_cache_sends_each_fed_rows_full_ids_and_edits_only_its_lists(scripte
     out = cache.feed([[4], []])  # only row 0 moves on
     assert [b["prompt"] for b in scripted.bodies] == [[1, 2, 4]]
     assert torch.isfinite(out[0]).sum() == 3 and torch.isneginf(out[1]).all()
-    snapshot = cache.snapshot()
     cache.drop(0, 2)
     cache.select_rows(torch.tensor([1, 0, 0]))
     assert cache.ids == [[3], [1], [1]]
-    cache.restore_rows(snapshot, [0, 1])
-    assert cache.ids == [[1, 2, 4], [3], [1]]
     assert not cache.can_drop(2, 2) and runner.forward_passes == cache.forward_passes == 2
+    # a tree: one request per query (this server has no log-probabilities along a prompt)
+    scripted.bodies.clear()
+    out = cache.read([ReadTree(1, [6, 7], branches=[(1, [8])], queries=[(-1, 0), (0, 0), (-1, 1)]), None, None])
+    assert sorted(b["prompt"] for b in scripted.bodies) == [[3, 6], [3, 6, 7], [3, 8]]
+    assert out[0].shape == (3, len(scripted.tokenizer)) and out[1] is None and cache.ids == [[3, 6, 7], [1], [1]]
 
 
 def test_the_row_store_runs_a_remote_member_through_its_row_cache(scripted):

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .checks import check_top_k, check_weight, context_window
 from .ragged_cache import DEFAULT_MARGIN, RaggedKVCache, check_supported
+from .reading import ReadTree
 
 __all__ = ["EnsembleMember", "Member", "Runner", "RowCache", "LocalRunner", "context_window", "check_top_k",
            "check_weight"]
@@ -34,10 +35,13 @@ _VOCAB_SLACK = 1.25
 
 
 class RowCache(Protocol):
-    """What the row store needs of a member's per-row state: a local `RaggedKVCache` or, for a
-    member behind a server, `unite_logits.remote.runner.RemoteRowCache`."""
+    """What a member's rows need of its per-row state: a local `RaggedKVCache` or, for a member
+    behind a server, `unite_logits.remote.runner.RemoteRowCache`. ``feed`` prefills rows;
+    ``read`` reads each row's `ReadTree` (several distributions of a growing text at once)."""
 
-    def feed(self, chunks: Sequence[Sequence[int]], maintain: bool = True) -> torch.Tensor: ...
+    def feed(self, chunks: Sequence[Sequence[int]]) -> torch.Tensor: ...
+
+    def read(self, trees: Sequence[ReadTree | None]) -> list[torch.Tensor | None]: ...
 
     def select_rows(self, index: torch.Tensor) -> None: ...
 
@@ -46,10 +50,6 @@ class RowCache(Protocol):
     def drop(self, row: int, tokens: int) -> None: ...
 
     def clear(self, row: int) -> None: ...
-
-    def snapshot(self) -> Any: ...
-
-    def restore_rows(self, snapshot: Any, rows: Sequence[int]) -> None: ...
 
     def maintain(self) -> None: ...
 

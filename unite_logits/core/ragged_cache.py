@@ -39,7 +39,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-__all__ = ["DEFAULT_MARGIN", "CacheSnapshot", "RaggedKVCache", "UnsupportedModelError"]
+from .reading import ReadTree, tree_visibility
+
+__all__ = ["DEFAULT_MARGIN", "RaggedKVCache", "UnsupportedModelError"]
 
 DEFAULT_MARGIN = 64
 """Positions kept past a sliding window: drops up to this many tokens are always exact."""
@@ -49,14 +51,6 @@ _ATTENTION = ("sdpa", "eager")
 
 class UnsupportedModelError(TypeError):
     """The model's cache layers or attention cannot be driven with a prepared mask."""
-
-
-@dataclass(frozen=True)
-class CacheSnapshot:
-    """Per-row positions of a `RaggedKVCache` at one moment (see `RaggedKVCache.snapshot`)."""
-
-    pos: dict[int | None, torch.Tensor]
-    lengths: torch.Tensor
 
 
 @dataclass
@@ -175,77 +169,116 @@ class RaggedKVCache:
         self.lengths[row] = 0
 
     # -- the forward pass -----------------------------------------------------------------
-    def snapshot(self) -> "CacheSnapshot":
-        """The rows' positions now, so that `restore_rows` can undo feeds made without
-        `maintain` (their columns are only ever appended). Cost: one copy of the positions."""
-        return CacheSnapshot({w: g.pos.clone() for w, g in self._groups.items()}, self.lengths.clone())
-
-    def restore_rows(self, snapshot: "CacheSnapshot", rows: Sequence[int]) -> None:
-        """Return ``rows`` to ``snapshot``: what they were fed since becomes holes."""
-        if not rows:
-            return
-        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
-        for window, group in self._groups.items():
-            saved = snapshot.pos[window]
-            if saved.shape[1] > group.columns or saved.shape[0] != self.rows:
-                raise RuntimeError("the cache was maintained or reordered since the snapshot")
-            restored = torch.full((len(rows), group.columns), -1, dtype=torch.long, device=self.device)
-            restored[:, : saved.shape[1]] = saved.index_select(0, index)
-            group.pos[index] = restored
-        self.lengths[index] = snapshot.lengths.index_select(0, index)
-
     @torch.no_grad()
-    def feed(self, chunks: Sequence[Sequence[int]], maintain: bool = True) -> torch.Tensor:
+    def feed(self, chunks: Sequence[Sequence[int]], raw: bool = False) -> torch.Tensor:
         """Append ``chunks[b]`` to row ``b`` (may be empty) in one forward pass.
 
-        With ``maintain`` False, columns are only appended (no trimming or compaction), so
-        a `snapshot` taken before stays valid; call `maintain` later.
-
         Returns:
-            ``(rows, vocab_size)`` float32 next-token log-probabilities after each row's last
-            fed token; rows that fed nothing get a meaningless row (keep their old one).
+            ``(rows, vocab_size)`` float32 next-token log-probabilities (``raw``: logits) after
+            each row's last fed token; rows that fed nothing get a row of zeros.
         """
         if len(chunks) != self.rows:
             raise ValueError(f"got {len(chunks)} chunks for {self.rows} rows")
-        width = max((len(chunk) for chunk in chunks), default=0)
+        trees = [ReadTree(int(self.lengths[row]), list(chunk), queries=[(-1, len(chunk) - 1)]) if len(chunk) else None
+                 for row, chunk in enumerate(chunks)]
+        read = self.read(trees, raw=raw)
+        out = torch.zeros(self.rows, self.vocab_size, dtype=torch.float32, device=self.device)
+        fed = [row for row, values in enumerate(read) if values is not None]
+        if fed:
+            out[fed] = torch.cat([read[row] for row in fed])  # type: ignore[misc]
+        return out
+
+    @torch.no_grad()
+    def read(self, trees: Sequence[ReadTree | None], raw: bool = False) -> list[torch.Tensor | None]:
+        """Feed every row's tree (`unite_logits.core.reading`) in ONE forward pass.
+
+        Row ``b`` first drops what it holds past ``trees[b].base`` (the caller checked
+        `can_drop`); its trunk is kept, its branches are read and forgotten (their columns
+        become holes). None: the row feeds nothing.
+
+        Returns:
+            per row, ``(len(queries), vocab_size)`` float32 log-probabilities (``raw``: logits)
+            at its queries; None for a row without a tree. Cost: one forward pass over
+            ``(rows, T)`` tokens, ``T`` the most tokens a row feeds; logits only from the
+            earliest query column on.
+        """
+        if len(trees) != self.rows:
+            raise ValueError(f"got {len(trees)} trees for {self.rows} rows")
+        width = max((tree.tokens for tree in trees if tree is not None), default=0)
         if width == 0:
             raise ValueError("no row has tokens to feed")
+        for row, tree in enumerate(trees):
+            if tree is not None:
+                self.drop(row, int(self.lengths[row]) - tree.base)
         ids = torch.zeros(self.rows, width, dtype=torch.long)
         new_pos = torch.full((self.rows, width), -1, dtype=torch.long)
-        for row, chunk in enumerate(chunks):
-            if chunk:
-                ids[row, width - len(chunk) :] = torch.as_tensor(list(chunk), dtype=torch.long)
-                start = int(self.lengths[row])
-                new_pos[row, width - len(chunk) :] = torch.arange(start, start + len(chunk))
+        branch = torch.full((self.rows, width), -1, dtype=torch.long)
+        start = torch.zeros(self.rows, width, dtype=torch.long)
+        query_columns: list[list[int]] = []
+        for row, tree in enumerate(trees):
+            query_columns.append(self._place(row, tree, width, ids, new_pos, branch, start) if tree is not None else [])
         ids, new_pos = ids.to(self.device), new_pos.to(self.device)
-        masks = {window: self._mask(group, new_pos) for window, group in self._groups.items()}
+        branch, start = branch.to(self.device), start.to(self.device)
+        among_new = tree_visibility(new_pos, branch, start)
+        masks = {window: self._mask(group, new_pos, among_new) for window, group in self._groups.items()}
+        first = min((column for columns in query_columns for column in columns), default=width - 1)
         outputs = self.model(
             input_ids=ids,
             attention_mask=self._mask_argument(masks),
             position_ids=new_pos.clamp(min=0),
             cache_position=torch.arange(width, device=self.device) + self._full_columns(),
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=width - first,
             **{self._cache_keyword: self._cache},
         )
         self.forward_passes += 1
+        kept = torch.where(branch < 0, new_pos, -1)  # branches are read once, then forgotten
         for group in self._groups.values():
-            group.pos = torch.cat([group.pos, new_pos], dim=1)
-        self.lengths += (new_pos >= 0).sum(dim=1)
-        if maintain:
-            self.maintain()
-        logits = outputs.logits[:, -1, : self.vocab_size].float()
-        return torch.log_softmax(logits, dim=-1)
+            group.pos = torch.cat([group.pos, kept], dim=1)
+        self.lengths += (kept >= 0).sum(dim=1)
+        self.maintain()
+        logits = outputs.logits[:, :, : self.vocab_size].float()
+        results: list[torch.Tensor | None] = []
+        for row, columns in enumerate(query_columns):
+            if trees[row] is None:
+                results.append(None)
+                continue
+            values = logits[row, [column - first for column in columns]]
+            results.append(values if raw else torch.log_softmax(values, dim=-1))
+        return results
+
+    @staticmethod
+    def _place(row: int, tree: ReadTree, width: int, ids: torch.Tensor, new_pos: torch.Tensor,
+               branch: torch.Tensor, start: torch.Tensor) -> list[int]:
+        """Lay ``tree`` out at the right end of ``row``: its branches, then its trunk (so a row's
+        newest token is the last column); the column of each query."""
+        column = width - tree.tokens
+        branch_columns = []
+        for index, (branch_start, branch_ids) in enumerate(tree.branches):
+            end = column + len(branch_ids)
+            ids[row, column:end] = torch.as_tensor(branch_ids, dtype=torch.long)
+            new_pos[row, column:end] = torch.arange(branch_start, branch_start + len(branch_ids))
+            branch[row, column:end] = index
+            start[row, column:end] = branch_start
+            branch_columns.append(column)
+            column = end
+        trunk_column = column
+        if tree.trunk:
+            ids[row, column:] = torch.as_tensor(tree.trunk, dtype=torch.long)
+            new_pos[row, column:] = torch.arange(tree.base, tree.base + len(tree.trunk))
+        return [trunk_column + index if b < 0 else branch_columns[b] + index for b, index in tree.queries]
 
     def _full_columns(self) -> int:
         return max(group.columns for group in self._groups.values())
 
-    def _mask(self, group: _Group, new_pos: torch.Tensor) -> torch.Tensor:
-        """(rows, 1, T, columns + T): which columns each new token attends to."""
-        kv = torch.cat([group.pos, new_pos], dim=1)[:, None, :]
+    def _mask(self, group: _Group, new_pos: torch.Tensor, among_new: torch.Tensor) -> torch.Tensor:
+        """(rows, 1, T, columns + T): which columns each new token attends to: held columns at or
+        before its position, new ones by ``among_new`` (`tree_visibility`), and the window."""
         query = new_pos[:, :, None]
-        visible = (kv >= 0) & (kv <= query)
+        held = group.pos[:, None, :]
+        visible = torch.cat([(held >= 0) & (held <= query), among_new], dim=2)
         if group.window is not None:
+            kv = torch.cat([group.pos, new_pos], dim=1)[:, None, :]
             visible &= kv > query - group.window
         width = new_pos.shape[1]
         itself = torch.zeros_like(visible)

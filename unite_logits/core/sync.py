@@ -40,47 +40,81 @@ _SyncT = TypeVar("_SyncT", bound="_Ids")
 class _Ids:
     """Ids that change at their end, with a record of where they last changed.
 
-    Every change goes through `_replace_from`, so a `checkpoint` can record just what a
-    push overwrote and `rollback` can undo it: O(changed ids), never O(text). The
-    processor uses this to advance an auxiliary on a predicted token ahead of time.
+    Every change goes through `_replace_from`, so while a journal is open (`checkpoint`) each
+    push records just what it overwrote, and `rollback_to` a `mark` taken after any push undoes
+    the later ones: O(changed ids), never O(text). Draft-and-verify pushes a whole draft and
+    rolls back to the point the ensemble accepted; the per-token path pushes a guessed token
+    and rolls back when the guess was wrong.
+
+    ``changed_from`` is the first id that may differ from what the member's cache holds (the
+    ids at the last `take_changed_from`): every change, rollbacks included, only lowers it.
     """
 
     ids: list[int]
     changed_from: int
-    _STATE: tuple[str, ...] = ("changed_from",)
+    _STATE: tuple[str, ...] = ()
     _journal: list[tuple[int, list[int]]] | None = None
     _saved: tuple[object, ...] = ()
+    _base: int = 0  # journal entries before this index were released (`release`)
 
     def fork(self: "_SyncT") -> "_SyncT":
         """An independent copy that shares the immutable tokenizer view: O(ids), no vocabulary copy."""
         twin = copy.copy(self)
         twin.ids = list(self.ids)
         twin._journal = None
+        twin._base = 0
         return twin
 
+    # -- a journal of pushes, to roll back to any mark --------------------------------------
+    def mark(self) -> tuple[int, tuple[object, ...]]:
+        """A point to `rollback_to`; opens the journal if it is closed. Cost: O(1)."""
+        if self._journal is None:
+            self._journal, self._base = [], 0
+        return self._base + len(self._journal), tuple(getattr(self, name) for name in self._STATE)
+
+    def rollback_to(self, point: tuple[int, tuple[object, ...]]) -> None:
+        """Undo every change made since ``point`` (a `mark`); the journal stays open."""
+        index, state = point
+        if self._journal is None or index < self._base:
+            raise RuntimeError("rollback to a point that was not marked or was released")
+        while self._base + len(self._journal) > index:
+            start, old = self._journal.pop()
+            self.ids[start:] = old
+            self.changed_from = min(self.changed_from, start)
+        for name, value in zip(self._STATE, state):
+            setattr(self, name, value)
+
+    def release(self, point: tuple[int, tuple[object, ...]] | None = None) -> None:
+        """Forget the journal before ``point`` (no rollback can go there any more); None: close it."""
+        if point is None or self._journal is None:
+            self._journal, self._base = None, 0
+            return
+        drop = point[0] - self._base
+        if drop > 0:
+            del self._journal[:drop]
+            self._base = point[0]
+
+    # -- one checkpoint (the per-token path's guess) ----------------------------------------
     def checkpoint(self) -> None:
         """Start recording changes, so that `rollback` can return to this state."""
-        self._journal = []
-        self._saved = tuple(getattr(self, name) for name in self._STATE)
+        self.release()
+        self._saved = self.mark()
 
     @property
     def recording(self) -> bool:
-        """Whether changes are being recorded since a `checkpoint`."""
+        """Whether changes are being recorded since a `checkpoint` or `mark`."""
         return self._journal is not None
 
     def rollback(self) -> None:
         """Undo every change since `checkpoint` (then recording stops)."""
         if self._journal is None:
             raise RuntimeError("rollback without a checkpoint")
-        for start, old in reversed(self._journal):
-            self.ids[start:] = old
-        for name, value in zip(self._STATE, self._saved):
-            setattr(self, name, value)
-        self._journal = None
+        self.rollback_to(self._saved)  # type: ignore[arg-type]
+        self.release()
 
     def commit(self) -> None:
         """Keep the changes since `checkpoint`; stop recording."""
-        self._journal = None
+        self.release()
 
     def _replace_from(self, start: int, new_ids: Sequence[int]) -> None:
         if self._journal is not None:
@@ -123,7 +157,7 @@ class TokenSync(_Ids):
             full re-encode of the unfrozen text.
     """
 
-    _STATE = ("changed_from", "pending", "frozen")
+    _STATE = ("pending", "frozen")
 
     def __init__(self, view: TokenBytes, prompt_ids: Sequence[int], frozen: int, window: int = 32) -> None:
         self.view = view

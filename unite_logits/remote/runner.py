@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 
+from ..core.reading import ReadTree
 from ..core.workers import start_worker_thread
 from .client import JsonClient
 from .errors import RemoteMemberError
@@ -189,7 +190,7 @@ class RemoteRowCache:
     (`unite_logits.core.rows.AuxiliaryRows`) calls, so a `RemoteRunner` can stand where a local
     runner does. `feed` sends each fed row's FULL ids (what it held plus the new chunk); the
     server's prefix cache turns that into the chunk's work. Dropping, clearing, selecting and
-    restoring rows edit the id lists only: there is nothing to free on the server, and the
+    reading a tree edit the id lists only: there is nothing to free on the server, and the
     next request of a row that lost its tail simply shares a shorter prefix with the last.
     """
 
@@ -198,7 +199,7 @@ class RemoteRowCache:
         self.ids: list[list[int]] = [[] for _ in range(rows)]
         self.forward_passes = 0
 
-    def feed(self, chunks: Sequence[Sequence[int]], maintain: bool = True) -> torch.Tensor:
+    def feed(self, chunks: Sequence[Sequence[int]]) -> torch.Tensor:
         """Append each chunk to its row; next-token log-probabilities of the rows that got one.
 
         Rows with an empty chunk come back all ``-inf`` (the row store keeps their previous
@@ -216,6 +217,31 @@ class RemoteRowCache:
         self.forward_passes += 1
         return out
 
+    def read(self, trees: Sequence[ReadTree | None]) -> list[torch.Tensor | None]:
+        """Each row's tree (`unite_logits.core.reading`): one request per query, every row's at once.
+
+        A server without log-probabilities at every position of a prompt (llama.cpp's) reads
+        a draft one position per request: per position, the prefix cache makes each request cost
+        the tokens new since the row's previous one. Raises `RemoteMemberError` as `feed` does.
+        """
+        if len(trees) != len(self.ids):
+            raise ValueError(f"got {len(trees)} trees for {len(self.ids)} rows")
+        readings: list[list[int]] = []
+        spans: list[tuple[int, int] | None] = []
+        for row, tree in enumerate(trees):
+            if tree is None:
+                spans.append(None)
+                continue
+            kept = self.ids[row][: tree.base]
+            spans.append((len(readings), len(readings) + len(tree.queries)))
+            readings += [tree.reading(query, kept) for query in range(len(tree.queries))]
+            self.ids[row] = kept + list(tree.trunk)
+        if not readings:
+            return [None] * len(trees)
+        values = self.runner.logprobs(readings)
+        self.forward_passes += 1
+        return [None if span is None else values[span[0]:span[1]] for span in spans]
+
     def select_rows(self, index: torch.Tensor) -> None:
         """Row ``i`` becomes a copy of row ``index[i]`` (beams that split, rows that finished)."""
         self.ids = [list(self.ids[parent]) for parent in index.tolist()]
@@ -231,14 +257,6 @@ class RemoteRowCache:
 
     def clear(self, row: int) -> None:
         self.ids[row] = []
-
-    def snapshot(self) -> list[list[int]]:
-        return [list(ids) for ids in self.ids]
-
-    def restore_rows(self, snapshot: list[list[int]], rows: Sequence[int]) -> None:
-        """Put ``rows`` back to where `snapshot` found them (a wrong guess undone)."""
-        for row in rows:
-            self.ids[row] = list(snapshot[row])
 
     def maintain(self) -> None:
         """Nothing to trim: the server manages its own cache."""
