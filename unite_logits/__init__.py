@@ -43,6 +43,8 @@ _HOMES = {
     "MemberError": ".core.errors",
     "NonFiniteScoresError": ".core.errors",
     "UniTEProcessor": ".processor",
+    "draft_and_verify": ".speculative",
+    "SpeculationStats": ".core.speculation",
     "RemoteMember": ".remote",
     "RemoteMemberError": ".remote",
     "ServedCausalLM": ".remote",

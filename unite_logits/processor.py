@@ -19,7 +19,7 @@ processors). Beam search works: rows are followed by their token prefix, not by 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -29,13 +29,31 @@ from .core.chat import chat_prompt_ids, validate_messages
 from .core.checks import check_int, check_top_k, check_weight
 from .core.member import EnsembleMember
 from .core.prompts import MemberPrompt, PromptSource
-from .core.rows import Generation, RowStore
-from .core.step import NonFiniteScoresError, StepModel, check_step_inputs, ensemble_step, ensembled_scores, relative_weights
+from .core.rows import RowStore
+from .core.speculation import DraftSchedule, Schedule, SpeculationStats
+from .core.step import (
+    NonFiniteScoresError,
+    StepModel,
+    StepTrace,
+    check_step_inputs,
+    ensemble_step,
+    ensembled_scores,
+    relative_weights,
+)
 from .core.token_bytes import token_bytes_view
 from .core.trace import StepRecord, StepRecorder
 from .core.workers import MemberError, Workers
 
 __all__ = ["MemberError", "NonFiniteScoresError", "ProcessorInUseError", "UniTEProcessor"]
+
+
+def check_gate(gate: float | None) -> float | None:
+    """The confidence gate: None, or a probability in (0, 1]."""
+    if gate is None:
+        return None
+    if isinstance(gate, bool) or not isinstance(gate, (int, float)) or not 0 < gate <= 1:
+        raise ValueError(f"`confidence_gate` has to be None or a probability in (0, 1], but is {gate!r}")
+    return float(gate)
 
 
 class ProcessorInUseError(RuntimeError):
@@ -69,6 +87,12 @@ class UniTEProcessor(LogitsProcessor):
             thread that builds the processor uses (`unite_logits.core.workers.default_member_threads`).
         primary_pad_token_id: the id that left-pads the primary's prompts in a batch (default:
             its tokenizer's pad token); leading ones are not part of a row's prompt.
+        num_draft_tokens: with ``model.generate(..., custom_generate=draft_and_verify)``
+            (`unite_logits.speculative`), the tokens the primary drafts per round to start with.
+        draft_schedule: ``"heuristic"`` (adapt the draft length to what rounds keep) or ``"constant"``.
+        confidence_gate: None (default: exact UniTE), or a probability ``tau``: where the
+            primary's own top token has at least this probability, the members are not asked and
+            the primary's distribution stands (faster, no longer exactly UniTE; docs/speculative.md).
 
     Raises:
         TypeError, ValueError: on invalid arguments, before any generation starts.
@@ -99,8 +123,14 @@ class UniTEProcessor(LogitsProcessor):
         concurrent: bool = True,
         member_threads: int | None = None,
         primary_pad_token_id: int | None = None,
+        num_draft_tokens: int = 4,
+        draft_schedule: Schedule = "heuristic",
+        confidence_gate: float | None = None,
     ) -> None:
         self.top_k = check_top_k(top_k)
+        self.draft_schedule = DraftSchedule(num_draft_tokens, draft_schedule)
+        self.confidence_gate = check_gate(confidence_gate)
+        self.last_speculation: SpeculationStats | None = None
         if primary_pad_token_id is not None:
             check_int("primary_pad_token_id", primary_pad_token_id)
         if not isinstance(members, (list, tuple)):
@@ -185,32 +215,70 @@ class UniTEProcessor(LogitsProcessor):
 
     def _ensemble(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.FloatTensor:
         previous = self.rows.generation
-        generation = self.rows.follow(input_ids)
+        gated = self._gated(scores) if self.confidence_gate is not None else None
+        generation = self.rows.follow(input_ids, gated)
         if generation is not previous:
             self.trace.clear()
         out = scores.clone()  # finished rows keep the primary's scores
         live = generation.live
         if not live:
             return cast(torch.FloatTensor, out)
-        vocab = min(scores.shape[-1], self.primary_view.size)
-        live_scores = scores.index_select(0, torch.as_tensor(live, dtype=torch.long, device=scores.device))[:, :vocab]
-        primary_logprobs = torch.log_softmax(live_scores.float(), dim=-1)
-        models = self._step_models(generation, primary_logprobs)
         steps = [generation.steps[row] for row in live]
-        combined = ensemble_step(models, live_scores, self.top_k,
-                              describe_row=lambda i: f"batch row {live[i]} at step {steps[i]}",
-                              trace=self._recorder(models, steps, live) if self.record_trace else None)
-        ensembled_scores(combined, primary_logprobs, out, live)
+        asked = [index for index, row in enumerate(live) if gated is None or not gated[row]]
+        members = [(rows.logprobs, rows.votes) for rows in generation.members]
+        index = torch.as_tensor(live, dtype=torch.long, device=scores.device)
+        ensembled = self.ensemble_rows(
+            scores.index_select(0, index), members, asked,
+            describe_row=lambda i: f"batch row {live[i]} at step {steps[i]}",
+            trace=(lambda models, rows: self._recorder(models, [steps[i] for i in rows], [live[i] for i in rows]))
+            if self.record_trace else None)
+        out[index] = ensembled.to(out.dtype)
         self.rows.guess(out)
         return cast(torch.FloatTensor, out)
 
-    def _step_models(self, generation: Generation, primary_logprobs: torch.Tensor) -> list[StepModel]:
-        """The primary and each active member as the step sees them."""
+    def ensemble_rows(
+        self,
+        scores: torch.Tensor,
+        members: Sequence[tuple[torch.Tensor, Callable[[int], bool]]],
+        asked: Sequence[int] | None = None,
+        *,
+        describe_row: Callable[[int], str] = lambda row: f"row {row}",
+        trace: Callable[[list[StepModel], list[int]], StepTrace] | None = None,
+    ) -> torch.Tensor:
+        """UniTE's step over rows whose inputs are given: the primary's processed ``scores``
+        ``(rows, vocab)`` and, per active member, its ``(rows, vocab)`` log-probabilities for the
+        same rows with whether it votes for each. Returns the rows' ensembled log-probabilities
+        (``-inf`` outside the union). Rows not in ``asked`` (all, if None) get the primary's own
+        log-probabilities: the confidence gate kept them without asking the members.
+
+        Both generation paths come here: the per-token path once per step, draft-and-verify once
+        per round for every drafted position of every row.
+        """
+        vocab = min(scores.shape[-1], self.primary_view.size)
+        primary_logprobs = torch.log_softmax(scores[:, :vocab].float(), dim=-1)
+        out = torch.full(scores.shape, float("-inf"), dtype=torch.float32, device=scores.device)
+        out[:, :vocab] = primary_logprobs
+        rows = list(range(scores.shape[0])) if asked is None else list(asked)
+        if not rows:
+            return out
+        index = torch.as_tensor(rows, dtype=torch.long, device=scores.device)
         weights = self._relative_weights
-        models = [StepModel(self.primary_view, primary_logprobs, weights[0], self.names[0])]
-        models += [StepModel(self.member_views[j], rows.logprobs, weights[j + 1], self.names[j + 1], rows.votes)
-                   for j, rows in zip(self._active, generation.members)]
-        return models
+        models = [StepModel(self.primary_view, primary_logprobs.index_select(0, index), weights[0], self.names[0])]
+        for j, (logprobs, votes) in zip(self._active, members):
+            member_rows = logprobs.index_select(0, index.to(logprobs.device))
+            models.append(StepModel(self.member_views[j], member_rows, weights[j + 1], self.names[j + 1],
+                                    lambda i, votes=votes: votes(rows[i])))
+        combined = ensemble_step(models, scores.index_select(0, index)[:, :vocab], self.top_k,
+                                 describe_row=lambda i: describe_row(rows[i]),
+                                 trace=trace(models, rows) if trace is not None else None)
+        ensembled_scores(combined, models[0].logprobs, out, rows)
+        return out
+
+    def _gated(self, scores: torch.Tensor) -> list[bool]:
+        """Per row, whether the primary is sure enough to go without the members (the gate)."""
+        assert self.confidence_gate is not None
+        top = torch.softmax(scores.float(), dim=-1).amax(dim=-1)
+        return (top >= self.confidence_gate).tolist()
 
     def _recorder(self, models: list[StepModel], steps: list[int], live: list[int]) -> StepRecorder:
         timing = self.rows.timing

@@ -135,10 +135,12 @@ class AuxiliaryRows:
         self.logprobs = self.logprobs.index_select(0, index.to(self.logprobs.device))
 
     # -- reads ----------------------------------------------------------------------------
-    def refresh(self) -> None:
-        """Bring every voting row's distribution (`logprobs`) up to date: one forward pass."""
-        wanted = [[] if not (row.changed and self._votes(row)) else [row.reading()] for row in self.rows]
-        self._read_readings(wanted, [[0] if readings else [] for readings in wanted])
+    def refresh(self, wanted: Sequence[bool] | None = None) -> None:
+        """Bring every voting row's distribution (`logprobs`) up to date (only the ``wanted``
+        rows, if given): one forward pass, none if no such row changed."""
+        readings = [[row.reading()] if row.changed and self._votes(row) and (wanted is None or wanted[index]) else []
+                    for index, row in enumerate(self.rows)]
+        self._read_readings(readings, [[0] if row else [] for row in readings])
 
     def read(self, pushes: Sequence[Sequence[tuple[int, bytes | None]]],
              wanted: Sequence[Sequence[bool]] | None = None) -> list[list[torch.Tensor | None]]:

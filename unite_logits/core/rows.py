@@ -151,9 +151,10 @@ class RowStore:
         self._guess: tuple[Round, list[int | None]] | None = None
         self._hits: collections.deque[bool] = collections.deque(maxlen=_GUESS_WINDOW)
 
-    def follow(self, input_ids: torch.Tensor) -> Generation:
+    def follow(self, input_ids: torch.Tensor, gated: Sequence[bool] | None = None) -> Generation:
         """The generation at this step: the rows advanced by the token the primary emitted last
-        step (or a new generation, prefilled), every live row's distribution up to date."""
+        step (or a new generation, prefilled), every live row's distribution up to date but
+        those of ``gated`` batch rows (the members read them later, with the next read)."""
         self.timing = Timing(len(self.runners))
         generation = self.generation
         parents = match_parents(input_ids, generation.last_ids) if generation is not None else None
@@ -162,9 +163,10 @@ class RowStore:
             generation.advance(input_ids, parents, self.primary_view.eos_ids, self.primary_view.bytes_of, applied)
         else:
             self._hits.clear()
-            generation = self.generation = Generation(input_ids, self._start(input_ids))
+            generation = self.generation = Generation(input_ids, self.start_members(input_ids))
         if generation.live:
-            self._run([member.refresh for member in generation.members])
+            wanted = None if gated is None else [not gated[row] for row in generation.live]
+            self._run([functools.partial(member.refresh, wanted) for member in generation.members])
         return generation
 
     def guess(self, out: torch.Tensor) -> None:
@@ -239,7 +241,7 @@ class RowStore:
         self._hits.extend(ok for ok, token in zip(right, guessed) if token is not None)
         return right
 
-    def _start(self, input_ids: torch.Tensor) -> list[AuxiliaryRows]:
+    def start_members(self, input_ids: torch.Tensor) -> list[AuxiliaryRows]:
         """Each member's rows for a new generation, prefilled in one forward pass per member."""
         prompts = strip_left_padding(input_ids.tolist(), self.pad_token_id)
         syncs = [[source.sync(row, prompt) for row, prompt in enumerate(prompts)] for source in self.sources]

@@ -18,6 +18,7 @@ timeout, and the generation stops.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -125,3 +126,33 @@ def is_served(model: Any) -> bool:
     """Whether ``model`` runs behind a server."""
     return isinstance(model, ServedCausalLM)
 
+
+class ServedPrimaryRows:
+    """A served primary's rows for draft-and-verify (`unite_logits.speculative`): each row's
+    ids here, the KV cache on the server; feeding a token asks for the row's next distribution.
+
+    Cost per feed: one request per fed row, all at once; the server's prefix cache makes each
+    cost the tokens new since the row's previous request (a rollback only shortens the ids).
+    """
+
+    def __init__(self, model: ServedCausalLM, rows: int) -> None:
+        self.runner = model.runner
+        self.ids: list[list[int]] = [[] for _ in range(rows)]
+
+    def feed(self, chunks: Sequence[Sequence[int]], raw: bool = True) -> torch.Tensor:
+        """Append each chunk to its row; ``(rows, vocab)`` log-probabilities (``-inf`` outside
+        the server's top-n; zeros for rows that fed nothing). ``raw`` is accepted for the
+        interface: a server gives log-probabilities, which is what the per-token path sees too."""
+        fed = [row for row, chunk in enumerate(chunks) if len(chunk)]
+        out = torch.zeros(len(chunks), self.runner.vocab_size)
+        for row in fed:
+            self.ids[row].extend(int(token) for token in chunks[row])
+        if fed:
+            out[fed] = self.runner.logprobs([self.ids[row] for row in fed])
+        return out
+
+    def drop(self, row: int, tokens: int) -> None:
+        del self.ids[row][len(self.ids[row]) - tokens :]
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.ids = [list(self.ids[parent]) for parent in index.tolist()]
