@@ -30,7 +30,7 @@ from .core.checks import check_int, check_top_k, check_weight
 from .core.member import EnsembleMember
 from .core.prompts import MemberPrompt, PromptSource
 from .core.rows import RowStore
-from .core.speculation import DraftSchedule, Schedule, SpeculationStats
+from .core.speculation import DEFAULT_DRAFT_TOKENS, DraftSchedule, Schedule, SpeculationStats
 from .core.step import (
     NonFiniteScoresError,
     StepModel,
@@ -123,7 +123,7 @@ class UniTEProcessor(LogitsProcessor):
         concurrent: bool = True,
         member_threads: int | None = None,
         primary_pad_token_id: int | None = None,
-        num_draft_tokens: int = 4,
+        num_draft_tokens: int = DEFAULT_DRAFT_TOKENS,
         draft_schedule: Schedule = "heuristic",
         confidence_gate: float | None = None,
     ) -> None:

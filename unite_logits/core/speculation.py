@@ -25,11 +25,14 @@ import torch
 
 from .checks import check_int
 
-__all__ = ["DraftSchedule", "Schedule", "SpeculationStats", "accept_or_resample", "MAX_DRAFT_TOKENS"]
+__all__ = ["DEFAULT_DRAFT_TOKENS", "DraftSchedule", "Schedule", "SpeculationStats", "accept_or_resample",
+           "MAX_DRAFT_TOKENS"]
 
 logger = logging.getLogger(__name__)
 
 Schedule = Literal["heuristic", "constant"]
+DEFAULT_DRAFT_TOKENS = 4
+"""Tokens the primary drafts in a generation's first round."""
 MAX_DRAFT_TOKENS = 32
 """The most tokens one round drafts (rollbacks stay within every cache's margin)."""
 

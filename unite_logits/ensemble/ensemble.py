@@ -23,7 +23,9 @@ from ..core.member import Member
 from ..core.scoring import TokenScores
 from ..core.trace import StepRecord
 from ..models.loading import LoadedModel, load_model
-from ..processor import UniTEProcessor
+from ..core.speculation import DEFAULT_DRAFT_TOKENS, DraftSchedule, SpeculationStats
+from ..processor import UniTEProcessor, check_gate
+from ..speculative import draft_and_verify
 from ..remote import RemoteMember
 from ..remote.primary import is_served, top_n_for
 from ..remote.spec import remote_member_from_spec, served_primary_from_spec, split_remote_spec
@@ -66,7 +68,9 @@ class Ensemble:
     holding a `ServedCausalLM`, which ``generate`` drives like a local model.
     """
 
-    def __init__(self, models: Sequence[Model], *, weights: Sequence[float] | None = None, top_k: int = 10):
+    def __init__(self, models: Sequence[Model], *, weights: Sequence[float] | None = None, top_k: int = 10,
+                 speculative: bool = True, num_draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+                 confidence_gate: float | None = None):
         if not models:
             raise ValueError("an ensemble needs at least one model")
         if isinstance(models[0], RemoteMember):
@@ -75,7 +79,11 @@ class Ensemble:
         self.models = list(models)
         self.weights = check_weights(weights, len(self.models))
         self.top_k = check_top_k(top_k)
+        self.speculative = bool(speculative)
+        self.draft = DraftSchedule(num_draft_tokens)  # checked here, before any work
+        self.confidence_gate = check_gate(confidence_gate)
         self.last_trace: list[StepRecord] = []  # of the last ensembled generation run with trace=True
+        self.last_speculation: SpeculationStats | None = None  # of the last draft-and-verify generation
 
     @classmethod
     def load(
@@ -172,6 +180,8 @@ class Ensemble:
             trace=trace,
             primary_name=self.primary.name,
             primary_pad_token_id=left_pad_id(self.primary),
+            num_draft_tokens=self.draft.start,
+            confidence_gate=self.confidence_gate,
         )
 
     # -- generation -------------------------------------------------------------------------
@@ -265,8 +275,10 @@ class Ensemble:
         if any(request.prepared.chat for request in requests):  # per member, each row's ids (None: the default)
             member_prompts = [[request.prepared.member_ids[j] for request in requests] for j in range(len(self.models) - 1)]
         with self._processor(member_prompts, trace) as processor:
-            results = generate_rows(self.primary, requests, [processor, *processors], logprobs_from_processors=True)
+            results = generate_rows(self.primary, requests, [processor, *processors], logprobs_from_processors=True,
+                                    custom_generate=draft_and_verify if self.speculative else None)
             self.last_trace = list(processor.trace)
+            self.last_speculation = processor.last_speculation
         return results
 
 

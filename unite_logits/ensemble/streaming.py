@@ -133,13 +133,16 @@ class _BatchStop(StoppingCriteria):
         self.recorder = recorder
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        """``batch_rows``: the batch rows of ``input_ids``' rows, where they are some of them
+        (draft-and-verify calls the criteria for rows of equal length together)."""
         tokens = input_ids[:, -1].tolist()
         logprobs = self.recorder.last if self.recorder is not None else None
+        rows = kwargs.get("batch_rows") or range(len(tokens))
         stop = []
-        for row, (watcher, token) in enumerate(zip(self.watchers, tokens)):
+        for position, (watcher, token) in enumerate(zip((self.watchers[row] for row in rows), tokens)):
             if watcher.done:
                 stop.append(True)
-            elif watcher.step(token, logprobs[row] if logprobs is not None else None):
+            elif watcher.step(token, logprobs[position] if logprobs is not None else None):
                 watcher.close()
                 stop.append(True)
             else:
@@ -290,12 +293,13 @@ def left_pad_id(loaded: "LoadedModel") -> int:
 
 def generate_rows(
     loaded: "LoadedModel", requests: Sequence[GenerationRequest], processors: Sequence[LogitsProcessor] = (),
-    *, logprobs_from_processors: bool = False,
+    *, logprobs_from_processors: bool = False, custom_generate: Callable[..., Any] | None = None,
 ) -> list[GenerationResult]:
     """Run ``requests`` as the rows of one ``loaded.model.generate``; each row streams, stops and
     ends on its own. ``processors`` run first (the ensemble's), then the log-prob recorder;
     ``logprobs_from_processors``: their output already is log-probabilities (the ensemble's),
-    reported as they are.
+    reported as they are. ``custom_generate``: the decoding loop ``generate`` runs (the
+    ensemble's draft-and-verify, `unite_logits.speculative.draft_and_verify`); None: transformers'.
 
     The requests have to decode alike (`GenerationOptions.decoding`: all greedy, or the same
     temperature and top-p; a seed, if any, is the first request's). Stop strings,
@@ -333,6 +337,7 @@ def generate_rows(
         eos_token_id=eos or None,
         pad_token_id=eos[0] if eos else pad,
         **longest.generate_kwargs(),
+        **({"custom_generate": custom_generate} if custom_generate is not None else {}),
     )
     seconds = time.perf_counter() - started
     results = [watcher.close(seconds) for watcher in watchers]  # rows still open ended with the batch
