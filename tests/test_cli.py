@@ -119,16 +119,18 @@ class FakeEnsemble:
 
     chat_template: str | None = None  # the primary's; None: like a base model
 
-    def __init__(self, specs, weights, top_k):
+    def __init__(self, specs, weights, top_k, **settings):
         tokenizer = SimpleNamespace(chat_template=FakeEnsemble.chat_template)
+        self.settings = settings
+        FakeEnsemble.last = self
         self.models = [SimpleNamespace(name=s, tokenizer=tokenizer) for s in specs]
         self.primary = self.models[0]
         self.weights = weights or [1.0] * len(specs)
         self.top_k = top_k
 
     @classmethod
-    def load(cls, specs, *, weights=None, top_k=10, device="cpu", dtype=None):
-        return cls(specs, weights, top_k)
+    def load(cls, specs, *, weights=None, top_k=10, device="cpu", dtype=None, **settings):
+        return cls(specs, weights, top_k, **settings)
 
     def generate(self, prompt, options, *, chat=False, on_piece=None):
         FakeEnsemble.calls.append(("ensemble", prompt, chat, options.generate_kwargs()))
@@ -160,6 +162,16 @@ def test_generate_json_with_compare(fake_ensemble, capsys):
     assert data["alone"]["gemma3-270m"]["text"] == "alone 1"
     assert fake_ensemble.calls[0] == ("ensemble", "Hello", False, {"max_new_tokens": 7, "do_sample": False})
     assert all(call[3] == {"max_new_tokens": 7, "do_sample": False} for call in fake_ensemble.calls[1:])  # alone: greedy
+
+
+def test_decoding_by_draft_and_verify_is_the_default_and_one_flag_away(fake_ensemble, capsys):
+    assert run(["generate", "Hello", "--no-stream"], capsys)[0] == 0
+    assert FakeEnsemble.last.settings == {"speculative": True, "num_draft_tokens": 4, "confidence_gate": None}
+    assert run(["generate", "Hello", "--no-stream", "--no-speculative", "--draft-tokens", "2",
+                "--confidence-gate", "0.9"], capsys)[0] == 0
+    assert FakeEnsemble.last.settings == {"speculative": False, "num_draft_tokens": 2, "confidence_gate": 0.9}
+    code, _, err = run(["generate", "Hello", "--confidence-gate", "1.5"], capsys)
+    assert code == 2 and "--confidence-gate" in err and "(0, 1]" in err
 
 
 def test_generate_text_reports_tokens_per_second(fake_ensemble, capsys):

@@ -103,12 +103,13 @@ class ForceAlong(LogitsProcessor):
         return out
 
 
-def forced_generation(scoring: ScoreRequest, members: list[ScoringModel], top_k: int) -> list[torch.Tensor]:
+def forced_generation(scoring: ScoreRequest, members: list[ScoringModel], top_k: int,
+                      gate: float | None = None) -> list[torch.Tensor]:
     """The processor's scores at each continuation token when generation is forced along it."""
     tok = PRIMARY.view.tokenizer
     force = ForceAlong(len(scoring.context), scoring.continuation)
     with UniTEProcessor(tok, [Member(m.model, m.view.tokenizer) for m in members], top_k=top_k,
-                        concurrent=False) as processor:
+                        concurrent=False, confidence_gate=gate) as processor:
         ids = torch.tensor([scoring.context])
         PRIMARY.model.generate(ids, attention_mask=torch.ones_like(ids), logits_processor=[processor, force],
                                max_new_tokens=len(scoring.continuation),
@@ -147,6 +148,24 @@ def test_where_a_members_reading_of_a_prefix_leaves_its_reading_of_the_text_it_r
     (scored,) = score_requests(PRIMARY, [member], [scoring], top_k=10**6)
     seen = forced_generation(scoring, [member], 10**6)
     assert scored.logprobs == pytest.approx([float(s[t]) for s, t in zip(seen, scoring.continuation)], abs=1e-4)
+
+
+@pytest.mark.parametrize("gate", [1e-9, 0.00302, 0.00308])
+def test_scoring_applies_the_confidence_gate_as_generation_does(gate):
+    """Positions where the primary is sure enough are the primary's alone in scoring too, so a
+    score is still what forced generation with the same gate assigns."""
+    scoring = request("The quick brown fox", " jumps over the lazy dog. Muffins and pancakes.")
+    (scored,) = score_requests(PRIMARY, MEMBERS, [scoring], top_k=10**6, confidence_gate=gate)
+    seen = forced_generation(scoring, MEMBERS, 10**6, gate)
+    assert scored.logprobs == pytest.approx([float(s[t]) for s, t in zip(seen, scoring.continuation)], abs=1e-4)
+    (alone,) = score_requests(PRIMARY, [], [scoring], top_k=10**6)
+    (exact,) = score_requests(PRIMARY, MEMBERS, [scoring], top_k=10**6)
+    same_as_alone = [a == pytest.approx(g, abs=1e-6) for a, g in zip(alone.logprobs, scored.logprobs)]
+    same_as_exact = [e == pytest.approx(g, abs=1e-6) for e, g in zip(exact.logprobs, scored.logprobs)]
+    if gate == 1e-9:
+        assert all(same_as_alone)
+    else:  # some positions gated, some ensembled: the test needs both
+        assert any(same_as_alone) and not all(same_as_alone) and any(same_as_exact)
 
 
 # -- greedy ---------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from testkit.strategies import chunked, texts
 from unite_logits import Member, UniTEProcessor, draft_and_verify
 from unite_logits.core.member import LocalRunner
 from unite_logits.core.member_rows import AuxiliaryRows
-from unite_logits.core.speculation import DraftSchedule, accept_or_resample
+from unite_logits.core.sampling import accept_or_resample
+from unite_logits.core.speculation import DraftSchedule
 from unite_logits.core.sync import TokenSync
 from unite_logits.core.token_bytes import token_bytes_view
 

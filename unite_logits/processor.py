@@ -30,6 +30,7 @@ from .core.checks import check_int, check_top_k, check_weight
 from .core.member import EnsembleMember
 from .core.prompts import MemberPrompt, PromptSource
 from .core.rows import RowStore
+from .core.scoring import _votes_at
 from .core.speculation import DEFAULT_DRAFT_TOKENS, DraftSchedule, Schedule, SpeculationStats
 from .core.step import (
     NonFiniteScoresError,
@@ -267,7 +268,7 @@ class UniTEProcessor(LogitsProcessor):
         for j, (logprobs, votes) in zip(self._active, members):
             member_rows = logprobs.index_select(0, index.to(logprobs.device))
             models.append(StepModel(self.member_views[j], member_rows, weights[j + 1], self.names[j + 1],
-                                    lambda i, votes=votes: votes(rows[i])))
+                                    _votes_at(votes, rows)))
         combined = ensemble_step(models, scores.index_select(0, index)[:, :vocab], self.top_k,
                                  describe_row=lambda i: describe_row(rows[i]),
                                  trace=trace(models, rows) if trace is not None else None)

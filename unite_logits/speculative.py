@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
@@ -55,7 +55,8 @@ from transformers.generation.utils import GENERATION_MODES_MAPPING, GenerateDeco
 
 from .core.member_rows import AuxiliaryRows
 from .core.ragged_cache import RaggedKVCache, UnsupportedModelError, check_supported
-from .core.speculation import SpeculationStats, accept_or_resample
+from .core.sampling import accept_or_resample
+from .core.speculation import SpeculationStats
 from .processor import ProcessorInUseError, UniTEProcessor
 
 __all__ = ["draft_and_verify", "why_not_speculative"]
@@ -138,10 +139,10 @@ def draft_and_verify(
 
 def _primary_rows(model: PreTrainedModel, rows: int) -> PrimaryRows | None:
     """The primary's row state: a served primary's, or a ragged cache; None if neither fits."""
-    from .remote.primary import ServedPrimaryRows, is_served
+    from .remote.primary import ServedCausalLM, ServedPrimaryRows, is_served
 
     if is_served(model):
-        return ServedPrimaryRows(model, rows)
+        return ServedPrimaryRows(cast(ServedCausalLM, model), rows)
     try:
         check_supported(model)
     except UnsupportedModelError:
@@ -184,7 +185,7 @@ class _DraftAndVerify:
         self.sampling = bool(config.do_sample)
         self.temperature = float(config.temperature or 1.0) if self.sampling else 1.0
         self.eos = frozenset(unite.primary_view.eos_ids)
-        self.budget = (stopping.max_length - input_ids.shape[1]) if stopping.max_length is not None else math.inf
+        self.budget = stopping.max_length - input_ids.shape[1] if stopping.max_length is not None else sys.maxsize
         batch = input_ids.shape[0]
         self.texts: list[list[int]] = [[] for _ in range(batch)]
         self.live = list(range(batch))
@@ -262,7 +263,7 @@ class _DraftAndVerify:
         for group in self._by_length(rows, lambda i: self.texts[self.live[i]] + rounds[i].drafts):
             ids = self._ids(group, lambda i: rounds[i].drafts)
             logits = torch.stack([self.frontier[i] for i in group]).float()  # type: ignore[misc]
-            scores = self.pre(ids, logits) if self.pre else logits
+            scores = self.pre(cast(torch.LongTensor, ids), logits) if self.pre else logits
             out.update(zip(group, scores))
         return [out[i] for i in rows]
 
@@ -351,7 +352,7 @@ class _DraftAndVerify:
             for group in self._by_length(rows, lambda i: self.texts[self.live[i]]):
                 ids = self._ids(group, lambda i: [])
                 scores = torch.stack([ensembled[i][position] for i in group])
-                scores = self.post(ids, scores) if self.post else scores
+                scores = self.post(cast(torch.LongTensor, ids), scores) if self.post else scores
                 chosen = [self._choose(rounds[i], position, row_scores) for i, row_scores in zip(group, scores)]
                 for i, (token, kept) in zip(group, chosen):
                     self.texts[self.live[i]].append(token)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import MemberError, NonFiniteScoresError
+from ..core.speculation import DEFAULT_DRAFT_TOKENS
 from ..ensemble.options import DEFAULT_MAX_NEW_TOKENS, MAX_SEED, GenerationOptions
 from ..ensemble.prompts import PromptError
 from ..evaluation.cli import add_eval_parser, add_report_parser, add_select_parser
@@ -148,6 +149,14 @@ def _add_ensemble_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=_positive_int, default=10, help="candidates per model and step (default 10)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="default float32 (faithful logits)")
+    parser.add_argument("--no-speculative", dest="speculative", action="store_false",
+                        help="decode token by token instead of drafting with the primary and verifying with the "
+                             "members (same output, docs/speculative.md)")
+    parser.add_argument("--draft-tokens", type=_positive_int, default=DEFAULT_DRAFT_TOKENS,
+                        help=f"tokens the primary drafts per round to start with; adapts (default {DEFAULT_DRAFT_TOKENS})")
+    parser.add_argument("--confidence-gate", type=_probability, metavar="TAU",
+                        help="skip the members where the primary's top token has probability >= TAU "
+                             "(faster, no longer exact UniTE; default off)")
 
 
 def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
@@ -178,7 +187,9 @@ def _load_ensemble(args: argparse.Namespace, *, prompt: Any = None) -> Any:
     for spec in specs:  # name and install errors before any slow load (SPEC@URL: checked when loaded)
         if split_remote_spec(spec) is None:
             resolve(spec)
-    return Ensemble.load(specs, weights=args.weights, top_k=args.top_k, device=args.device, dtype=getattr(torch, args.dtype))
+    return Ensemble.load(specs, weights=args.weights, top_k=args.top_k, device=args.device, dtype=getattr(torch, args.dtype),
+                         speculative=args.speculative, num_draft_tokens=args.draft_tokens,
+                         confidence_gate=args.confidence_gate)
 
 
 # -- generate -----------------------------------------------------------------------------

@@ -228,17 +228,17 @@ class AuxiliaryRows:
         results = self.cache.read(trees)
         out: list[list[torch.Tensor]] = []
         updated = []
-        for index, (row, tree, result, answer) in enumerate(zip(self.rows, trees, results, served)):
-            if tree is None or result is None:
+        for index, (row, fed, result, answer) in enumerate(zip(self.rows, trees, results, served)):
+            if fed is None or result is None:
                 out.append([value for value in answer if isinstance(value, torch.Tensor)])
                 continue
             out.append([value if isinstance(value, torch.Tensor) else result[value] for value in answer])
-            del row.fed[tree.base:]
-            row.fed.extend(tree.trunk)
-            if len(row.fed) == len(row.sync.ids) and tree.trunk == row.sync.ids[tree.base:]:
+            del row.fed[fed.base:]
+            row.fed.extend(fed.trunk)
+            if len(row.fed) == len(row.sync.ids) and fed.trunk == row.sync.ids[fed.base:]:
                 row.sync.take_changed_from()  # the cache holds the row's ids now
             else:
-                row.sync.changed_from = min(row.sync.changed_from, tree.base)
+                row.sync.changed_from = min(row.sync.changed_from, fed.base)
             updated.append((index, result[-1]))
         if updated:
             rows = torch.as_tensor([index for index, _ in updated], dtype=torch.long, device=self.logprobs.device)

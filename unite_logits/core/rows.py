@@ -209,7 +209,7 @@ class RowStore:
         return list(self._hits)
 
     # -- internals ------------------------------------------------------------------------
-    def _run(self, jobs: Sequence[Callable[[], None] | None]) -> None:
+    def _run(self, jobs: Sequence[Callable[[], object] | None]) -> None:
         """Run one job per member on the workers and wait for all (timed)."""
         self._collect(self.workers.start(jobs))
 

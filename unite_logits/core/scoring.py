@@ -25,7 +25,7 @@ token and member, and one ensembling step per continuation token.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -34,7 +34,7 @@ from transformers import PreTrainedModel
 from .checks import check_top_k, context_window
 from .forced import ForcedText, forced_logprobs
 from .prompts import PromptSource
-from .step import StepModel, relative_weights, score_targets
+from .step import StepModel, TargetScore, relative_weights, score_targets
 from .token_bytes import TokenBytes
 
 __all__ = ["ScoreRequest", "TokenScores", "ScoringModel", "score_requests"]
@@ -87,10 +87,13 @@ class ScoringModel:
 
 def score_requests(
     primary: ScoringModel, members: Sequence[ScoringModel], requests: Sequence[ScoreRequest], top_k: int,
-    top_n: int = 0,
+    top_n: int = 0, confidence_gate: float | None = None,
 ) -> list[TokenScores]:
     """Score ``requests`` (one batch: every model runs one forward pass over all of them);
     ``top_n``: also each position's likeliest primary ids (`TokenScores.top`).
+    ``confidence_gate``: positions where the primary's top token has at least this probability
+    are scored by the primary alone, as generation with the same gate writes them (the members
+    run only if some position is not gated).
 
     Raises:
         ValueError: an empty context or continuation, or a text longer than a model's window.
@@ -107,6 +110,34 @@ def score_requests(
     primary_texts = [_primary_reading(request) for request in requests]
     _check_window(primary, primary_texts, "the primary")
     primary_rows = torch.cat(forced_logprobs(primary.model, primary_texts, primary.view.size))
+    targets = [token for request in requests for token in request.continuation]
+    where = [(index, t) for index, request in enumerate(requests) for t in range(len(request.continuation))]
+    gated = (primary_rows.amax(dim=-1).exp() >= confidence_gate).tolist() if confidence_gate is not None else []
+    asked = [row for row in range(len(targets)) if not gated or not gated[row]]
+    scored: list[TargetScore | None] = [None] * len(targets)
+    for row in range(len(targets)):
+        if gated and gated[row]:
+            scored[row] = _primary_alone(primary_rows[row], targets[row], top_k, top_n)
+    if asked:
+        models = _step_models(primary, members, weights, active, requests, primary_rows)
+        subset = models if len(asked) == len(targets) else _rows_of(models, asked)
+        for row, value in zip(asked, score_targets(
+                subset, subset[0].logprobs, top_k, [targets[row] for row in asked], top_n=top_n,
+                describe_row=lambda i: f"request {where[asked[i]][0]} at continuation token {where[asked[i]][1]}")):
+            scored[row] = value
+    out, start = [], 0
+    for request in requests:
+        end = start + len(request.continuation)
+        part = [value for value in scored[start:end] if value is not None]
+        out.append(TokenScores([s.logprob for s in part], [s.greedy for s in part], [s.proposed for s in part],
+                               [s.top for s in part]))
+        start = end
+    return out
+
+
+def _step_models(primary: ScoringModel, members: Sequence[ScoringModel], weights: Sequence[float],
+                 active: Sequence[int], requests: Sequence[ScoreRequest], primary_rows: torch.Tensor) -> list[StepModel]:
+    """The primary's rows and every active member's, each member reading the texts its own way."""
     models = [StepModel(primary.view, primary_rows, weights[0], primary.name)]
     for j in active:
         member = members[j]
@@ -114,18 +145,26 @@ def score_requests(
         _check_window(member, texts, f"member {member.name!r}")
         rows = torch.cat(forced_logprobs(member.model, texts, member.view.size))
         models.append(StepModel(member.view, rows, weights[j + 1], member.name, votes.__getitem__))
-    targets = [token for request in requests for token in request.continuation]
-    where = [(index, t) for index, request in enumerate(requests) for t in range(len(request.continuation))]
-    scored = score_targets(models, primary_rows, top_k, targets, top_n=top_n,
-                           describe_row=lambda row: f"request {where[row][0]} at continuation token {where[row][1]}")
-    out, start = [], 0
-    for request in requests:
-        end = start + len(request.continuation)
-        part = scored[start:end]
-        out.append(TokenScores([s.logprob for s in part], [s.greedy for s in part], [s.proposed for s in part],
-                               [s.top for s in part]))
-        start = end
-    return out
+    return models
+
+
+def _rows_of(models: Sequence[StepModel], rows: Sequence[int]) -> list[StepModel]:
+    """The models restricted to ``rows`` (their votes too)."""
+    index = torch.as_tensor(list(rows), dtype=torch.long)
+    return [StepModel(m.view, m.logprobs.index_select(0, index), m.weight, m.name,
+                      None if m.votes is None else _votes_at(m.votes, rows)) for m in models]
+
+
+def _votes_at(votes: Callable[[int], bool], rows: Sequence[int]) -> Callable[[int], bool]:
+    """``votes`` read through ``rows``: row ``i`` of a subset is row ``rows[i]`` of the whole."""
+    return lambda i: votes(rows[i])
+
+
+def _primary_alone(logprobs: torch.Tensor, target: int, top_k: int, top_n: int) -> TargetScore:
+    """A gated position: the primary's own log-probability, choice and top ids."""
+    values, ids = torch.topk(logprobs, min(max(top_k, top_n, 1), logprobs.numel()))
+    top = tuple((int(i), float(v)) for v, i in zip(values[:top_n], ids[:top_n]) if math.isfinite(float(v)))
+    return TargetScore(float(logprobs[target]), int(ids[0]) == target, target in ids[:top_k].tolist(), top)
 
 
 def _primary_reading(request: ScoreRequest) -> ForcedText:

@@ -2,12 +2,10 @@
 
 The primary drafts a few tokens alone; the members then read the whole draft in one pass each,
 and at every drafted position UniTE's rule decides as it would have decided token by token.
-This module holds what that decision and its bookkeeping need, free of transformers:
+This module holds the bookkeeping, free of torch and transformers (the command line reads its
+defaults cheaply):
 
-* `accept_or_resample`: speculative sampling (Leviathan et al. 2023; Chen et al. 2023) with the
-  primary's distribution as the proposal ``p`` and the ensemble's as the target ``q``: keep the
-  draft with probability ``min(1, q/p)``, else draw from ``max(q - p, 0)`` renormalised, so the
-  tokens follow ``q`` exactly;
+* `unite_logits.core.sampling.accept_or_resample` (with torch): speculative sampling;
 * `DraftSchedule`: how many tokens to draft next, adapted to how many the last round kept
   (transformers' "heuristic" assistant schedule: +2 after a round that kept every draft, -1
   otherwise), or constant;
@@ -17,47 +15,18 @@ This module holds what that decision and its bookkeeping need, free of transform
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from .checks import check_int
 
-__all__ = ["DEFAULT_DRAFT_TOKENS", "DraftSchedule", "Schedule", "SpeculationStats", "accept_or_resample",
-           "MAX_DRAFT_TOKENS"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["DEFAULT_DRAFT_TOKENS", "DraftSchedule", "Schedule", "SpeculationStats", "MAX_DRAFT_TOKENS"]
 
 Schedule = Literal["heuristic", "constant"]
 DEFAULT_DRAFT_TOKENS = 4
 """Tokens the primary drafts in a generation's first round."""
 MAX_DRAFT_TOKENS = 32
 """The most tokens one round drafts (rollbacks stay within every cache's margin)."""
-
-
-def accept_or_resample(draft: int | None, p: torch.Tensor | None, q: torch.Tensor,
-                       generator: torch.Generator | None = None) -> tuple[int, bool]:
-    """The token at one position, and whether it is the draft.
-
-    Args:
-        draft: the drafted token, drawn from ``p`` (None: no draft here; draw from ``q``).
-        p: ``(vocab,)`` the proposal the draft was drawn from (probabilities).
-        q: ``(vocab,)`` the target distribution (probabilities).
-
-    The result is distributed as ``q`` whatever ``p`` is (the draft being a draw from ``p``).
-    Cost: O(vocab) tensor work.
-    """
-    if draft is None or p is None:
-        return int(torch.multinomial(q, 1, generator=generator)), False
-    p_draft, q_draft = float(p[draft]), float(q[draft])
-    if p_draft > 0 and float(torch.rand((), generator=generator)) * p_draft < q_draft:
-        return draft, True
-    residual = (q - p).clamp(min=0)
-    if float(residual.sum()) <= 0:  # q == p up to rounding: the draft was already a draw from q
-        residual = q
-    return int(torch.multinomial(residual, 1, generator=generator)), False
 
 
 @dataclass

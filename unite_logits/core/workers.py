@@ -88,7 +88,7 @@ class Workers:
                 )
             return self._pools[index]
 
-    def start(self, jobs: Sequence[Callable[[], None] | None]) -> Round:
+    def start(self, jobs: Sequence[Callable[[], object] | None]) -> Round:
         """Start ``jobs[i]`` on auxiliary ``i``'s worker (None: nothing for it)."""
         if not self.concurrent:
             return Round([None] * len(jobs), [_timed_or_error(job) if job else None for job in jobs])
@@ -131,13 +131,13 @@ class Workers:
             pool.shutdown(wait=True)
 
 
-def _timed(job: Callable[[], None]) -> float:
+def _timed(job: Callable[[], object]) -> float:
     started = time.perf_counter()
     job()
     return time.perf_counter() - started
 
 
-def _timed_or_error(job: Callable[[], None]) -> float | BaseException:
+def _timed_or_error(job: Callable[[], object]) -> float | BaseException:
     try:
         return _timed(job)
     except (KeyboardInterrupt, SystemExit):

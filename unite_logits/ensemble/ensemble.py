@@ -95,6 +95,9 @@ class Ensemble:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         progress: bool = True,
+        speculative: bool = True,
+        num_draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+        confidence_gate: float | None = None,
     ) -> "Ensemble":
         """Check the options, then load each distinct spec once (primary first).
 
@@ -105,6 +108,8 @@ class Ensemble:
         """
         checked = check_weights(weights, len(specs))
         check_top_k(top_k)
+        DraftSchedule(num_draft_tokens)
+        check_gate(confidence_gate)
         loaded: dict[str, LoadedModel] = {}
         models: list[Model] = []
         for index, (spec, weight) in enumerate(zip(specs, checked)):
@@ -115,7 +120,8 @@ class Ensemble:
             if spec not in loaded:
                 loaded[spec] = load_model(spec, device=device, dtype=dtype, progress=progress)
             models.append(loaded[spec])
-        return cls(models, weights=weights, top_k=top_k)
+        return cls(models, weights=weights, top_k=top_k, speculative=speculative, num_draft_tokens=num_draft_tokens,
+                   confidence_gate=confidence_gate)
 
     @property
     def primary(self) -> LoadedModel:
@@ -248,7 +254,8 @@ class Ensemble:
         if served:
             raise ValueError(f"scoring needs every model in this process; served remotely: {', '.join(served)}")
         loaded = [m for m in self.models if isinstance(m, LoadedModel)]
-        return Scorer(loaded, self.weights, self.top_k, batch_size=batch_size, add_bos_token=add_bos_token)
+        return Scorer(loaded, self.weights, self.top_k, batch_size=batch_size, add_bos_token=add_bos_token,
+                      confidence_gate=self.confidence_gate)
 
     def score(self, pairs: Sequence[tuple[str, str]], *, batch_size: int = DEFAULT_BATCH_SIZE,
               progress: bool = False) -> list[TokenScores]:

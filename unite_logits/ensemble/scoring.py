@@ -107,14 +107,18 @@ class Scorer:
         top_k: candidates each model proposes per position.
         batch_size: requests per forward pass of each model.
         add_bos_token: as lm-eval's ``add_bos_token``: None uses each tokenizer's default.
+        confidence_gate: score positions where the primary is this sure by the primary alone,
+            as generation with the same gate does (None: exact UniTE).
     """
 
     def __init__(self, models: Sequence["LoadedModel"], weights: Sequence[float], top_k: int,
-                 batch_size: int = DEFAULT_BATCH_SIZE, add_bos_token: bool | None = None) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, add_bos_token: bool | None = None,
+                 confidence_gate: float | None = None) -> None:
         self.models = list(models)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.add_bos_token = add_bos_token
         self.top_k = top_k
+        self.confidence_gate = confidence_gate
         scoring = [ScoringModel(m.model, token_bytes_view(m.tokenizer, m.eos_token_ids), w, m.name)
                    for m, w in zip(self.models, weights)]
         self.primary, self.members = scoring[0], scoring[1:]
@@ -139,7 +143,8 @@ class Scorer:
         with bar:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start: start + self.batch_size]
-                scored = score_requests(self.primary, self.members, [requests[i] for i in batch], self.top_k, top_n)
+                scored = score_requests(self.primary, self.members, [requests[i] for i in batch], self.top_k, top_n,
+                                        self.confidence_gate)
                 for index, result in zip(batch, scored):
                     results[index] = result
                 if on_batch is not None:

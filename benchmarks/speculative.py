@@ -1,0 +1,201 @@
+"""Draft-and-verify against per-token UniTE, in one run on one machine.
+
+For each setting (models x prompt x new tokens x batch size) and each repeat, back to back:
+every model generating alone, the per-token ensemble (``UniTEProcessor`` in stock ``generate``)
+and draft-and-verify (``custom_generate=draft_and_verify``), all greedy with exactly N new
+tokens per row (``min_new_tokens``). Reported per setting (medians over repeats):
+
+* ms/token of each mode (wall time of the batch / tokens of one row);
+* ``spec / sum``: draft-and-verify over the sum of the members alone; ``spec / primary`` and
+  ``spec / slowest``: over the primary alone and the slowest member alone; ``per-token / sum``;
+* acceptance (drafted tokens kept), mean tokens per round and row, member passes;
+* identical: whether draft-and-verify wrote exactly the per-token ensemble's tokens.
+
+``--latency MS`` adds a fixed sleep to every forward pass of the auxiliaries (whatever its
+length), as if they ran on devices of their own: what draft-and-verify saves is then the number
+of member passes. Targets (issue 26): real pair, batch 1, 64 tokens: spec / sum <= 0.60 and
+below the slower member alone; B=8: <= 0.70 x the sum; injected latency: <= 0.6 x per-token.
+
+    python -m benchmarks.speculative --suite real --new-tokens 64 256 --batch 1 8
+    python -m benchmarks.speculative --suite real --latency 100 --new-tokens 64 --batch 1
+    python -m benchmarks.speculative --suite tiny --repeats 1      # smoke test, no models needed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unite_logits import Member, UniTEProcessor, draft_and_verify
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITES = {"real": ["smollm2-135m-instruct", "gemma3-270m"],
+          "trio": ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]}
+SHORT = "Question: What is the capital of France, and what is it known for?\nAnswer:"
+
+
+def gsm_prompt() -> str:
+    """The 4-shot GSM8K prompt of this repository's test data (a repeated short one without it)."""
+    path = ROOT.parent / "shared" / "data" / "GSM" / "gsm_prompt.txt"
+    if not path.exists():
+        return (SHORT + " Paris.\n") * 30 + SHORT
+    return path.read_text() + "\nQuestion: Janet's ducks lay 16 eggs per day. How much does she make?\nAnswer:"
+
+
+PROMPTS = {"short": lambda: SHORT, "gsm8k-4shot": gsm_prompt}
+
+
+@dataclass
+class Row:
+    models: list[str]
+    prompt: str
+    prompt_tokens: int
+    new_tokens: int
+    batch: int
+    latency_ms: float
+    alone_ms_per_token: dict[str, float]
+    per_token_ms_per_token: float
+    spec_ms_per_token: float
+    spec_over_sum: float
+    spec_over_primary: float
+    spec_over_slowest: float
+    per_token_over_sum: float
+    spec_over_per_token: float
+    acceptance: float
+    tokens_per_round: float
+    member_passes: int
+    identical: bool
+    repeats: dict[str, list[float]] = field(default_factory=dict)
+
+
+class Sleepy(torch.nn.Module):
+    """Wraps a model's forward with a fixed sleep: a member on a device of its own."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def hook(self, module: Any, args: Any, kwargs: Any, output: Any) -> Any:
+        time.sleep(self.seconds)
+        return output
+
+
+def load(suite: str) -> list[tuple[str, Any, Any]]:
+    if suite == "tiny":
+        from testkit import tiny
+
+        pairs = [(tiny.byte_bpe(), tiny.tiny_llama), (tiny.sp_bpe(), tiny.tiny_gemma3)]
+        return [(f"tiny-{i}", make(tok), tok) for i, (tok, make) in enumerate(pairs)]
+    from unite_logits.models.loading import load_model
+
+    return [(name, *load_model(name, progress=False)) for name in SUITES[suite]]
+
+
+@torch.no_grad()
+def timed(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int, processor: Any = None,
+          speculative: bool = False) -> tuple[float, list[list[int]]]:
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    extra: dict[str, Any] = {"custom_generate": draft_and_verify} if speculative else {}
+    started = time.perf_counter()
+    out = model.generate(**enc, logits_processor=[processor] if processor is not None else None, do_sample=False,
+                         max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad, **extra)
+    seconds = time.perf_counter() - started
+    return seconds, out[:, enc["input_ids"].shape[1]:].tolist()
+
+
+def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: int, batch: int, repeats: int,
+            latency_ms: float, top_k: int) -> Row:
+    (primary_name, primary, tok), aux = models[0], models[1:]
+    prompts = [PROMPTS[prompt_name]()] * batch
+    hooks = []
+    if latency_ms:
+        sleepy = Sleepy(latency_ms / 1000)
+        hooks = [model.register_forward_hook(sleepy.hook, with_kwargs=True) for _, model, _ in aux]
+    try:
+        samples: dict[str, list[float]] = {name: [] for name, _, _ in models}
+        samples |= {"per-token": [], "spec": []}
+        per_token_tokens = spec_tokens = None
+        stats = None
+        for _ in range(repeats):
+            for name, model, tokenizer in models:
+                seconds, _ = timed(model, tokenizer, prompts, new_tokens)
+                samples[name].append(1000 * seconds / new_tokens)
+            members = [Member(model, tokenizer, name=name) for name, model, tokenizer in aux]
+            with UniTEProcessor(tok, members, top_k=top_k) as proc:
+                seconds, per_token_tokens = timed(primary, tok, prompts, new_tokens, proc)
+            samples["per-token"].append(1000 * seconds / new_tokens)
+            with UniTEProcessor(tok, members, top_k=top_k) as proc:
+                seconds, spec_tokens = timed(primary, tok, prompts, new_tokens, proc, speculative=True)
+                stats = proc.last_speculation
+            samples["spec"].append(1000 * seconds / new_tokens)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    alone = {name: median[name] for name, _, _ in models}
+    total = sum(alone.values())
+    assert stats is not None
+    return Row(
+        models=[name for name, _, _ in models], prompt=prompt_name,
+        prompt_tokens=len(tok(prompts[0])["input_ids"]), new_tokens=new_tokens, batch=batch, latency_ms=latency_ms,
+        alone_ms_per_token=alone, per_token_ms_per_token=median["per-token"], spec_ms_per_token=median["spec"],
+        spec_over_sum=median["spec"] / total, spec_over_primary=median["spec"] / alone[primary_name],
+        spec_over_slowest=median["spec"] / max(alone.values()), per_token_over_sum=median["per-token"] / total,
+        spec_over_per_token=median["spec"] / median["per-token"], acceptance=stats.acceptance,
+        tokens_per_round=stats.emitted / max(1, stats.rounds) / batch, member_passes=stats.member_passes,
+        identical=per_token_tokens == spec_tokens, repeats={k: [round(v, 2) for v in vs] for k, vs in samples.items()},
+    )
+
+
+def table(rows: Sequence[Row]) -> str:
+    lines = ["| models | prompt | new | B | latency | per-token / sum | spec / sum | spec / primary | spec / slowest | "
+             "spec / per-token | acceptance | tokens/round | identical |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {' + '.join(r.models)} | {r.prompt} | {r.new_tokens} | {r.batch} | {r.latency_ms:g} ms | "
+                     f"{r.per_token_over_sum:.2f} | {r.spec_over_sum:.2f} | {r.spec_over_primary:.2f} | "
+                     f"{r.spec_over_slowest:.2f} | {r.spec_over_per_token:.2f} | {r.acceptance:.2f} | "
+                     f"{r.tokens_per_round:.2f} | {'yes' if r.identical else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--suite", choices=["tiny", "real", "trio"], default="real")
+    parser.add_argument("--prompts", nargs="+", choices=list(PROMPTS), default=["short", "gsm8k-4shot"])
+    parser.add_argument("--new-tokens", nargs="+", type=int, default=[64])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1])
+    parser.add_argument("--latency", type=float, default=0.0, help="ms of sleep per auxiliary forward pass")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/speculative-SUITE.json)")
+    args = parser.parse_args(argv)
+    models = load(args.suite)
+    rows = []
+    for prompt in args.prompts:
+        for new_tokens in args.new_tokens:
+            for batch in args.batch:
+                row = measure(models, prompt, new_tokens, batch, args.repeats, args.latency, args.top_k)
+                rows.append(row)
+                print(table([row]).splitlines()[-1], flush=True)
+    print(table(rows))
+    out = args.out or ROOT / "benchmarks" / "results" / f"speculative-{args.suite}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.platform(), "torch_threads": torch.get_num_threads(),
+                               "rows": [asdict(row) for row in rows]}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
