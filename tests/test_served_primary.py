@@ -205,3 +205,37 @@ def test_beam_search_runs_over_the_servers_top_n(scripted):
     assert out[0, 3:].tolist() == [14, 25, 36]  # the best beam: the server's best each step
     for row in out.tolist():  # every token one of the three the server listed after the one before it
         assert all(10 + (a + 1) % 50 <= b <= 12 + (a + 1) % 50 for a, b in zip(row[2:], row[3:]))
+
+
+# -- draft-and-verify with served models --------------------------------------------------
+def _both_paths(ensemble, prompts, tokens=6):
+    texts = []
+    for speculative in (False, True):
+        ensemble.speculative = speculative
+        texts.append([r.text for r in ensemble.generate_batch(prompts, GenerationOptions(max_new_tokens=tokens))])
+    return texts
+
+
+def test_a_served_primary_drafts_through_its_server_with_the_per_token_output(scripted):
+    aux_tok = tiny.sp_bpe()
+    ensemble = Ensemble([LoadedModel(served(scripted), scripted.tokenizer, "served"),
+                         LoadedModel(tiny.tiny_llama(aux_tok, seed=1), aux_tok, "aux")], top_k=3)
+    per_token, speculative = _both_paths(ensemble, ["The quick brown fox", "Numbers: 1, 2"])
+    assert per_token == speculative
+    stats = ensemble.last_speculation
+    assert stats is not None and stats.rounds >= 1 and stats.drafted > 0  # drafted through the server
+
+
+def test_a_served_member_verifies_one_position_per_request(scripted):
+    """llama.cpp's server gives no log-probabilities along a prompt: a draft is read one position
+    per request (the per-token fallback), with the same output."""
+    tok = tiny.byte_bpe()
+    member = RemoteMember(scripted.url, scripted.tokenizer, name="served", **FAST)
+    ensemble = Ensemble([LoadedModel(tiny.tiny_llama(tok, seed=2), tok, "local"), member], top_k=3, num_draft_tokens=3)
+    scripted.bodies.clear()
+    per_token, speculative = _both_paths(ensemble, ["The quick brown fox"], tokens=8)
+    assert per_token == speculative
+    stats = ensemble.last_speculation
+    assert stats is not None and stats.member_passes == stats.rounds  # one read per round ...
+    sent = len(scripted.bodies)
+    assert sent > stats.rounds  # ... of several requests, one per position
