@@ -1,6 +1,7 @@
-"""`Ensemble`: loaded models with their weights and ``top_k``, from prompts to ensembled text.
+"""`Ensemble`: models and their `EnsembleSpec`, from prompts to ensembled text.
 
-``Ensemble.load(["smollm2-135m-instruct", "gemma3-270m"])`` loads the models;
+``Ensemble.load(["smollm2-135m-instruct", "gemma3-270m"])`` (or ``Ensemble.from_file(
+"ensemble.json")``, or ``Ensemble.from_spec(spec)``) loads the models;
 ``ensemble.generate("Hello")`` formats the prompt for each (its own chat template with
 ``chat=True``), builds the `UniTEProcessor` and runs the primary's ``generate`` through the
 one generation path (`unite_logits.ensemble.streaming.generate_rows`); `generate_alone` runs
@@ -10,8 +11,10 @@ function) does both steps for a one-off answer.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +27,7 @@ from ..core.scoring import TokenScores
 from ..core.trace import StepRecord
 from ..models.loading import LoadedModel, load_model
 from ..core.speculation import DEFAULT_DRAFT_TOKENS, DraftSchedule, SpeculationStats
-from ..processor import UniTEProcessor, check_gate
+from ..processor import UniTEProcessor
 from ..speculative import draft_and_verify
 from ..remote import RemoteMember
 from ..remote.primary import is_served, top_n_for
@@ -41,6 +44,7 @@ from .prompts import (
     token_ids,
 )
 from .scoring import DEFAULT_BATCH_SIZE, Scorer
+from .spec import EnsembleFileError, EnsembleSpec, read_ensemble_file
 from .streaming import GenerationRequest, GenerationResult, Piece, generate_rows, left_pad_id
 
 __all__ = ["Ensemble", "generate", "check_weights"]
@@ -49,41 +53,94 @@ Model = LoadedModel | RemoteMember
 
 
 def check_weights(weights: Sequence[float] | None, n_models: int) -> list[float]:
-    """One finite non-negative weight per model (primary first), not all zero."""
-    if weights is None:
-        return [1.0] * n_models
-    if len(weights) != n_models:
-        raise ValueError(f"got {len(weights)} weights for {n_models} models (give one per model, primary first)")
-    checked = [check_weight(f"weights[{i}]", w) for i, w in enumerate(weights)]
-    if not any(checked):
-        raise ValueError("the weights are all zero; at least one has to be positive")
-    return checked
+    """One finite non-negative weight per model (primary first), not all zero (the spec's rule)."""
+    return EnsembleSpec(tuple(f"model {i}" for i in range(max(1, n_models))), weights).weight_list
 
 
 class Ensemble:
-    """Loaded models (primary first) with their weights and ``top_k``.
+    """Models (primary first) and the `EnsembleSpec` that says how they are ensembled.
 
-    Use `load` to build one from names; a spec given twice is loaded once. Any model may be
-    served (spec ``SPEC@URL``): an auxiliary as a `RemoteMember`, the primary as a `LoadedModel`
-    holding a `ServedCausalLM`, which ``generate`` drives like a local model.
+    Build one from a spec with `from_spec` (or from names with `load`, from an ensemble file with
+    `from_file`); the constructor takes models already loaded, with the spec's settings as
+    keywords (or a whole ``spec``). Any model may be served (spec ``SPEC@URL``): an auxiliary as a
+    `RemoteMember`, the primary as a `LoadedModel` holding a `ServedCausalLM`, which ``generate``
+    drives like a local model. The spec's weights are the weights used everywhere: a
+    `RemoteMember`'s own ``weight`` is replaced by its weight in the spec.
+
+    ``speculative`` (default True) decodes by draft-and-verify where it is exact
+    (docs/speculative.md), starting from ``num_draft_tokens`` drafted tokens per round.
     """
 
-    def __init__(self, models: Sequence[Model], *, weights: Sequence[float] | None = None, top_k: int = 10,
+    def __init__(self, models: Sequence[Model], spec: EnsembleSpec | None = None, *,
+                 weights: Sequence[float] | None = None, top_k: int = 10, confidence_gate: float | None = None,
                  speculative: bool = True, num_draft_tokens: int = DEFAULT_DRAFT_TOKENS,
-                 confidence_gate: float | None = None):
+                 decoding: Mapping[str, Any] | None = None):
         if not models:
             raise ValueError("an ensemble needs at least one model")
         if isinstance(models[0], RemoteMember):
             raise ValueError(f"the primary runs `generate`, so it has to be a model, not a `RemoteMember`: serve "
                              f"{models[0].name!r} as a primary with Ensemble.load(['NAME@URL', ...]) (a ServedCausalLM)")
-        self.models = list(models)
-        self.weights = check_weights(weights, len(self.models))
-        self.top_k = check_top_k(top_k)
+        if spec is None:
+            spec = EnsembleSpec(tuple(str(m.name) for m in models), weights, top_k, confidence_gate=confidence_gate)
+        elif len(spec.models) != len(models):
+            raise ValueError(f"the spec names {len(spec.models)} models but {len(models)} were given")
+        self.spec = spec
+        self.models = [dataclasses.replace(m, weight=w) if isinstance(m, RemoteMember) and m.weight != w else m
+                       for m, w in zip(models, spec.weight_list)]
         self.speculative = bool(speculative)
         self.draft = DraftSchedule(num_draft_tokens)  # checked here, before any work
-        self.confidence_gate = check_gate(confidence_gate)
+        self.decoding = dict(decoding or {})  # an ensemble file's decoding defaults (max_new_tokens, ...)
         self.last_trace: list[StepRecord] = []  # of the last ensembled generation run with trace=True
         self.last_speculation: SpeculationStats | None = None  # of the last draft-and-verify generation
+
+    @property
+    def weights(self) -> list[float]:
+        """One weight per model, primary first (the spec's)."""
+        return self.spec.weight_list
+
+    @property
+    def top_k(self) -> int:
+        return self.spec.top_k
+
+    @property
+    def confidence_gate(self) -> float | None:
+        return self.spec.confidence_gate
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: EnsembleSpec,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        progress: bool = True,
+        speculative: bool = True,
+        num_draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+        decoding: Mapping[str, Any] | None = None,
+        loader: Callable[[str], LoadedModel] | None = None,
+    ) -> "Ensemble":
+        """Load the spec's models (each distinct spec once, primary first) and ensemble them.
+
+        The one way an ensemble is built from names: `load`, `from_file`, the command line, the
+        server and the lm-eval model all come here. A ``SPEC@URL`` (e.g.
+        ``gemma3-270m@http://127.0.0.1:8080``) is served: only its tokenizer is loaded here, and
+        its server is checked. A served primary becomes a `unite_logits.remote.ServedCausalLM`
+        (``generate`` drives it like a local model), a served auxiliary a `RemoteMember`.
+        ``loader``: how a local spec is loaded (default `load_model` with ``device`` and ``dtype``).
+        """
+        DraftSchedule(num_draft_tokens)
+        load = loader or (lambda name: load_model(name, device=device, dtype=dtype, progress=progress))
+        loaded: dict[str, LoadedModel] = {}
+        models: list[Model] = []
+        for index, (name, weight) in enumerate(zip(spec.models, spec.weight_list)):
+            if split_remote_spec(name) is not None:
+                models.append(served_primary_from_spec(name, top_n=top_n_for(spec.top_k)) if index == 0
+                              else remote_member_from_spec(name, weight=weight))
+                continue
+            if name not in loaded:
+                loaded[name] = load(name)
+            models.append(loaded[name])
+        return cls(models, spec, speculative=speculative, num_draft_tokens=num_draft_tokens, decoding=decoding)
 
     @classmethod
     def load(
@@ -99,29 +156,34 @@ class Ensemble:
         num_draft_tokens: int = DEFAULT_DRAFT_TOKENS,
         confidence_gate: float | None = None,
     ) -> "Ensemble":
-        """Check the options, then load each distinct spec once (primary first).
+        """`from_spec` of ``EnsembleSpec(specs, weights, top_k, confidence_gate=...)``: every setting
+        is checked before any model is loaded."""
+        spec = EnsembleSpec(tuple(specs), weights, top_k, confidence_gate=confidence_gate)
+        return cls.from_spec(spec, device=device, dtype=dtype, progress=progress, speculative=speculative,
+                             num_draft_tokens=num_draft_tokens)
 
-        A ``SPEC@URL`` (e.g. ``gemma3-270m@http://127.0.0.1:8080``) is served: only its
-        tokenizer is loaded here, and its server is checked. A served primary becomes a
-        `unite_logits.remote.ServedCausalLM` (``generate`` drives it like a local model), a
-        served auxiliary a `RemoteMember`.
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  progress: bool = True, speculative: bool | None = None) -> "Ensemble":
+        """The ensemble an ensemble file (``ensemble.json``) defines, with its decoding defaults.
+
+        Raises:
+            EnsembleFileError: a damaged or foreign file, a model not installed or with other
+                weights than the file was written for (before anything is loaded).
         """
-        checked = check_weights(weights, len(specs))
-        check_top_k(top_k)
-        DraftSchedule(num_draft_tokens)
-        check_gate(confidence_gate)
-        loaded: dict[str, LoadedModel] = {}
-        models: list[Model] = []
-        for index, (spec, weight) in enumerate(zip(specs, checked)):
-            if split_remote_spec(spec) is not None:
-                models.append(served_primary_from_spec(spec, top_n=top_n_for(top_k)) if index == 0
-                              else remote_member_from_spec(spec, weight=weight))
-                continue
-            if spec not in loaded:
-                loaded[spec] = load_model(spec, device=device, dtype=dtype, progress=progress)
-            models.append(loaded[spec])
-        return cls(models, weights=weights, top_k=top_k, speculative=speculative, num_draft_tokens=num_draft_tokens,
-                   confidence_gate=confidence_gate)
+        content = read_ensemble_file(path)
+        decoding = content.decoding
+        ensemble = cls.from_spec(content.spec, device=device, dtype=dtype, progress=progress,
+                                 speculative=bool(decoding.get("speculative", True)) if speculative is None else speculative,
+                                 num_draft_tokens=int(decoding.get("num_draft_tokens", DEFAULT_DRAFT_TOKENS)),
+                                 decoding=decoding)
+        for model in ensemble.models:  # the weights loaded are the ones the file names
+            expected = content.digests.get(str(model.name))
+            digest = getattr(model, "digest", None)
+            if expected is not None and digest is not None and expected != digest:
+                raise EnsembleFileError(f"{path} was written for other weights of {model.name!r}; run "
+                                        "`unite-logits select` again for these weights")
+        return ensemble
 
     @property
     def primary(self) -> LoadedModel:
@@ -175,7 +237,7 @@ class Ensemble:
 
     def _processor(self, member_prompts: list[Any] | None, trace: bool) -> UniTEProcessor:
         members = [m if isinstance(m, RemoteMember) else Member.from_loaded(m, w)
-                   for m, w in zip(self.models[1:], self.weights[1:])]
+                   for m, w in zip(self.models[1:], self.weights[1:])]  # a RemoteMember carries the spec's weight
         return UniTEProcessor(
             primary_tokenizer=self.primary.tokenizer,
             members=members,

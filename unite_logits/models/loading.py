@@ -28,7 +28,7 @@ from .errors import CacheNotWritableError, DeviceError, ModelFileError, ModelLoa
 from .gguf_files import materialize_gguf
 from .integrity import check_weight_files, damaged_files, file_records, replace_json
 from .memory import check_memory, conversion_estimate, load_estimate, memory_check_skipped
-from .sources import ModelSource, cache_key, cached_dir, resolve, source_for_entry
+from .sources import ModelSource, cache_key, cached_dir, folder_digest, resolve, source_for_entry
 
 __all__ = [
     "ModelSource",
@@ -118,16 +118,6 @@ def _params_in_gguf(path: Path) -> int | None:
         return sum(int(tensor.n_elements) for tensor in GGUFReader(path).tensors)
     except (ValueError, OSError, KeyError, IndexError, TypeError) as error:
         raise ModelFileError(f"{path} is not a readable GGUF file: {error}") from None
-
-
-def _folder_digest(folder: Path) -> str:
-    """Identity of a folder's weights: config and every weight file's size and header (cheap)."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("config.json")):
-        digest.update(path.name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
-        with open(path, "rb") as handle:
-            digest.update(handle.read(1 << 16))
-    return digest.hexdigest()
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -290,7 +280,7 @@ def _load(spec: str | os.PathLike[str], *, device: str, dtype: torch.dtype, chec
         digest = source.entry.sha256 if source.entry is not None else source.sha256
     elif source.kind == "folder":
         assert source.path is not None  # its weight files were checked by `resolve`
-        where, digest = source.path, _folder_digest(source.path)
+        where, digest = source.path, folder_digest(source.path)
     else:
         where = source.spec
     logger.info("loading %s", source.name)

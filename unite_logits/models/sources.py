@@ -7,6 +7,7 @@ before minutes of loading; `cached_dir` says whether a GGUF-backed model is conv
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from .errors import ModelFileError, UnknownModelError
 from .gguf_files import sha256_file
 from .integrity import check_weight_files
 
-__all__ = ["SourceKind", "ModelSource", "resolve", "source_for_entry", "cached_dir", "cache_key"]
+__all__ = ["SourceKind", "ModelSource", "resolve", "source_for_entry", "cached_dir", "cache_key", "folder_digest"]
 
 SourceKind = Literal["catalogue", "gguf", "folder", "hub"]
 
@@ -99,3 +100,11 @@ def cached_dir(spec: str | ModelSource) -> Path | None:
     return directory if store.is_complete(directory) else None
 
 
+def folder_digest(folder: Path) -> str:
+    """Identity of a folder's weights: config and every weight file's size and header (cheap)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("config.json")):
+        digest.update(path.name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 16))
+    return digest.hexdigest()
