@@ -4,6 +4,7 @@ resumed after a kill record for record, refusing another run's folder; the comma
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ pytest.importorskip("lm_eval")
 from testkit.eval_tiny import tiny_members, write_data  # noqa: E402
 from unite_logits.evaluation.cli import DEFAULT_MEMBERS, add_eval_parser, add_select_parser, run_eval, run_select  # noqa: E402
 from unite_logits.evaluation.errors import EvalUsageError  # noqa: E402
+from unite_logits.evaluation.records import read_records  # noqa: E402
 from unite_logits.apps.cli import build_parser  # noqa: E402
 from unite_logits.evaluation.run_task import evaluate, report  # noqa: E402
 
@@ -40,7 +42,7 @@ def members():
 
 
 def records(out: Path, system: str) -> list[dict]:
-    return [json.loads(line) for line in (out / "records" / f"{system}.jsonl").read_text().splitlines()]
+    return read_records(out / "records" / f"{system}.jsonl.gz")
 
 
 def test_members_alone_and_the_ensemble_on_the_same_documents(members, tmp_path, capsys):
@@ -198,6 +200,23 @@ def test_reuse_of_a_folder_that_is_no_results_folder_is_refused_before_anything_
     (tmp_path / "empty" / "meta.json").write_text("[1]")
     with pytest.raises(EvalUsageError, match="meta.json is damaged"):
         evaluate("arc_challenge", members, out=tmp_path / "out", data_dir=data, progress=False, reuse=[tmp_path / "empty"])
+
+
+def test_records_are_compressed_stable_and_plain_ones_of_older_folders_are_still_read(members, tmp_path):
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "out"
+    first = evaluate("arc_challenge", members, out=out, data_dir=data, limit=3, progress=False)
+    written = {p.name: p.read_bytes() for p in (out / "records").iterdir()}
+    assert sorted(written) == ["a.jsonl.gz", "b.jsonl.gz", "ensemble.jsonl.gz"]
+    evaluate("arc_challenge", members, out=out, data_dir=data, limit=3, progress=False)  # answered from the cache
+    assert {p.name: p.read_bytes() for p in (out / "records").iterdir()} == written  # the same bytes: no time stamp
+    for name in written:  # the layout of a folder written before compression
+        compressed = out / "records" / name
+        (out / "records" / name.removesuffix(".gz")).write_bytes(gzip.decompress(compressed.read_bytes()))
+        compressed.unlink()
+    assert report(out).to_dict() == first.to_dict()
+    evaluate("arc_challenge", members, out=out, data_dir=data, limit=3, progress=False)  # a run compresses them
+    assert {p.name: p.read_bytes() for p in (out / "records").iterdir()} == written
 
 
 # -- the command line ------------------------------------------------------------------------

@@ -12,7 +12,8 @@ answers they computed under the same identity (`answers_identity`): a new ``top_
 or a third member recomputes only the systems that changed.
 
 Layout of ``out``: ``meta.json`` (the identity), ``cache/<system>_rank0.db`` (lm-eval's request
-caches), ``records/<system>.jsonl`` (per-sample records from lm-eval's sample logs),
+caches), ``records/<system>.jsonl.gz`` (per-sample records from lm-eval's sample logs,
+compressed; `unite_logits.evaluation.records`),
 ``summary.json`` / ``summary.md`` and ``differences.jsonl`` (`unite_logits.evaluation.summary`).
 """
 
@@ -31,7 +32,7 @@ from typing import Any
 
 from unite_logits.evaluation.errors import EvalUsageError
 from unite_logits.evaluation.identity import answers_identity, run_identity
-from unite_logits.evaluation.records import check_meta, write_records
+from unite_logits.evaluation.records import RECORDS_SUFFIX, check_meta, read_records, records_path, write_records
 
 __all__ = ["ENSEMBLE", "SystemRun", "TaskRun", "read_run", "resolve_task", "reuse_answers", "run_systems", "slug"]
 
@@ -233,7 +234,7 @@ def run_systems(
         assert results is not None
         records = [_record(subtask, sample, run.metrics) for subtask in sorted(results["samples"])
                    for sample in results["samples"][subtask]]
-        write_records(out / "records" / f"{slug(name)}.jsonl", records)
+        write_records(out / "records" / f"{slug(name)}{RECORDS_SUFFIX}", records)
         run.systems.append(SystemRun(name, _means(records, run.metrics), records))
     return run
 
@@ -249,10 +250,9 @@ def read_run(out: str | os.PathLike[str]) -> TaskRun:
     meta = _stored_identity(out, "report")
     systems = []
     for system in meta["systems"]:
-        path = out / "records" / f"{slug(system['name'])}.jsonl"
+        path = records_path(out / "records", slug(system["name"]))
         if path.exists():
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            systems.append(SystemRun(system["name"], {}, records))
+            systems.append(SystemRun(system["name"], {}, read_records(path)))
     if not systems:
         raise EvalUsageError(f"{out} has no records yet: run `unite-logits eval` there first")
     metrics = list(dict.fromkeys(m for s in systems for r in s.records for m in r["metrics"]))
