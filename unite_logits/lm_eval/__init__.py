@@ -29,9 +29,10 @@ import lm_eval.models  # noqa: F401  (populates lm-eval's built-in model names f
 import lm_eval.tasks
 from lm_eval.api.registry import register_model
 
-from .model import UniteLM
+from ..evaluation.errors import EvalUsageError
+from .model import ModelArgsError, UniteLM
 
-__all__ = ["UniteLM", "task_folder", "main", "TASKS"]
+__all__ = ["ModelArgsError", "UniteLM", "task_folder", "main", "TASKS"]
 
 register_model("unite")(UniteLM)
 
@@ -85,7 +86,11 @@ def task_folder(data_dir: str | os.PathLike[str] | None = None) -> Path:
 def main(argv: Sequence[str]) -> int:
     """Run lm-eval's command line on ``argv`` with ``unite`` registered and the shipped tasks
     included (``--include_path``; ``--model unite`` unless ``--model`` is given). Offline:
-    the Hugging Face hub and datasets are never contacted. Returns lm-eval's exit status."""
+    the Hugging Face hub and datasets are never contacted. Returns lm-eval's exit status.
+
+    Raises:
+        EvalUsageError: a bad ``--model_args`` value of the ``unite`` model (`ModelArgsError`).
+    """
     from lm_eval.__main__ import cli_evaluate
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -98,6 +103,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         with _shipped_tasks_included(None if any(a in ("-h", "--help") for a in args) else task_folder()):
             cli_evaluate()
+    except ModelArgsError as error:  # a mistake in --model_args: one line, as for the other commands' flags
+        raise EvalUsageError(f"lm-eval --model_args: {error}") from None
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:
