@@ -259,3 +259,18 @@ def test_the_lm_eval_command_reports_bad_model_args_in_one_line(folders, tmp_pat
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert code == cli.EXIT_USAGE and "Traceback" not in err, err
     assert errors == ["unite-logits: error: lm-eval --model_args: `top_k` has to be a positive integer, but is 0"], err
+
+
+def test_the_lm_eval_command_without_data_folder_or_cached_dataset_is_one_line(folders, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("lm_eval")
+    import datasets
+
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("UNITE_LOGITS_DATA", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))  # an empty datasets cache
+    code, out, err = run(["lm-eval", "--model_args", f"models={folders[0]}", "--tasks", "unite_piqa", "--limit", "1"],
+                         capsys)
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert code == cli.EXIT_USAGE and "Traceback" not in err and len(errors) == 1, err
+    for needle in ("'baber/piqa'", str(tmp_path / "hf"), "HF_DATASETS_OFFLINE=0", "UNITE_LOGITS_DATA=DIR"):
+        assert needle in errors[0], err

@@ -173,6 +173,33 @@ def test_the_mmlu_group_holds_every_subject(tasks, data_dir):
     assert {f"unite_mmlu_{s}" for s in subjects} <= names and "unite_mmlu" in names
 
 
+def test_without_a_data_folder_the_shipped_names_are_lm_evals_own_tasks(data_dir, monkeypatch, tmp_path):
+    """No folder outside the package is assumed: with no data folder each shipped name is
+    lm-eval's own task definition, dataset and all, under that name."""
+    import lm_eval.tasks as own_tasks
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    import unite_logits.lm_eval as integration
+
+    monkeypatch.delenv("UNITE_LOGITS_DATA", raising=False)
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path))
+    folder = integration.task_folder()
+    assert folder != integration.task_folder(data_dir)  # one folder per data folder (or none)
+    names = set(TaskManager(include_path=str(folder), include_defaults=False).all_tasks)
+    assert set(integration.TASKS) <= names and len([n for n in names if n.startswith("unite_mmlu_") and n != "unite_mmlu_tasks"]) == 57
+    lm_eval_tasks = Path(own_tasks.__file__).parent
+    for shipped, own in (("unite_piqa", "piqa/piqa.yaml"), ("unite_arc_easy", "arc/arc_easy.yaml"),
+                         ("unite_arc_challenge", "arc/arc_challenge.yaml"), ("unite_hellaswag", "hellaswag/hellaswag.yaml"),
+                         ("unite_mmlu_anatomy", "mmlu/default/mmlu_anatomy.yaml")):
+        ours = load_yaml(folder / f"{shipped}.yaml", resolve_func=False)
+        theirs = load_yaml(lm_eval_tasks / own, resolve_func=False)
+        assert ours.pop("task") == shipped and theirs.pop("task") != shipped
+        ours.pop("tag", None), theirs.pop("tag", None)
+        assert ours == theirs and ours["dataset_path"] != "json", shipped
+    local = load_yaml(integration.task_folder(data_dir) / "unite_piqa.yaml", resolve_func=False)
+    assert local["dataset_path"] == "json" and str(data_dir.resolve()) in str(local["dataset_kwargs"])
+
+
 def test_the_command_keeps_a_users_own_include_path_beside_the_shipped_tasks(data_dir, tmp_path):
     """lm-eval's ``--include_path`` takes one folder: the wrapper joins the shipped one to the user's."""
     import unite_logits.lm_eval as integration

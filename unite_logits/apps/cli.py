@@ -382,6 +382,9 @@ def _add_lm_eval_parser(subparsers: Any) -> None:
 
 
 def _run_lm_eval(argv: Sequence[str]) -> int:
+    from ..evaluation.data import offline_by_default
+
+    offline_by_default()  # before lm-eval's imports, which read the variables once
     try:
         from .. import lm_eval as integration
     except ImportError as error:
