@@ -15,8 +15,7 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from testkit import tiny  # noqa: E402
-from testkit.tiny_ensemble import BRACKETS, CHATML  # noqa: E402
+from testkit.tiny_ensemble import save_tiny_pair  # noqa: E402
 from unite_logits.evaluation.data import resolve_data_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,17 +36,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> tuple[str, str]:
     """A tiny primary (byte-level BPE, ChatML) and auxiliary (SentencePiece BPE, brackets) as folders."""
-    import copy
-
-    root = tmp_path_factory.mktemp("lm-eval-models")
-    paths = []
-    for name, make, seed, template in (("primary", tiny.byte_bpe, 0, CHATML), ("aux", tiny.sp_bpe, 1, BRACKETS)):
-        tokenizer = copy.deepcopy(make())
-        tokenizer.chat_template = template
-        tiny.tiny_llama(tokenizer, seed=seed).save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-        paths.append(str(root / name))
-    return paths[0], paths[1]
+    return save_tiny_pair(tmp_path_factory.mktemp("lm-eval-models"))
 
 
 @pytest.fixture(scope="module")
