@@ -205,6 +205,19 @@ def test_eval_data_mistakes_are_one_line_before_any_model_loads(tmp_path, capsys
 
 
 # -- the lm-eval model's --model_args ---------------------------------------------------------
+@pytest.fixture
+def lm_eval_logs_here(monkeypatch, capsys):
+    """lm-eval's command line gives its logger handlers bound to the streams of its first run
+    (an earlier test's captures, closed since): this test gets its own list, lm-eval's handler
+    pointed at this test's stderr, and the list is put back afterwards."""
+    import logging
+
+    logger = logging.getLogger("lm_eval")
+    monkeypatch.setattr(logger, "handlers", [h for h in logger.handlers if type(h) is logging.StreamHandler])
+    for handler in logger.handlers:
+        monkeypatch.setattr(handler, "stream", sys.stderr)
+
+
 LM_EVAL_DEFAULTS = {"batch_size": 1, "max_batch_size": None, "device": "cuda:0"}  # what lm-eval's CLI always adds
 
 
@@ -248,7 +261,8 @@ def test_lm_eval_model_args_beside_lm_evals_own_flags_are_taken_not_given_twice(
     assert UniteLM.create_from_arg_string(f"models={folders[0]}", dict(LM_EVAL_DEFAULTS)).batch_size_per_gpu == 1
 
 
-def test_the_lm_eval_command_reports_bad_model_args_in_one_line(folders, tmp_path, capsys, monkeypatch):
+def test_the_lm_eval_command_reports_bad_model_args_in_one_line(folders, tmp_path, capsys, monkeypatch,
+                                                                 lm_eval_logs_here):
     pytest.importorskip("lm_eval")
     from testkit.eval_tiny import write_data
 
@@ -261,7 +275,8 @@ def test_the_lm_eval_command_reports_bad_model_args_in_one_line(folders, tmp_pat
     assert errors == ["unite-logits: error: lm-eval --model_args: `top_k` has to be a positive integer, but is 0"], err
 
 
-def test_the_lm_eval_command_without_data_folder_or_cached_dataset_is_one_line(folders, tmp_path, capsys, monkeypatch):
+def test_the_lm_eval_command_without_data_folder_or_cached_dataset_is_one_line(folders, tmp_path, capsys, monkeypatch,
+                                                                                lm_eval_logs_here):
     pytest.importorskip("lm_eval")
     import datasets
 
