@@ -139,6 +139,8 @@ def main(argv: Sequence[str]) -> int:
     except ModelArgsError as error:  # a mistake in --model_args: one line, as for the other commands' flags
         raise EvalUsageError(f"lm-eval --model_args: {error}") from None
     except ConnectionError as error:  # a task's dataset is neither local nor cached, and the hub is out of reach
+        if not _raised_by_datasets(error):
+            raise
         raise EvalUsageError(unavailable("lm-eval", error, data_folder=None, local_file=None)
                              + f"; a shipped unite_* task reads local files instead with {DATA_ENV}=DIR") from None
     except SystemExit as stop:
@@ -146,6 +148,14 @@ def main(argv: Sequence[str]) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+def _raised_by_datasets(error: BaseException) -> bool:
+    """Whether ``error`` comes from the ``datasets`` library (a dataset it could not fetch),
+    not from, say, a served model that is out of reach."""
+    import traceback
+
+    return any(f"{os.sep}datasets{os.sep}" in frame.filename for frame in traceback.extract_tb(error.__traceback__))
 
 
 @contextlib.contextmanager
