@@ -95,4 +95,4 @@ def test_every_committed_eval_folder_is_rebuilt_exactly_from_its_compressed_reco
     tables = capsys.readouterr().out
     page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     agreement = [line for line in page.splitlines() if line.startswith(("| arc_", "| piqa |", "| hellaswag |"))]
-    assert len(agreement) == 8 and all(line in tables for line in agreement)
+    assert len(agreement) >= 8 and all(line in tables for line in agreement)
