@@ -66,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from unite_logits.evaluation.data import resolve_data_dir
+    from unite_logits.evaluation.data import DATA_ENV, resolve_data_dir
     from unite_logits.lm_eval import UniteLM
     from unite_logits.models.loading import cached_dir
 
-    pairs = requests(args.task, args.items, resolve_data_dir())
+    pairs = requests(args.task, args.items, resolve_data_dir(os.environ.get(DATA_ENV) or ROOT.parent / "shared" / "data"))
     instances = [Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)]
     ensemble = UniteLM(models="+".join(args.models), top_k=args.top_k, batch_size=args.batch_size)
     alone = {name: UniteLM(models=name, top_k=args.top_k, batch_size=args.batch_size) for name in args.models}

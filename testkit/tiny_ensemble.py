@@ -9,6 +9,7 @@ use it in place of the catalogue models.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 from testkit import tiny
 
@@ -31,3 +32,16 @@ def tiny_ensemble(top_k: int = 5, chat_templates: bool = True) -> Ensemble:
         LoadedModel(tiny.tiny_llama(aux_tok, seed=1), aux_tok, "tiny-aux"),
     ]
     return Ensemble(models, top_k=top_k)
+
+
+def save_tiny_pair(root: Path) -> tuple[str, str]:
+    """The two models of `tiny_ensemble` saved as Hugging Face folders under ``root`` (``primary``,
+    ``aux``, with their chat templates), for what loads models by path: the command line, lm-eval."""
+    paths = []
+    for name, make, seed, template in (("primary", tiny.byte_bpe, 0, CHATML), ("aux", tiny.sp_bpe, 1, BRACKETS)):
+        tokenizer = copy.deepcopy(make())
+        tokenizer.chat_template = template
+        tiny.tiny_llama(tokenizer, seed=seed).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        paths.append(str(root / name))
+    return paths[0], paths[1]

@@ -7,11 +7,21 @@ package beside ``tests/``; pytest puts the repository root on the path (``python
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-import pytest
-from hypothesis import HealthCheck, settings
+# The package assumes no data folder: these tests read this project's benchmark files, which
+# live beside the checkouts (../shared/data), unless UNITE_LOGITS_DATA names others. And the
+# Hugging Face hub stays off (datasets and huggingface_hub read the variables on first import).
+_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not os.environ.get("UNITE_LOGITS_DATA") and _SHARED_DATA.is_dir():
+    os.environ["UNITE_LOGITS_DATA"] = str(_SHARED_DATA)
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from testkit import tiny
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from testkit import tiny  # noqa: E402
 
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,35 @@ def test_eval_tables_put_every_system_and_the_gain_of_each_folder_in_its_row(tmp
     out = capsys.readouterr().out
     assert "| piqa | 1,838 | 5, weights 0.5,1 | 50.0 [40.0, 60.0] | 60.0 [50.0, 70.0] | 58.8 [48.8, 68.8] | −1.2 [−3.4, +1.0] (vs x) |" in out
     assert "| piqa | 5, weights 0.5,1 | 2 | 4 | 2 (50.0 %) | 2 (50.0 %) | 58.8 | 50.0 (−1.2) | 50.0 (−1.2) | 50.0 (−1.2) |" in out
+
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = sorted(path.parent for path in (ROOT / "benchmarks" / "results" / "eval").glob("*/meta.json"))
+
+
+def test_every_committed_eval_folder_is_rebuilt_exactly_from_its_compressed_records(tmp_path, capsys):
+    """docs/results.md's tables come from the committed folders: `report` rebuilds each summary
+    byte for byte from the records alone, and eval_tables prints the rows the page shows."""
+    import shutil
+
+    from benchmarks import eval_tables
+    from unite_logits.evaluation.run_task import report
+    from unite_logits.evaluation.runs import _stored_identity
+
+    assert len(COMMITTED) >= 13
+    assert not list((ROOT / "benchmarks" / "results" / "eval").rglob("records/*.jsonl"))  # kept compressed
+    rebuilt = []
+    for folder in COMMITTED:
+        copy = shutil.copytree(folder, tmp_path / folder.name)
+        for name in ("summary.json", "summary.md", "differences.jsonl"):
+            (copy / name).unlink()
+        report(copy)
+        for name in ("summary.json", "summary.md", "differences.jsonl"):
+            assert (copy / name).read_bytes() == (folder / name).read_bytes(), f"{folder.name}/{name}"
+        assert _stored_identity(folder, "--reuse")["systems"]  # what --reuse reads of a folder
+        rebuilt.append(str(copy))
+    assert eval_tables.main(rebuilt) == 0
+    tables = capsys.readouterr().out
+    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    agreement = [line for line in page.splitlines() if line.startswith(("| arc_", "| piqa |", "| hellaswag |"))]
+    assert len(agreement) >= 8 and all(line in tables for line in agreement)

@@ -100,16 +100,21 @@ def test_subcommands_come_from_small_registrars():
     assert args.max_new_tokens == 64 and args.dtype == "float32" and not args.sample
 
 
-def test_models_lists_catalogue_install_state_and_pip(tmp_path, monkeypatch, capsys):
-    entry = fake_entry(monkeypatch, tmp_path, [b"x"], installed=False)
+def test_models_lists_catalogue_install_state_and_pip_for_what_is_missing(tmp_path, monkeypatch, capsys):
+    missing = fake_entry(monkeypatch, tmp_path, [b"x"], installed=False)
+    present = fake_entry(monkeypatch, tmp_path, [b"y"], name="fake-present")
     code, out, err = run(["models"], capsys)
     assert code == 0 and err == ""
     lines = out.splitlines()
-    for name in [*catalogue_names(), entry.name]:
-        row = next(line for line in lines if line.startswith(name + " "))
-        assert get_entry(name).pip_command in out
-        assert "no" in row.split()[2]  # nothing converted in this empty cache
+    for name in [*catalogue_names(), missing.name, present.name]:
+        index = next(i for i, line in enumerate(lines) if line.startswith(name + " "))
+        installed = lines[index].split()[1]
+        assert "no" in lines[index].split()[2]  # nothing converted in this empty cache
+        hint = lines[index + 1] if index + 1 < len(lines) else ""
+        assert (hint == f"    install: {get_entry(name).pip_command}") == (installed == "no"), (name, hint)
+        assert (get_entry(name).pip_command in out) == (installed == "no")
     assert next(line for line in lines if line.startswith("fake-model ")).split()[1] == "no"
+    assert next(line for line in lines if line.startswith("fake-present ")).split()[1] == "yes"
     assert lines[-1] == f"cache: {tmp_path / 'cache'}"
 
 

@@ -202,3 +202,90 @@ def test_eval_data_mistakes_are_one_line_before_any_model_loads(tmp_path, capsys
     code, out, err = run(["eval", "--task", "paper_gsm8k", "--data-dir", str(data), "--members", "/no/such/model",
                           "--no-progress"], capsys)
     assert_one_line(code, err, needle)
+
+
+# -- the lm-eval model's --model_args ---------------------------------------------------------
+@pytest.fixture
+def lm_eval_logs_here(monkeypatch, capsys):
+    """lm-eval's command line gives its logger handlers bound to the streams of its first run
+    (an earlier test's captures, closed since): this test gets its own list, lm-eval's handler
+    pointed at this test's stderr, and the list is put back afterwards."""
+    import logging
+
+    logger = logging.getLogger("lm_eval")
+    monkeypatch.setattr(logger, "handlers", [h for h in logger.handlers if type(h) is logging.StreamHandler])
+    for handler in logger.handlers:
+        monkeypatch.setattr(handler, "stream", sys.stderr)
+
+
+LM_EVAL_DEFAULTS = {"batch_size": 1, "max_batch_size": None, "device": "cuda:0"}  # what lm-eval's CLI always adds
+
+
+@pytest.mark.parametrize(
+    ("model_args", "needle"),
+    [
+        ("top_k=0", "`top_k` has to be a positive integer, but is 0"),
+        ("top_k=abc", "`top_k` has to be a positive integer, but is 'abc'"),
+        ("weights=1+x", "`weights` has to be numbers joined with '+'"),
+        ("weights=1+2+3", "got 3 weights for 2 models"),
+        ("weights=0+0", "the weights are all zero"),
+        ("dtype=int8", "`dtype` has to be one of float32"),
+        ("device=banana", "unknown device 'banana'"),
+        ("pretrained=x,revision=y", "unknown model argument(s) for unite: pretrained, revision"),
+        ("threads=0", "`threads` has to be a positive integer"),
+        ("batch_size=0", "`batch_size` has to be a positive integer or 'auto'"),
+        ("max_length=0", "`max_length` has to be a positive integer"),
+        ("add_bos_token=maybe", "`add_bos_token` has to be true or false"),
+        ("models=", "`models` has to name at least one model"),
+    ],
+)
+def test_bad_lm_eval_model_args_are_one_clear_error_before_any_model_loads(folders, monkeypatch, model_args, needle):
+    pytest.importorskip("lm_eval")
+    from unite_logits.ensemble.ensemble import Ensemble
+    from unite_logits.lm_eval import ModelArgsError, UniteLM
+
+    monkeypatch.setattr(Ensemble, "load", lambda *a, **k: pytest.fail("a model was loaded before the arguments were checked"))
+    with pytest.raises(ModelArgsError) as caught:
+        UniteLM.create_from_arg_string(f"models={folders[0]}+{folders[1]},{model_args}", dict(LM_EVAL_DEFAULTS))
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_lm_eval_model_args_beside_lm_evals_own_flags_are_taken_not_given_twice(folders):
+    """lm-eval's command line always passes --device and --batch_size; the same keys in
+    --model_args used to be a TypeError (given twice) and now win."""
+    pytest.importorskip("lm_eval")
+    from unite_logits.lm_eval import UniteLM
+
+    lm = UniteLM.create_from_arg_string(f"models={folders[0]},device=cpu,batch_size=3,top_k=2", dict(LM_EVAL_DEFAULTS))
+    assert lm.batch_size_per_gpu == 3 and lm.ensemble.top_k == 2
+    assert UniteLM.create_from_arg_string(f"models={folders[0]}", dict(LM_EVAL_DEFAULTS)).batch_size_per_gpu == 1
+
+
+def test_the_lm_eval_command_reports_bad_model_args_in_one_line(folders, tmp_path, capsys, monkeypatch,
+                                                                 lm_eval_logs_here):
+    pytest.importorskip("lm_eval")
+    from testkit.eval_tiny import write_data
+
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNITE_LOGITS_DATA", str(write_data(tmp_path / "data")))
+    code, out, err = run(["lm-eval", "--model_args", f"models={folders[0]},top_k=0", "--tasks", "unite_arc_easy",
+                          "--limit", "1"], capsys)
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert code == cli.EXIT_USAGE and "Traceback" not in err, err
+    assert errors == ["unite-logits: error: lm-eval --model_args: `top_k` has to be a positive integer, but is 0"], err
+
+
+def test_the_lm_eval_command_without_data_folder_or_cached_dataset_is_one_line(folders, tmp_path, capsys, monkeypatch,
+                                                                                lm_eval_logs_here):
+    pytest.importorskip("lm_eval")
+    import datasets
+
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("UNITE_LOGITS_DATA", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))  # an empty datasets cache
+    code, out, err = run(["lm-eval", "--model_args", f"models={folders[0]}", "--tasks", "unite_piqa", "--limit", "1"],
+                         capsys)
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert code == cli.EXIT_USAGE and "Traceback" not in err and len(errors) == 1, err
+    for needle in ("'baber/piqa'", str(tmp_path / "hf"), "HF_DATASETS_OFFLINE=0", "UNITE_LOGITS_DATA=DIR"):
+        assert needle in errors[0], err

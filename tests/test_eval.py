@@ -4,6 +4,7 @@ resumed after a kill record for record, refusing another run's folder; the comma
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ pytest.importorskip("lm_eval")
 from testkit.eval_tiny import tiny_members, write_data  # noqa: E402
 from unite_logits.evaluation.cli import DEFAULT_MEMBERS, add_eval_parser, add_select_parser, run_eval, run_select  # noqa: E402
 from unite_logits.evaluation.errors import EvalUsageError  # noqa: E402
+from unite_logits.evaluation.records import read_records  # noqa: E402
 from unite_logits.apps.cli import build_parser  # noqa: E402
 from unite_logits.evaluation.run_task import evaluate, report  # noqa: E402
 
@@ -40,7 +42,7 @@ def members():
 
 
 def records(out: Path, system: str) -> list[dict]:
-    return [json.loads(line) for line in (out / "records" / f"{system}.jsonl").read_text().splitlines()]
+    return read_records(out / "records" / f"{system}.jsonl.gz")
 
 
 def test_members_alone_and_the_ensemble_on_the_same_documents(members, tmp_path, capsys):
@@ -198,6 +200,83 @@ def test_reuse_of_a_folder_that_is_no_results_folder_is_refused_before_anything_
     (tmp_path / "empty" / "meta.json").write_text("[1]")
     with pytest.raises(EvalUsageError, match="meta.json is damaged"):
         evaluate("arc_challenge", members, out=tmp_path / "out", data_dir=data, progress=False, reuse=[tmp_path / "empty"])
+
+
+def test_records_are_compressed_stable_and_plain_ones_of_older_folders_are_still_read(members, tmp_path):
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "out"
+    first = evaluate("arc_challenge", members, out=out, data_dir=data, limit=3, progress=False)
+    written = {p.name: p.read_bytes() for p in (out / "records").iterdir()}
+    assert sorted(written) == ["a.jsonl.gz", "b.jsonl.gz", "ensemble.jsonl.gz"]
+    evaluate("arc_challenge", members, out=out, data_dir=data, limit=3, progress=False)  # answered from the cache
+    assert {p.name: p.read_bytes() for p in (out / "records").iterdir()} == written  # the same bytes: no time stamp
+    for name in written:  # the layout of a folder written before compression
+        compressed = out / "records" / name
+        (out / "records" / name.removesuffix(".gz")).write_bytes(gzip.decompress(compressed.read_bytes()))
+        compressed.unlink()
+    assert report(out).to_dict() == first.to_dict()
+    evaluate("arc_challenge", members, out=out, data_dir=data, limit=3, progress=False)  # a run compresses them
+    assert {p.name: p.read_bytes() for p in (out / "records").iterdir()} == written
+
+
+# -- where the documents come from ----------------------------------------------------------
+ARC_ROWS = [{"id": f"q{i}", "question": f"Which is number {i}?", "answerKey": "ABC"[i % 3],
+             "choices": {"text": ["one", "two", "three"], "label": ["A", "B", "C"]}} for i in range(4)]
+
+
+def test_without_a_data_folder_a_shipped_name_is_lm_evals_own_task_over_its_cached_dataset(members, tmp_path,
+                                                                                            monkeypatch):
+    import datasets
+
+    from testkit.hf_datasets import cache_dataset
+
+    monkeypatch.delenv("UNITE_LOGITS_DATA", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))  # only where the cache is
+    cache_dataset(tmp_path / "hf", "allenai/ai2_arc", "ARC-Easy",
+                  {"train": ARC_ROWS[:1], "validation": ARC_ROWS[:2], "test": ARC_ROWS})
+    comparison = evaluate("arc_easy", members, out=tmp_path / "out", progress=False)  # offline (own_cache)
+    assert comparison.task == "unite_arc_easy" and comparison.n == 4  # lm-eval's arc_easy: its test split
+    assert [r["context"] for r in records(tmp_path / "out", "a")] == [
+        f"Question: Which is number {i}?\nAnswer:" for i in range(4)]
+    local = tmp_path / "data" / "ARC-easy"  # with a data folder the same name reads its local file instead
+    local.mkdir(parents=True)
+    (local / "validation.jsonl").write_text(json.dumps({**ARC_ROWS[0], "question": "Local?"}) + "\n")
+    monkeypatch.setenv("UNITE_LOGITS_DATA", str(tmp_path / "data"))
+    again = evaluate("arc_easy", members, out=tmp_path / "local", progress=False)
+    assert again.n == 1 and records(tmp_path / "local", "a")[0]["context"] == "Question: Local?\nAnswer:"
+
+
+def _error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.startswith("unite-logits: error")]
+
+
+def test_without_a_data_folder_or_a_cached_dataset_eval_says_what_was_tried_in_one_line(tmp_path, monkeypatch,
+                                                                                        capsys):
+    import datasets
+
+    from unite_logits.apps import cli
+
+    monkeypatch.delenv("UNITE_LOGITS_DATA", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    common = ["--limit", "2", "--members", "/no/such/model", "--no-progress", "--out", str(tmp_path / "out")]
+    assert cli.main(["eval", "--task", "piqa", *common]) == cli.EXIT_USAGE  # before any model is looked up
+    (line,) = _error_lines(capsys.readouterr().err)
+    for needle in ("task 'unite_piqa': no data folder was given (--data-dir, $UNITE_LOGITS_DATA)", "'baber/piqa'",
+                   f"datasets cache {tmp_path / 'hf'}, offline", "--data-dir DIR (a folder with PIQA/dev_our.jsonl)",
+                   "UNITE_LOGITS_DATA=DIR", "HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0"):
+        assert needle in line, line
+    assert cli.main(["eval", "--task", "paper_gsm8k", *common]) == cli.EXIT_USAGE  # nothing to fall back on
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "reads local files only" in line and "no data folder was given" in line
+    assert cli.main(["eval", "--task", "piqa", "--data-dir", str(tmp_path / "nope"), *common]) == cli.EXIT_USAGE
+    assert _error_lines(capsys.readouterr().err) == [
+        f"unite-logits: error: benchmark data folder not found: {tmp_path / 'nope'} (from --data-dir); pass "
+        "--data-dir DIR or set UNITE_LOGITS_DATA=DIR to a folder that exists"]
+    monkeypatch.setenv("UNITE_LOGITS_DATA", str(tmp_path / "gone"))  # a named folder is never skipped
+    assert cli.main(["eval", "--task", "piqa", *common]) == cli.EXIT_USAGE
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert f"not found: {tmp_path / 'gone'} (from $UNITE_LOGITS_DATA)" in line
 
 
 # -- the command line ------------------------------------------------------------------------

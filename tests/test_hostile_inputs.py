@@ -212,14 +212,20 @@ def test_damaged_record_files_are_rebuilt_from_the_request_cache(tmp_path, monke
     harness read {"id": "q1"} as a record) cannot reach the summary."""
     pytest.importorskip("lm_eval")
     from testkit.eval_tiny import tiny_members, write_data
-    from unite_logits.evaluation.run_task import evaluate
+    from unite_logits.evaluation.records import read_records, write_records
+    from unite_logits.evaluation.run_task import evaluate, report
 
     monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path / "cache"))
     data, members = write_data(tmp_path / "data"), tiny_members()
     out = tmp_path / "out"
     first = evaluate("arc_challenge", members, out=out, data_dir=data, limit=2, progress=False)
-    with open(out / "records" / "a.jsonl", "a") as log:
-        log.write(json.dumps({"id": "q1"}) + "\n")
+    compressed = out / "records" / "a.jsonl.gz"
+    write_records(compressed, [*read_records(compressed), {"id": "q1"}])
     again = evaluate("arc_challenge", members, out=out, data_dir=data, limit=2, progress=False)
     assert again.to_dict() == first.to_dict()
-    assert all("doc_id" in json.loads(line) for line in (out / "records" / "a.jsonl").read_text().splitlines())
+    assert all("doc_id" in record for record in read_records(compressed))
+    compressed.write_bytes(compressed.read_bytes()[:-9])  # cut short: a clear error, then rebuilt by a run
+    with pytest.raises(EvalUsageError, match="a.jsonl.gz is damaged"):
+        report(out)
+    evaluate("arc_challenge", members, out=out, data_dir=data, limit=2, progress=False)
+    assert report(out).to_dict() == first.to_dict()

@@ -15,8 +15,7 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from testkit import tiny  # noqa: E402
-from testkit.tiny_ensemble import BRACKETS, CHATML  # noqa: E402
+from testkit.tiny_ensemble import save_tiny_pair  # noqa: E402
 from unite_logits.evaluation.data import resolve_data_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,17 +36,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> tuple[str, str]:
     """A tiny primary (byte-level BPE, ChatML) and auxiliary (SentencePiece BPE, brackets) as folders."""
-    import copy
-
-    root = tmp_path_factory.mktemp("lm-eval-models")
-    paths = []
-    for name, make, seed, template in (("primary", tiny.byte_bpe, 0, CHATML), ("aux", tiny.sp_bpe, 1, BRACKETS)):
-        tokenizer = copy.deepcopy(make())
-        tokenizer.chat_template = template
-        tiny.tiny_llama(tokenizer, seed=seed).save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-        paths.append(str(root / name))
-    return paths[0], paths[1]
+    return save_tiny_pair(tmp_path_factory.mktemp("lm-eval-models"))
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +160,33 @@ def test_the_mmlu_group_holds_every_subject(tasks, data_dir):
     assert len(subjects) == 57
     names = set(tasks.all_tasks)
     assert {f"unite_mmlu_{s}" for s in subjects} <= names and "unite_mmlu" in names
+
+
+def test_without_a_data_folder_the_shipped_names_are_lm_evals_own_tasks(data_dir, monkeypatch, tmp_path):
+    """No folder outside the package is assumed: with no data folder each shipped name is
+    lm-eval's own task definition, dataset and all, under that name."""
+    import lm_eval.tasks as own_tasks
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    import unite_logits.lm_eval as integration
+
+    monkeypatch.delenv("UNITE_LOGITS_DATA", raising=False)
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path))
+    folder = integration.task_folder()
+    assert folder != integration.task_folder(data_dir)  # one folder per data folder (or none)
+    names = set(TaskManager(include_path=str(folder), include_defaults=False).all_tasks)
+    assert set(integration.TASKS) <= names and len([n for n in names if n.startswith("unite_mmlu_") and n != "unite_mmlu_tasks"]) == 57
+    lm_eval_tasks = Path(own_tasks.__file__).parent
+    for shipped, own in (("unite_piqa", "piqa/piqa.yaml"), ("unite_arc_easy", "arc/arc_easy.yaml"),
+                         ("unite_arc_challenge", "arc/arc_challenge.yaml"), ("unite_hellaswag", "hellaswag/hellaswag.yaml"),
+                         ("unite_mmlu_anatomy", "mmlu/default/mmlu_anatomy.yaml")):
+        ours = load_yaml(folder / f"{shipped}.yaml", resolve_func=False)
+        theirs = load_yaml(lm_eval_tasks / own, resolve_func=False)
+        assert ours.pop("task") == shipped and theirs.pop("task") != shipped
+        ours.pop("tag", None), theirs.pop("tag", None)
+        assert ours == theirs and ours["dataset_path"] != "json", shipped
+    local = load_yaml(integration.task_folder(data_dir) / "unite_piqa.yaml", resolve_func=False)
+    assert local["dataset_path"] == "json" and str(data_dir.resolve()) in str(local["dataset_kwargs"])
 
 
 def test_the_command_keeps_a_users_own_include_path_beside_the_shipped_tasks(data_dir, tmp_path):

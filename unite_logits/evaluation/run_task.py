@@ -64,8 +64,10 @@ def evaluate(
 ) -> Comparison:
     """Evaluate each member alone and their ensemble (first member the primary) on ``task``.
 
-    ``task`` is a shipped offline task (``unite_piqa`` or just ``piqa``, ...) or any lm-eval
-    task name. Resumes from ``out`` (refusing a folder made by another run); writes
+    ``task`` is a shipped task (``unite_piqa`` or just ``piqa``, ...: its local files in the data
+    folder ``data_dir``, default ``$UNITE_LOGITS_DATA``; with no folder, lm-eval's own task over
+    its standard dataset) or any lm-eval task name. The Hugging Face hub is not contacted unless
+    ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` are set to 0. Resumes from ``out`` (refusing a folder made by another run); writes
     ``summary.json``, ``summary.md``, ``differences.jsonl`` and per-system records there.
     ``reuse``: earlier results folders whose answers are taken over wherever a system's task,
     documents, models and settings match (a member alone matches whatever the ensemble's
@@ -77,11 +79,11 @@ def evaluate(
             repeated members.
     """
     from unite_logits.ensemble.ensemble import Ensemble, check_weights
-    from unite_logits.lm_eval import UniteLM
 
     if limit is not None and limit < 1:
         raise EvalUsageError(f"--limit has to be a positive integer, got {limit}")
-    run: TaskRun = resolve_task(task, data_dir)  # data problems before any model is loaded
+    run: TaskRun = resolve_task(task, data_dir)  # data problems before any model is loaded (and the hub off first)
+    from unite_logits.lm_eval import UniteLM
     loaded = load_members(members, loader)
     try:
         check_weights(weights, len(loaded))

@@ -12,7 +12,8 @@ answers they computed under the same identity (`answers_identity`): a new ``top_
 or a third member recomputes only the systems that changed.
 
 Layout of ``out``: ``meta.json`` (the identity), ``cache/<system>_rank0.db`` (lm-eval's request
-caches), ``records/<system>.jsonl`` (per-sample records from lm-eval's sample logs),
+caches), ``records/<system>.jsonl.gz`` (per-sample records from lm-eval's sample logs,
+compressed; `unite_logits.evaluation.records`),
 ``summary.json`` / ``summary.md`` and ``differences.jsonl`` (`unite_logits.evaluation.summary`).
 """
 
@@ -29,16 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unite_logits.evaluation.data import find_data_dir, offline_by_default, unavailable
 from unite_logits.evaluation.errors import EvalUsageError
 from unite_logits.evaluation.identity import answers_identity, run_identity
-from unite_logits.evaluation.records import check_meta, write_records
+from unite_logits.evaluation.records import RECORDS_SUFFIX, check_meta, read_records, records_path, write_records
 
 __all__ = ["ENSEMBLE", "SystemRun", "TaskRun", "read_run", "resolve_task", "reuse_answers", "run_systems", "slug"]
 
 logger = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
-_OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 
 
 @dataclass
@@ -75,13 +76,13 @@ def resolve_task(task: str, data_dir: str | os.PathLike[str] | None = None) -> T
     Raises:
         EvalUsageError: an unknown task, or data that cannot be had.
     """
-    for key, value in _OFFLINE.items():
-        os.environ.setdefault(key, value)
+    offline_by_default()
     from lm_eval.tasks import TaskManager
 
     import unite_logits.lm_eval as integration
 
-    shipped = integration.task_folder(data_dir)
+    data = find_data_dir(data_dir)
+    shipped = integration.task_folder(data)
     local = TaskManager(include_path=str(shipped), include_defaults=False)
     name = task if task in local.all_tasks else f"unite_{task}" if f"unite_{task}" in local.all_tasks else None
     manager = local
@@ -91,10 +92,16 @@ def resolve_task(task: str, data_dir: str | os.PathLike[str] | None = None) -> T
             raise EvalUsageError(f"unknown task {task!r}: neither a shipped task ({', '.join(integration.TASKS)}) "
                                  "nor an lm-eval task name")
         name = task
+    elif data is None:
+        logger.info("%s: no data folder given, so lm-eval's own task over its standard dataset", name)
     try:
         loaded = manager.load([name])["tasks"]
+    except EvalUsageError:  # already one line (a paper task without its data folder)
+        raise
     except Exception as error:  # noqa: BLE001 - lm-eval and datasets raise many kinds; one line names the task
-        raise EvalUsageError(f"task {name!r} could not be loaded ({type(error).__name__}: {error})") from None
+        local_file = integration.local_data_file(name) if manager is local else None
+        raise EvalUsageError(unavailable(f"task {name!r}", error, data_folder=data if manager is local else None,
+                                         local_file=local_file)) from None
     digest = hashlib.sha256()
     subtasks, metrics, generative = {}, [], False
     for subtask, built in sorted(loaded.items()):
@@ -233,7 +240,7 @@ def run_systems(
         assert results is not None
         records = [_record(subtask, sample, run.metrics) for subtask in sorted(results["samples"])
                    for sample in results["samples"][subtask]]
-        write_records(out / "records" / f"{slug(name)}.jsonl", records)
+        write_records(out / "records" / f"{slug(name)}{RECORDS_SUFFIX}", records)
         run.systems.append(SystemRun(name, _means(records, run.metrics), records))
     return run
 
@@ -249,10 +256,9 @@ def read_run(out: str | os.PathLike[str]) -> TaskRun:
     meta = _stored_identity(out, "report")
     systems = []
     for system in meta["systems"]:
-        path = out / "records" / f"{slug(system['name'])}.jsonl"
+        path = records_path(out / "records", slug(system["name"]))
         if path.exists():
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            systems.append(SystemRun(system["name"], {}, records))
+            systems.append(SystemRun(system["name"], {}, read_records(path)))
     if not systems:
         raise EvalUsageError(f"{out} has no records yet: run `unite-logits eval` there first")
     metrics = list(dict.fromkeys(m for s in systems for r in s.records for m in r["metrics"]))

@@ -23,7 +23,8 @@ Model arguments (``key=value`` separated by commas; lists joined with ``+``):
 * ``add_bos_token``: as lm-eval's ``hf`` model (default: each tokenizer's own choice);
 * ``max_length``: the longest text (default: the smallest context window of the models).
 
-``max_batch_size`` (from lm-eval's command line) is accepted and not used.
+``max_batch_size`` (from lm-eval's command line) is accepted and not used. A bad value is a
+`ModelArgsError` (a ``ValueError``) raised before any model is loaded.
 """
 
 from __future__ import annotations
@@ -37,20 +38,30 @@ from lm_eval.api.model import LM
 from tqdm.auto import tqdm
 
 from ..core.chat import chat_prompt_ids
+from ..core.checks import check_int, is_int
 from ..core.scoring import ScoreRequest
-from ..ensemble.ensemble import Ensemble
+from ..ensemble.ensemble import Ensemble, check_weights
 from ..ensemble.options import GenerationOptions
 from ..ensemble.prompts import PreparedPrompt
 from ..ensemble.scoring import DEFAULT_BATCH_SIZE, encode_pair, encode_text
 from ..ensemble.streaming import GenerationRequest
+from ..models.loading import check_device
 
-__all__ = ["UniteLM", "parse_list"]
+__all__ = ["ModelArgsError", "UniteLM", "parse_list"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_GEN_TOKS = 256
 """lm-eval's default for ``max_gen_toks``."""
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": torch.float32}
+
+
+class ModelArgsError(ValueError):
+    """A bad ``--model_args`` value of the ``unite`` model, found before any model is loaded;
+    ``unite-logits lm-eval`` prints it as one line (exit status 2) instead of a traceback."""
+
+
+_KNOWN = ("models", "weights", "top_k", "dtype", "device", "batch_size", "threads", "add_bos_token", "max_length")
 
 
 def parse_list(value: Any, what: str) -> list[str]:
@@ -60,28 +71,56 @@ def parse_list(value: Any, what: str) -> list[str]:
     else:
         items = [part.strip() for part in str(value).split("+")]
     if not items or any(not item for item in items):
-        raise ValueError(f"`{what}` has to name at least one model, joined with '+' (e.g. a+b), but is {value!r}")
+        raise ModelArgsError(f"`{what}` has to name at least one model, joined with '+' (e.g. a+b), but is {value!r}")
     return items
+
+
+def _weights(value: Any, n_models: int) -> list[float] | None:
+    """One finite non-negative number per model, joined with ``+``."""
+    if value is None:
+        return None
+    try:
+        weights = [float(w) for w in parse_list(value, "weights")]
+    except ValueError:
+        raise ModelArgsError(f"`weights` has to be numbers joined with '+', one per model (e.g. 1+0.5), "
+                             f"but is {value!r}") from None
+    try:
+        return check_weights(weights, n_models)
+    except (TypeError, ValueError) as error:
+        raise ModelArgsError(f"`weights`: {error}") from None
+
+
+def _integer(name: str, value: Any, minimum: int = 1) -> int:
+    """An integer argument (lm-eval hands over ``3`` as an int; Python callers may pass ``"3"``)."""
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value)
+    try:
+        return check_int(name, value, minimum=minimum)
+    except ValueError as error:
+        raise ModelArgsError(str(error)) from None
 
 
 def _batch_size(value: Any) -> int:
     if value is None or str(value).startswith("auto"):
         return DEFAULT_BATCH_SIZE
-    try:
-        size = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`batch_size` has to be a positive integer or 'auto', but is {value!r}") from None
-    if size < 1:
-        raise ValueError(f"`batch_size` has to be a positive integer or 'auto', but is {value!r}")
-    return size
+    if not is_int(value) and not (isinstance(value, str) and value.strip().isdigit()):
+        raise ModelArgsError(f"`batch_size` has to be a positive integer or 'auto', but is {value!r}")
+    if int(value) < 1:
+        raise ModelArgsError(f"`batch_size` has to be a positive integer or 'auto', but is {value!r}")
+    return int(value)
 
 
 def _device(value: Any) -> str:
-    """lm-eval's CLI defaults to ``cuda:0``: fall back to the CPU where there is no GPU (as ``hf``)."""
+    """A device this machine has; lm-eval's CLI defaults to ``cuda:0``, which falls back to the
+    CPU where there is no GPU (as ``hf`` does)."""
     device = str(value or "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         logger.info("no CUDA device here; running on the CPU")
         return "cpu"
+    try:
+        check_device(device)
+    except ValueError as error:
+        raise ModelArgsError(f"`device`: {error}") from None
     return device
 
 
@@ -92,20 +131,45 @@ class UniteLM(LM):
                  device: Any = "cpu", batch_size: Any = 1, max_batch_size: Any = None, threads: Any = None,
                  add_bos_token: bool | None = None, max_length: int | None = None, **unknown: Any) -> None:
         super().__init__()
+        # Every argument is checked before a model is loaded: a mistake costs no loading time.
         if unknown:
-            raise ValueError(f"unknown model argument(s) for unite: {', '.join(sorted(unknown))} "
-                             "(known: models, weights, top_k, dtype, device, batch_size, threads, add_bos_token, max_length)")
+            raise ModelArgsError(f"unknown model argument(s) for unite: {', '.join(sorted(unknown))} "
+                                 f"(known: {', '.join(_KNOWN)})")
         if models is None:
-            raise ValueError("the unite model needs `models=`, e.g. --model_args models=smollm2-135m-instruct+gemma3-270m")
+            raise ModelArgsError("the unite model needs `models=`, e.g. --model_args models=smollm2-135m-instruct+gemma3-270m")
         names = parse_list(models, "models")
-        weight_values = [float(w) for w in parse_list(weights, "weights")] if weights is not None else None
+        weight_values = _weights(weights, len(names))
+        top_k = _integer("top_k", top_k)
         if str(dtype) not in _DTYPES:
-            raise ValueError(f"`dtype` has to be one of {', '.join(_DTYPES)}, but is {dtype!r}")
-        if threads is not None:
-            torch.set_num_threads(int(threads))
-        ensemble = Ensemble.load(names, weights=weight_values, top_k=int(top_k), device=_device(device),
+            raise ModelArgsError(f"`dtype` has to be one of {', '.join(_DTYPES)}, but is {dtype!r}")
+        chosen_device = _device(device)
+        size = _batch_size(batch_size)
+        thread_count = None if threads is None else _integer("threads", threads)
+        longest = None if max_length is None else _integer("max_length", max_length)
+        if add_bos_token is not None and not isinstance(add_bos_token, bool):
+            raise ModelArgsError(f"`add_bos_token` has to be true or false, but is {add_bos_token!r}")
+        if thread_count is not None:
+            torch.set_num_threads(thread_count)
+        ensemble = Ensemble.load(names, weights=weight_values, top_k=top_k, device=chosen_device,
                                  dtype=_DTYPES[str(dtype)])
-        self._attach(ensemble, _batch_size(batch_size), add_bos_token, max_length)
+        self._attach(ensemble, size, add_bos_token, longest)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any],
+                            additional_config: dict[str, Any] | None = None) -> "UniteLM":
+        """What lm-eval calls: ``arg_dict`` from ``--model_args``, ``additional_config`` its own
+        ``--batch_size``, ``--max_batch_size`` and ``--device`` (always set by its command line).
+        A key in both is taken from ``--model_args`` (lm-eval would pass it twice: a TypeError)."""
+        extra = {key: value for key, value in (additional_config or {}).items()
+                 if value is not None and key not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None) -> "UniteLM":
+        """``key=value,...`` parsed as lm-eval parses it, then `create_from_arg_obj`."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     @classmethod
     def from_ensemble(cls, ensemble: Ensemble, *, batch_size: int = DEFAULT_BATCH_SIZE,

@@ -4,7 +4,8 @@ FastAPI validates request bodies against `unite_logits.serving.schemas` (a bad o
 with an OpenAI-style error body, and the server carries on), the generation itself runs on
 the `GenerationWorker` thread, and results come back to the event loop through an
 ``asyncio.Queue``. Streaming responses are server-sent events in the OpenAI chunk format,
-ending with ``data: [DONE]``. A client that disconnects cancels its job: a streamed one at
+ending with ``data: [DONE]``. While the server drains (`unite_logits.apps.serving.drain`),
+new requests get 503 and ``/health`` says ``draining``. A client that disconnects cancels its job: a streamed one at
 once (Starlette cancels the stream), a plain one within half a second (polled).
 """
 
@@ -31,6 +32,7 @@ from ...ensemble.streaming import GenerationResult
 from . import openai_format as fmt
 from ...core.checks import context_window
 from ...core.token_bytes import token_bytes_view
+from .drain import Drain, RefuseWhileDraining
 from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields, TokenizeRequest
 from .worker import (
     DEFAULT_BATCH_WAIT_S,
@@ -105,6 +107,7 @@ class _Run:
 
     def __init__(self, worker: GenerationWorker, request_id: str, prompts: Sequence[Any], chat: bool,
                  body: SamplingFields, top_logprobs: int | None, settings: ServerSettings) -> None:
+        self.worker = worker
         self.prompt_param = "messages" if chat else "prompt"
         self.has_started = False
         self.loop = asyncio.get_running_loop()
@@ -135,7 +138,9 @@ class _Run:
                 error = event.error
                 code = "context_length_exceeded" if isinstance(error, PromptTooLongError) else "invalid_value"
                 raise OpenAIError(400, str(error), param=self.prompt_param, code=code)
-        if not self.has_started:  # ended unstarted: cancelled while it waited
+        if not self.has_started:  # ended unstarted: cancelled while it waited (its client left, or shutdown)
+            if self.worker.closing:
+                raise _shutting_down()
             raise _ClientGone()
 
     async def events_until_end(self, request: Request | None = None,
@@ -221,6 +226,10 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
     # but /health (the API description included) ---------------------------------------
     if settings.api_key is not None:
         app.add_middleware(_RequireApiKey, api_key=settings.api_key)
+    # -- draining (outermost: counted and refused before anything else) -------------------
+    drain = Drain()
+    app.state.drain = drain
+    app.add_middleware(RefuseWhileDraining, drain=drain)
 
     def check_model(name: str) -> None:
         if name != settings.model_name:
@@ -234,9 +243,13 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
     # -- routes --------------------------------------------------------------------------
     @app.get("/health", response_model=None)
     async def health() -> dict[str, Any] | JSONResponse:
+        if drain.draining:  # a load balancer takes this server out of rotation; the rest finishes
+            return JSONResponse({"status": "draining", "in_flight": drain.in_flight,
+                                 "seconds_left": round(drain.seconds_left(), 1)},
+                                status_code=503, headers={"Retry-After": str(drain.retry_after())})
         if not worker.alive:  # nothing would ever be answered: say so to a load balancer
             return JSONResponse({"status": "error", "message": "the generation worker has stopped"}, status_code=503)
-        return {"status": "ok", "waiting": worker.waiting}
+        return {"status": "ok", "waiting": worker.waiting, "in_flight": drain.in_flight}
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -316,11 +329,15 @@ async def _answer(run: _Run, request: Request,
         return JSONResponse(fmt.error_body("client disconnected"), status_code=499)
 
 
+def _shutting_down() -> OpenAIError:
+    return OpenAIError(503, "the server is shutting down; the answer was cut short", "server_error",
+                       code="server_shutdown")
+
+
 def _not_cancelled(result: GenerationResult) -> GenerationResult:
     """A generation cancelled while its client is still there: the server is shutting down."""
     if result.finish_reason == "cancelled":
-        raise OpenAIError(503, "the server is shutting down; the answer was cut short", "server_error",
-                          code="server_shutdown")
+        raise _shutting_down()
     return result
 
 

@@ -197,6 +197,11 @@ class GenerationWorker:
         """Whether the worker thread still runs (it ends only when closed)."""
         return self._thread.is_alive()
 
+    @property
+    def closing(self) -> bool:
+        """Whether `cancel_all` was called: every job is being cancelled (the server stops)."""
+        return self._closing.is_set()
+
     def cancel_all(self) -> None:
         """Cancel the jobs in progress and every later one (the server is going down)."""
         self._closing.set()

@@ -49,10 +49,10 @@ def select(
     """Profile candidates on the first ``limit`` documents of ``task`` and judge every pair;
     each candidate's answers are taken from a ``reuse`` folder (an earlier ``eval`` or
     ``select``) where they were computed on the same task and documents."""
+    run = resolve_task(task, data_dir)  # before lm-eval's imports: it turns the hub off first
     from unite_logits.ensemble.ensemble import Ensemble
     from unite_logits.lm_eval import UniteLM
 
-    run = resolve_task(task, data_dir)
     members = load_members(candidates, loader)
     systems = systems_of(members, ensemble=False)
     identity = identity_of(run, systems, weights=None, top_k=top_k, num_fewshot=None, apply_chat_template=False)

@@ -56,6 +56,10 @@ def paper_dataset(paper_task: str, data_dir: str, **_: Any) -> datasets.DatasetD
 
     from unite_logits.evaluation.errors import EvalUsageError
 
+    if not data_dir:  # the task folder was made without a data folder
+        raise EvalUsageError(f"unite_paper_{paper_task} reads local files only (the paper's own protocol; there is no "
+                             "standard dataset) and no data folder was given (--data-dir, $UNITE_LOGITS_DATA): pass "
+                             "--data-dir DIR (eval, select) or set UNITE_LOGITS_DATA=DIR")
     data = get_task(paper_task).load(Path(data_dir))
     if not data.items:
         raise EvalUsageError(f"{paper_task} data in {data_dir}: no scorable items ({len(data.skipped)} rows skipped)")
