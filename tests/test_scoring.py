@@ -241,3 +241,28 @@ def test_one_model_reproduces_lm_evals_hf_model(tmp_path):
     text = "Muffins and pancakes are baked in the morning. " * 5
     (rolling,) = hf.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
     assert Ensemble([LoadedModel(model, tok, "tiny")]).score_rolling([text])[0] == pytest.approx(rolling, abs=1e-4)
+
+
+# -- several weightings for one scoring pass --------------------------------------------------
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(context=st.sampled_from(CONTEXTS), continuation=continuations,
+       vectors=st.lists(st.tuples(st.sampled_from([0.25, 0.5, 1.0, 2.0]), st.sampled_from([0.25, 1.0, 3.0])),
+                        min_size=1, max_size=4))
+def test_a_weight_sweep_scores_as_each_weighting_alone(context, continuation, vectors):
+    """One pass, several weightings: each equals scoring with those weights by itself."""
+    from unite_logits.core.scoring import score_requests_sweep
+
+    scoring = request(context, continuation)
+    full = [[1.0, a, b] for a, b in vectors]
+    swept = score_requests_sweep(PRIMARY, MEMBERS, [scoring], 4, full)
+    for vector, (result,) in zip(full, swept):
+        weighted = [ScoringModel(m.model, m.view, w, m.name) for m, w in zip([PRIMARY, *MEMBERS], vector)]
+        (alone,) = score_requests(weighted[0], weighted[1:], [scoring], top_k=4)
+        assert result.logprobs == pytest.approx(alone.logprobs, abs=1e-12) and result.greedy == alone.greedy
+
+
+def test_a_sweep_refuses_weightings_of_other_models():
+    from unite_logits.core.scoring import score_requests_sweep
+
+    with pytest.raises(ValueError, match="positive exactly where"):
+        score_requests_sweep(PRIMARY, MEMBERS, [request("The quick", " brown")], 4, [[1.0, 0.0, 1.0]])

@@ -34,10 +34,10 @@ from transformers import PreTrainedModel
 from .checks import check_top_k, context_window
 from .forced import ForcedText, forced_logprobs
 from .prompts import PromptSource
-from .step import StepModel, TargetScore, relative_weights, score_targets
+from .step import StepModel, TargetScore, relative_weights, score_targets_sweep
 from .token_bytes import TokenBytes
 
-__all__ = ["ScoreRequest", "TokenScores", "ScoringModel", "score_requests"]
+__all__ = ["ScoreRequest", "TokenScores", "ScoringModel", "score_requests", "score_requests_sweep"]
 
 
 @dataclass(frozen=True)
@@ -99,14 +99,33 @@ def score_requests(
         ValueError: an empty context or continuation, or a text longer than a model's window.
         NonFiniteScoresError: a model's distribution is NaN or infinite somewhere.
     """
+    return score_requests_sweep(primary, members, requests, top_k, None, top_n, confidence_gate)[0]
+
+
+def score_requests_sweep(
+    primary: ScoringModel, members: Sequence[ScoringModel], requests: Sequence[ScoreRequest], top_k: int,
+    weight_vectors: Sequence[Sequence[float]] | None, top_n: int = 0, confidence_gate: float | None = None,
+) -> list[list[TokenScores]]:
+    """`score_requests` under several weightings at once: per vector (one weight per model,
+    primary first, zero exactly where the models' own weights are zero; None: their own), the
+    scores. Every model still runs one forward pass; each further vector costs one combine per
+    position (`unite_logits.core.step.score_targets_sweep`): a weight search pays one scoring
+    pass per set of models, not per weighting.
+    """
     check_top_k(top_k)
     if not requests:
-        return []
+        return [[] for _ in (weight_vectors or [()])]
     for index, request in enumerate(requests):
         if not request.context or not request.continuation:
             raise ValueError(f"request {index} has an empty context or continuation (give at least one token each)")
-    weights = relative_weights([primary.weight] + [member.weight for member in members])
+    own = [primary.weight] + [member.weight for member in members]
     active = [j for j, member in enumerate(members) if member.weight > 0]
+    weights = relative_weights(own)
+    vectors = [weights] if weight_vectors is None else [relative_weights(v) for v in weight_vectors]
+    for vector in vectors:
+        if len(vector) != len(own) or [w > 0 for w in vector] != [w > 0 for w in own]:
+            raise ValueError("each weight vector needs one weight per model, positive exactly where the models' are")
+    step_vectors = [[vector[0]] + [vector[j + 1] for j in active] for vector in vectors]
     primary_texts = [_primary_reading(request) for request in requests]
     _check_window(primary, primary_texts, "the primary")
     primary_rows = torch.cat(forced_logprobs(primary.model, primary_texts, primary.view.size))
@@ -114,17 +133,25 @@ def score_requests(
     where = [(index, t) for index, request in enumerate(requests) for t in range(len(request.continuation))]
     gated = (primary_rows.amax(dim=-1).exp() >= confidence_gate).tolist() if confidence_gate is not None else []
     asked = [row for row in range(len(targets)) if not gated or not gated[row]]
-    scored: list[TargetScore | None] = [None] * len(targets)
+    scored: list[list[TargetScore | None]] = [[None] * len(targets) for _ in vectors]
     for row in range(len(targets)):
         if gated and gated[row]:
-            scored[row] = _primary_alone(primary_rows[row], targets[row], top_k, top_n)
+            alone = _primary_alone(primary_rows[row], targets[row], top_k, top_n)
+            for per_vector in scored:
+                per_vector[row] = alone
     if asked:
         models = _step_models(primary, members, weights, active, requests, primary_rows)
         subset = models if len(asked) == len(targets) else _rows_of(models, asked)
-        for row, value in zip(asked, score_targets(
-                subset, subset[0].logprobs, top_k, [targets[row] for row in asked], top_n=top_n,
-                describe_row=lambda i: f"request {where[asked[i]][0]} at continuation token {where[asked[i]][1]}")):
-            scored[row] = value
+        swept = score_targets_sweep(
+            subset, subset[0].logprobs, top_k, [targets[row] for row in asked], step_vectors, top_n=top_n,
+            describe_row=lambda i: f"request {where[asked[i]][0]} at continuation token {where[asked[i]][1]}")
+        for per_vector, values in zip(scored, swept):
+            for row, value in zip(asked, values):
+                per_vector[row] = value
+    return [_per_request(requests, per_vector) for per_vector in scored]
+
+
+def _per_request(requests: Sequence[ScoreRequest], scored: Sequence[TargetScore | None]) -> list[TokenScores]:
     out, start = [], 0
     for request in requests:
         end = start + len(request.continuation)

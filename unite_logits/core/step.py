@@ -49,7 +49,7 @@ from .errors import NonFiniteScoresError
 from .token_bytes import TokenBytes
 
 __all__ = ["NonFiniteScoresError", "StepModel", "StepTrace", "RowOutcome", "TargetScore", "ensemble_step",
-           "score_targets", "ensembled_scores", "check_step_inputs", "relative_weights"]
+           "score_targets", "score_targets_sweep", "ensembled_scores", "check_step_inputs", "relative_weights"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def ensemble_step(
     Raises:
         NonFiniteScoresError: a voting model's distribution is NaN or infinite for a row.
     """
-    return _ensemble(models, scores, top_k, None, describe_row, trace)[0]
+    return _ensemble(models, scores, top_k, None, describe_row, trace)[0][0]
 
 
 @dataclass(frozen=True)
@@ -142,9 +142,32 @@ def score_targets(
     the target is that of the target id itself (see `_with_target`), so one model alone scores
     exactly its own log-probabilities.
     """
-    combined, proposed = _ensemble(models, scores, top_k, targets, describe_row, None)
-    return [_target_score(models[0].view, target, row, was, top_n)
-            for target, row, was in zip(targets, combined, proposed)]
+    return score_targets_sweep(models, scores, top_k, targets, None, top_n=top_n, describe_row=describe_row)[0]
+
+
+def score_targets_sweep(
+    models: Sequence[StepModel],
+    scores: torch.Tensor,
+    top_k: int,
+    targets: Sequence[int],
+    weight_vectors: Sequence[Sequence[float]] | None,
+    *,
+    top_n: int = 0,
+    describe_row: Callable[[int], str] = lambda row: f"row {row}",
+) -> list[list[TargetScore]]:
+    """`score_targets` once per weight vector (one weight per model; None: the models' own).
+
+    Every vector must give positive weight to exactly the models that have positive weight in
+    ``models`` (the union is built from those); the ratios may differ. Cost: one step, then one
+    combine per row and vector.
+    """
+    positive = [model.weight > 0 for model in models]
+    for vector in weight_vectors or ():
+        if len(vector) != len(models) or [w > 0 for w in vector] != positive:
+            raise ValueError("each weight vector needs one weight per model, positive exactly where the models' are")
+    combined, proposed = _ensemble(models, scores, top_k, targets, describe_row, None, weight_vectors)
+    return [[_target_score(models[0].view, target, row, was, top_n)
+             for target, row, was in zip(targets, per_vector, proposed)] for per_vector in combined]
 
 
 def _ensemble(
@@ -154,8 +177,15 @@ def _ensemble(
     targets: Sequence[int] | None,
     describe_row: Callable[[int], str],
     trace: StepTrace | None,
-) -> tuple[list[Combined], list[bool]]:
-    """The step; with ``targets``, also whether each target's candidate was in the union already."""
+    weight_vectors: Sequence[Sequence[float]] | None = None,
+) -> tuple[list[list[Combined]], list[bool]]:
+    """The step, per weight vector (default: the models' own weights); with ``targets``, also
+    whether each target's candidate was in the union already.
+
+    The union and every model's aligned probabilities do not depend on the weights (as long as
+    the same models have positive weight), so each further weight vector costs one combine per
+    row, not another forward pass or alignment.
+    """
     rows = scores.shape[0]
     primary_view = models[0].view
     tops = [_top_k(model, top_k, describe_row) for model in models]
@@ -183,15 +213,17 @@ def _ensemble(
     lookups = [[plan_lookups(p, union) for p in row] for row, union in zip(proposals, unions)]
     values = _gather(models, rows, taking_part, lookups)
     own = _target_probabilities(models[0], targets) if targets is not None else []
-    results = []
+    sweep = weight_vectors if weight_vectors is not None else [[model.weight for model in models]]
+    results: list[list[Combined]] = [[] for _ in sweep]
     for row in range(rows):
         aligned = [aligned_from(plan, unions[row], values[model][row]) for plan, model in zip(lookups[row], taking_part[row])]
         if targets is not None and taking_part[row][:1] == [0]:
             aligned[0] = _with_target(aligned[0], unions[row], keys[row], targets[row], own[row])
-        combined = combine(aligned, [p.weight for p in proposals[row]], emits[row], allowed[row])
-        if trace is not None and combined.probs:
-            trace(row, RowOutcome(proposals[row], taking_part[row], unions[row], emits[row], combined))
-        results.append(combined)
+        for vector, out in zip(sweep, results):
+            combined = combine(aligned, [vector[model] for model in taking_part[row]], emits[row], allowed[row])
+            if trace is not None and combined.probs:
+                trace(row, RowOutcome(proposals[row], taking_part[row], unions[row], emits[row], combined))
+            out.append(combined)
     return results, proposed
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from ..core.checks import check_int, context_window
-from ..core.scoring import ScoreRequest, ScoringModel, TokenScores, score_requests
+from ..core.scoring import ScoreRequest, ScoringModel, TokenScores, score_requests_sweep
 from ..core.token_bytes import token_bytes_view
 
 if TYPE_CHECKING:
@@ -137,20 +137,31 @@ class Scorer:
         long run as they come: lm-eval's request cache does). ``top_n``: also each position's
         likeliest ids (`TokenScores.top`).
         """
+        keep = None if on_batch is None else (lambda indices, results: on_batch(indices, results[0]))
+        return self.score_sweep(requests, None, progress=progress, desc=desc, on_batch=keep, top_n=top_n)[0]
+
+    def score_sweep(self, requests: Sequence[ScoreRequest], weight_vectors: Sequence[Sequence[float]] | None, *,
+                    progress: bool = False, desc: str = "scoring",
+                    on_batch: Callable[[list[int], list[list[TokenScores]]], None] | None = None,
+                    top_n: int = 0) -> list[list[TokenScores]]:
+        """`score` under each weight vector (one weight per model, zero exactly where this
+        scorer's are), for the price of one scoring pass (`unite_logits.core.scoring.score_requests_sweep`)."""
         order = sorted(range(len(requests)), key=lambda i: -(len(requests[i].context) + len(requests[i].continuation)))
-        results: list[TokenScores | None] = [None] * len(requests)
+        count = 1 if weight_vectors is None else len(weight_vectors)
+        results: list[list[TokenScores | None]] = [[None] * len(requests) for _ in range(count)]
         bar = tqdm(total=len(requests), desc=desc, unit="request", disable=not progress)
         with bar:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start: start + self.batch_size]
-                scored = score_requests(self.primary, self.members, [requests[i] for i in batch], self.top_k, top_n,
-                                        self.confidence_gate)
-                for index, result in zip(batch, scored):
-                    results[index] = result
+                scored = score_requests_sweep(self.primary, self.members, [requests[i] for i in batch], self.top_k,
+                                              weight_vectors, top_n, self.confidence_gate)
+                for per_vector, values in zip(results, scored):
+                    for index, result in zip(batch, values):
+                        per_vector[index] = result
                 if on_batch is not None:
                     on_batch(batch, scored)
                 bar.update(len(batch))
-        return [result for result in results if result is not None]
+        return [[result for result in per_vector if result is not None] for per_vector in results]
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> list[TokenScores]:
         """Score each continuation given its context (texts)."""
