@@ -181,7 +181,7 @@ def test_reuse_takes_matching_answers_over_and_computes_only_what_changed(member
     from unite_logits.evaluation.selection import select
 
     select("arc_challenge", members, out=tmp_path / "select", data_dir=data, batch_size=1, heatmap=False,
-           progress=False, reuse=[first])  # select's candidates alone are eval's members alone
+           progress=False, reuse=[first], search=False, dev_fraction=0.5)  # its candidates alone are eval's members
     assert computed == []
     caplog.clear()
     alone = tmp_path / "alone"  # other documents: nothing matches, a warning says so
@@ -290,7 +290,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_eval_defaults_and_handlers():
     args = parse(["eval", "--task", "piqa"])
-    assert args.members == list(DEFAULT_MEMBERS) and args.limit is None and args.handler is run_eval
+    assert args.members is None and args.ensemble is None and args.limit is None and args.handler is run_eval
     assert parse(["select", "--task", "gsm8k", "--candidates", "x", "y"]).handler is run_select
     assert args.reuse == [] and parse(["eval", "--task", "piqa", "--reuse", "x", "--reuse", "y"]).reuse == ["x", "y"]
     with pytest.raises(SystemExit):
@@ -329,3 +329,22 @@ def test_report_summarises_a_folder_again_from_its_records_alone(members, tmp_pa
     (out / "meta.json").write_text("{truncated", encoding="utf-8")
     with pytest.raises(EvalUsageError, match="report .*meta.json is damaged"):
         report(out)
+
+
+def test_a_users_own_task_yaml_through_include_path(members, tmp_path):
+    """`eval --include-path DIR --task NAME`: a task defined only in the user's folder of YAMLs."""
+    rows = [{"q": f"Is {i} even?", "choices": ["yes", "no"], "label": i % 2} for i in range(8)]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "my_even.yaml").write_text(
+        "task: my_even\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    validation: {data}\n"
+        "validation_split: validation\noutput_type: multiple_choice\n"
+        "doc_to_text: \"Question: {{q}}\\nAnswer:\"\ndoc_to_choice: \"{{choices}}\"\ndoc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n")
+    comparison = evaluate("my_even", members, out=tmp_path / "out", include_path=folder, progress=False)
+    assert comparison.n == 8 and comparison.task == "my_even"
+    with pytest.raises(EvalUsageError, match="--include-path .*not a folder"):
+        evaluate("my_even", members, out=tmp_path / "out2", include_path=tmp_path / "nowhere", progress=False)

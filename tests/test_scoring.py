@@ -261,8 +261,17 @@ def test_a_weight_sweep_scores_as_each_weighting_alone(context, continuation, ve
         assert result.logprobs == pytest.approx(alone.logprobs, abs=1e-12) and result.greedy == alone.greedy
 
 
-def test_a_sweep_refuses_weightings_of_other_models():
+def test_a_sweep_covers_member_sets_too_but_never_a_member_that_does_not_run():
+    """A vector that drops a member scores as the ensemble without it (same forward passes)."""
     from unite_logits.core.scoring import score_requests_sweep
 
-    with pytest.raises(ValueError, match="positive exactly where"):
-        score_requests_sweep(PRIMARY, MEMBERS, [request("The quick", " brown")], 4, [[1.0, 0.0, 1.0]])
+    scoring = request("The quick brown fox", " jumps over the lazy dog")
+    dropped, kept = score_requests_sweep(PRIMARY, MEMBERS, [scoring], 4, [[1.0, 0.0, 0.5], [1.0, 1.0, 1.0]])
+    (without,) = score_requests(PRIMARY, [MEMBERS[0].__class__(MEMBERS[1].model, MEMBERS[1].view, 0.5, "m")],
+                                [scoring], top_k=4)
+    (everyone,) = score_requests(PRIMARY, MEMBERS, [scoring], top_k=4)
+    assert dropped[0].logprobs == pytest.approx(without.logprobs, abs=1e-12)
+    assert kept[0].logprobs == pytest.approx(everyone.logprobs, abs=1e-12)
+    muted = [PRIMARY, ScoringModel(MEMBERS[0].model, MEMBERS[0].view, 0.0, "muted"), MEMBERS[1]]
+    with pytest.raises(ValueError, match="none for a model of weight 0"):
+        score_requests_sweep(muted[0], muted[1:], [scoring], 4, [[1.0, 1.0, 1.0]])

@@ -24,6 +24,7 @@ token and member, and one ensembling step per continuation token.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -107,10 +108,15 @@ def score_requests_sweep(
     weight_vectors: Sequence[Sequence[float]] | None, top_n: int = 0, confidence_gate: float | None = None,
 ) -> list[list[TokenScores]]:
     """`score_requests` under several weightings at once: per vector (one weight per model,
-    primary first, zero exactly where the models' own weights are zero; None: their own), the
-    scores. Every model still runs one forward pass; each further vector costs one combine per
-    position (`unite_logits.core.step.score_targets_sweep`): a weight search pays one scoring
-    pass per set of models, not per weighting.
+    primary first; None: the models' own weights), the scores. A vector may give a member 0
+    (it then takes no part, as in an ensemble without it), but not a member whose own weight is
+    0 a positive weight (that member is not run).
+
+    Every model runs one forward pass, whatever the vectors: the union and each model's aligned
+    probabilities depend only on which models take part, so each further vector costs one
+    combine per position, and each further set of models taking part one alignment
+    (`unite_logits.core.step.score_targets_sweep`). A search over members and weights thus pays
+    one scoring pass per primary.
     """
     check_top_k(top_k)
     if not requests:
@@ -123,9 +129,8 @@ def score_requests_sweep(
     weights = relative_weights(own)
     vectors = [weights] if weight_vectors is None else [relative_weights(v) for v in weight_vectors]
     for vector in vectors:
-        if len(vector) != len(own) or [w > 0 for w in vector] != [w > 0 for w in own]:
-            raise ValueError("each weight vector needs one weight per model, positive exactly where the models' are")
-    step_vectors = [[vector[0]] + [vector[j + 1] for j in active] for vector in vectors]
+        if len(vector) != len(own) or any(w > 0 and o <= 0 for w, o in zip(vector, own)):
+            raise ValueError("each weight vector needs one weight per model, and none for a model of weight 0")
     primary_texts = [_primary_reading(request) for request in requests]
     _check_window(primary, primary_texts, "the primary")
     primary_rows = torch.cat(forced_logprobs(primary.model, primary_texts, primary.view.size))
@@ -140,14 +145,23 @@ def score_requests_sweep(
             for per_vector in scored:
                 per_vector[row] = alone
     if asked:
-        models = _step_models(primary, members, weights, active, requests, primary_rows)
-        subset = models if len(asked) == len(targets) else _rows_of(models, asked)
-        swept = score_targets_sweep(
-            subset, subset[0].logprobs, top_k, [targets[row] for row in asked], step_vectors, top_n=top_n,
-            describe_row=lambda i: f"request {where[asked[i]][0]} at continuation token {where[asked[i]][1]}")
-        for per_vector, values in zip(scored, swept):
-            for row, value in zip(asked, values):
-                per_vector[row] = value
+        models = _step_models(primary, members, weights, active, requests, primary_rows)  # the forward passes
+        models = models if len(asked) == len(targets) else _rows_of(models, asked)
+        groups: dict[tuple[bool, ...], list[int]] = {}
+        for index, vector in enumerate(vectors):
+            groups.setdefault(tuple(w > 0 for w in [vector[0]] + [vector[j + 1] for j in active]), []).append(index)
+        for support, indices in groups.items():
+            taking = [m for m, on in enumerate(support) if on or m == 0]  # the primary's tokens are scored, always
+            first = vectors[indices[0]]
+            subset = [dataclasses.replace(models[m], weight=([first[0]] + [first[j + 1] for j in active])[m])
+                      for m in taking]
+            step_vectors = [[([vectors[i][0]] + [vectors[i][j + 1] for j in active])[m] for m in taking] for i in indices]
+            swept = score_targets_sweep(
+                subset, subset[0].logprobs, top_k, [targets[row] for row in asked], step_vectors, top_n=top_n,
+                describe_row=lambda i: f"request {where[asked[i]][0]} at continuation token {where[asked[i]][1]}")
+            for index, values in zip(indices, swept):
+                for row, value in zip(asked, values):
+                    scored[index][row] = value
     return [_per_request(requests, per_vector) for per_vector in scored]
 
 

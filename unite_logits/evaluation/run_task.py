@@ -7,19 +7,23 @@ compare them (`unite_logits.evaluation.summary`) and write the report into ``out
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from unite_logits.ensemble.spec import EnsembleFile, EnsembleFileError, EnsembleSpec, read_ensemble_file
 from unite_logits.evaluation.errors import EvalUsageError
+from unite_logits.evaluation.identity import System
 from unite_logits.evaluation.runs import ENSEMBLE, TaskRun, identity_of, read_run, resolve_task, run_systems
+from unite_logits.evaluation.split import DEFAULT_DEV_FRACTION, DEFAULT_SEED, split_documents
 from unite_logits.evaluation.summary import Comparison, compare
 from unite_logits.models.loading import LoadedModel
 
-__all__ = ["evaluate", "load_members", "report", "Systems"]
+__all__ = ["evaluate", "load_members", "report", "systems_of"]
 
-Systems = list[tuple[str, list[LoadedModel]]]
+logger = logging.getLogger(__name__)
 
 
 def load_members(members: Sequence[str | LoadedModel], loader: Callable[[str], LoadedModel] | None = None,
@@ -37,26 +41,30 @@ def load_members(members: Sequence[str | LoadedModel], loader: Callable[[str], L
     return loaded
 
 
-def systems_of(members: Sequence[LoadedModel], ensemble: bool) -> Systems:
-    """Each member alone, then (with two or more, if ``ensemble``) all of them together."""
-    systems: Systems = [(m.name, [m]) for m in members]
-    if ensemble and len(members) >= 2:
-        systems.append((ENSEMBLE, list(members)))
+def systems_of(members: Sequence[LoadedModel], spec: "EnsembleSpec | None") -> list[System]:
+    """Each model taking part alone, then (with two or more taking part) the ensemble of ``spec``."""
+    taking_part = set(spec.taking_part) if spec is not None else {m.name for m in members}
+    systems: list[System] = [(m.name, [m], None) for m in members if m.name in taking_part]
+    if spec is not None and len(spec.taking_part) >= 2:
+        systems.append((ENSEMBLE, list(members), spec))
     return systems
 
 
 def evaluate(
     task: str,
-    members: Sequence[str | LoadedModel],
+    members: Sequence[str | LoadedModel] = (),
     *,
     out: str | os.PathLike[str] = "eval-results",
     limit: int | None = None,
     weights: Sequence[float] | None = None,
     top_k: int = 10,
+    confidence_gate: float | None = None,
+    ensemble_file: str | os.PathLike[str] | None = None,
     batch_size: int = 8,
     num_fewshot: int | None = None,
     apply_chat_template: bool = False,
     data_dir: str | os.PathLike[str] | None = None,
+    include_path: str | os.PathLike[str] | None = None,
     ensemble: bool = True,
     progress: bool = True,
     loader: Callable[[str], LoadedModel] | None = None,
@@ -64,46 +72,74 @@ def evaluate(
 ) -> Comparison:
     """Evaluate each member alone and their ensemble (first member the primary) on ``task``.
 
-    ``task`` is a shipped task (``unite_piqa`` or just ``piqa``, ...: its local files in the data
-    folder ``data_dir``, default ``$UNITE_LOGITS_DATA``; with no folder, lm-eval's own task over
-    its standard dataset) or any lm-eval task name. The Hugging Face hub is not contacted unless
-    ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` are set to 0. Resumes from ``out`` (refusing a folder made by another run); writes
-    ``summary.json``, ``summary.md``, ``differences.jsonl`` and per-system records there.
-    ``reuse``: earlier results folders whose answers are taken over wherever a system's task,
-    documents, models and settings match (a member alone matches whatever the ensemble's
-    ``top_k`` and weights were), so that a ``top_k`` sweep or an added member recomputes only
-    what changed.
+    ``task`` is a shipped offline task (``unite_piqa`` or just ``piqa``, ...), any lm-eval task
+    name, or a task of the ``include_path`` folder of YAMLs. The ensemble is ``members`` with
+    ``weights``, ``top_k`` and ``confidence_gate``, or exactly the one ``ensemble_file`` defines
+    (``unite-logits select`` writes it): then only the documents held out from its tuning are
+    evaluated when ``task`` is the task it was tuned on. Resumes from ``out`` (refusing a folder
+    made by another run); writes ``summary.json``, ``summary.md``, ``differences.jsonl`` and
+    per-system records there. ``reuse``: earlier results folders whose answers are taken over
+    wherever a system's task, documents, models and settings match (a member alone matches
+    whatever an ensemble's settings were), so that a ``top_k`` sweep or an added member
+    recomputes only what changed.
 
     Raises:
         EvalUsageError: an unknown task, data that cannot be had, a folder of another run,
-            repeated members.
+            repeated members, bad ensemble settings, an unusable ensemble file.
     """
-    from unite_logits.ensemble.ensemble import Ensemble, check_weights
+    from unite_logits.ensemble.ensemble import Ensemble
+    from unite_logits.lm_eval import UniteLM
 
     if limit is not None and limit < 1:
         raise EvalUsageError(f"--limit has to be a positive integer, got {limit}")
-    run: TaskRun = resolve_task(task, data_dir)  # data problems before any model is loaded (and the hub off first)
-    from unite_logits.lm_eval import UniteLM
-    loaded = load_members(members, loader)
+    content = _read_file(ensemble_file, members, weights) if ensemble_file is not None else None
     try:
-        check_weights(weights, len(loaded))
+        spec = content.spec if content is not None else EnsembleSpec(
+            tuple(str(m) if not isinstance(m, LoadedModel) else m.name for m in members), weights, top_k,
+            confidence_gate=confidence_gate)
     except (TypeError, ValueError) as error:
-        raise EvalUsageError(f"--weights: {error}") from None
-    systems = systems_of(loaded, ensemble)
-    identity = identity_of(run, systems, weights=weights, top_k=top_k, num_fewshot=num_fewshot,
-                           apply_chat_template=apply_chat_template)
+        raise EvalUsageError(f"--weights: {error}" if "weight" in str(error) else str(error)) from None
+    run: TaskRun = resolve_task(task, data_dir, include_path)  # data problems before any model is loaded
+    samples = _held_out(content, run, limit) if content is not None else None
+    given = list(members) if content is None else list(spec.models)
+    loaded = load_members(given, loader)
+    systems = systems_of(loaded, spec if ensemble else None)
+    identity = identity_of(run, systems, num_fewshot=num_fewshot, apply_chat_template=apply_chat_template)
 
-    def maker(name: str, models: list[LoadedModel]) -> Callable[[], Any]:
-        chosen = weights if name == ENSEMBLE else None
-        return lambda: UniteLM.from_ensemble(Ensemble(models, weights=chosen, top_k=top_k), batch_size=batch_size,
-                                         progress=progress)
+    def maker(models: Sequence[LoadedModel], system_spec: EnsembleSpec | None) -> Callable[[], Any]:
+        return lambda: UniteLM.from_ensemble(Ensemble(list(models), system_spec), batch_size=batch_size, progress=progress)
 
-    run_systems(run, [(name, maker(name, models)) for name, models in systems], out=Path(out), identity=identity,
-                limit=limit, num_fewshot=num_fewshot, apply_chat_template=apply_chat_template, progress=progress,
-                reuse=reuse)
+    run_systems(run, [(name, maker(models, system_spec)) for name, models, system_spec in systems], out=Path(out),
+                identity=identity, limit=limit, samples=samples, num_fewshot=num_fewshot,
+                apply_chat_template=apply_chat_template, progress=progress, reuse=reuse)
     comparison = compare(run)
     comparison.save(Path(out))
     return comparison
+
+
+def _read_file(path: str | os.PathLike[str], members: Sequence[Any], weights: Sequence[float] | None) -> EnsembleFile:
+    if members or weights is not None:
+        raise EvalUsageError("--ensemble FILE defines the models and weights; give it without --members/--weights")
+    try:
+        return read_ensemble_file(path)
+    except EnsembleFileError as error:
+        raise EvalUsageError(str(error)) from None
+
+
+def _held_out(content: EnsembleFile, run: TaskRun, limit: int | None) -> dict[str, list[int]] | None:
+    """The documents held out from the file's tuning, where it was tuned on this task."""
+    tuned = content.tuned or {}
+    if tuned.get("task") != run.name:
+        logger.info("the ensemble file was tuned on %s, not %s: evaluating every document", tuned.get("task"), run.name)
+        return None
+    if tuned.get("docs_sha256") != run.digest:
+        logger.warning("%s's documents are not the ones the ensemble was tuned on (another data file or prompt); "
+                       "the split is redone on these", run.name)
+    split = split_documents(run.subtasks, seed=int(tuned.get("seed", DEFAULT_SEED)),
+                            dev_fraction=float(tuned.get("dev_fraction", DEFAULT_DEV_FRACTION)),
+                            limit=limit if limit is not None else tuned.get("limit"))
+    logger.info("evaluating the %d documents held out from tuning", split.sizes[1])
+    return split.held_out
 
 
 def report(out: str | os.PathLike[str]) -> Comparison:

@@ -32,7 +32,7 @@ from typing import Any
 
 from unite_logits.evaluation.data import find_data_dir, offline_by_default, unavailable
 from unite_logits.evaluation.errors import EvalUsageError
-from unite_logits.evaluation.identity import answers_identity, run_identity
+from unite_logits.evaluation.identity import System, answers_identity, run_identity
 from unite_logits.evaluation.records import RECORDS_SUFFIX, check_meta, read_records, records_path, write_records
 
 __all__ = ["ENSEMBLE", "SystemRun", "TaskRun", "read_run", "resolve_task", "reuse_answers", "run_systems", "slug"]
@@ -69,12 +69,14 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "system"
 
 
-def resolve_task(task: str, data_dir: str | os.PathLike[str] | None = None) -> TaskRun:
-    """The lm-eval task ``task`` (a shipped ``unite_*`` name, its short form such as ``piqa``,
-    or any lm-eval task), its documents' digest, subtasks and metrics.
+def resolve_task(task: str, data_dir: str | os.PathLike[str] | None = None,
+                 include_path: str | os.PathLike[str] | None = None) -> TaskRun:
+    """The lm-eval task ``task`` (a task of the ``include_path`` folder of task YAMLs, a shipped
+    ``unite_*`` name, its short form such as ``piqa``, or any lm-eval task), its documents'
+    digest, subtasks and metrics.
 
     Raises:
-        EvalUsageError: an unknown task, or data that cannot be had.
+        EvalUsageError: an unknown task, a missing ``include_path``, or data that cannot be had.
     """
     offline_by_default()
     from lm_eval.tasks import TaskManager
@@ -86,6 +88,12 @@ def resolve_task(task: str, data_dir: str | os.PathLike[str] | None = None) -> T
     local = TaskManager(include_path=str(shipped), include_defaults=False)
     name = task if task in local.all_tasks else f"unite_{task}" if f"unite_{task}" in local.all_tasks else None
     manager = local
+    if include_path is not None:
+        folder = Path(include_path).expanduser()
+        if not folder.is_dir():
+            raise EvalUsageError(f"--include-path {include_path}: not a folder (give a folder of lm-eval task YAMLs)")
+        if task in TaskManager(include_path=str(folder), include_defaults=False).all_tasks:
+            name, manager = task, TaskManager(include_path=[str(folder), str(shipped)])  # its YAMLs may include lm-eval's
     if name is None:  # any other lm-eval task (its data must be reachable or cached)
         manager = TaskManager(include_path=str(shipped))
         if task not in manager.all_tasks:
@@ -205,13 +213,16 @@ def run_systems(
     out: Path,
     identity: dict[str, Any],
     limit: int | None = None,
+    samples: dict[str, list[int]] | None = None,
     num_fewshot: int | None = None,
     apply_chat_template: bool = False,
     progress: bool = True,
     reuse: Sequence[str | os.PathLike[str]] = (),
 ) -> TaskRun:
-    """Run every system (name, maker of its `UniteLM`) on ``run``'s task; resumes from ``out``,
-    and takes answers from the ``reuse`` folders where they match (`reuse_answers`).
+    """Run every system (name, maker of its `UniteLM`) on ``run``'s task (the first ``limit``
+    documents, or the document indices ``samples`` gives per subtask: a slice of a
+    `unite_logits.evaluation.split.Split`); resumes from ``out``, and takes answers from the
+    ``reuse`` folders where they match (`reuse_answers`).
 
     Raises:
         EvalUsageError: ``out`` holds another run (or records whose identity file is gone), or a
@@ -231,9 +242,12 @@ def run_systems(
     reuse_answers(out, identity, sources)
     run.systems = []
     for index, (name, make) in enumerate(systems, 1):
-        logger.info("%s on %s (%d of %d)%s", name, run.name, index, len(systems), f", first {limit} documents" if limit else "")
+        where = (f", {sum(map(len, samples.values()))} documents" if samples else f", first {limit} documents" if limit
+                 else "")
+        logger.info("%s on %s (%d of %d)%s", name, run.name, index, len(systems), where)
         results = lm_eval.simple_evaluate(
-            model=make(), tasks=[run.name], task_manager=run.manager, limit=limit, num_fewshot=num_fewshot,
+            model=make(), tasks=[run.name], task_manager=run.manager, limit=None if samples else limit,
+            samples=samples, num_fewshot=num_fewshot,
             log_samples=True, use_cache=str(_cache_prefix(out, name)), bootstrap_iters=0,
             apply_chat_template=apply_chat_template, verbosity="ERROR" if not progress else "WARNING",
         )
@@ -278,8 +292,8 @@ def _means(records: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[st
     return means
 
 
-def identity_of(run: TaskRun, systems: Sequence[tuple[str, Sequence[Any]]], *, weights: Sequence[float] | None,
-                top_k: int, num_fewshot: int | None, apply_chat_template: bool) -> dict[str, Any]:
+def identity_of(run: TaskRun, systems: Sequence[System], *, num_fewshot: int | None,
+                apply_chat_template: bool, **extra: Any) -> dict[str, Any]:
     """What a results folder of this run records and checks (see `run_identity`)."""
-    return run_identity(task=run.name, docs_sha256=run.digest, systems=systems, weights=weights, top_k=top_k,
-                        settings={"num_fewshot": num_fewshot, "apply_chat_template": apply_chat_template})
+    return run_identity(task=run.name, docs_sha256=run.digest, systems=systems,
+                        settings={"num_fewshot": num_fewshot, "apply_chat_template": apply_chat_template, **extra})
