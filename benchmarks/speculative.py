@@ -52,6 +52,9 @@ def gsm_prompt() -> str:
 
 
 PROMPTS = {"short": lambda: SHORT, "gsm8k-4shot": gsm_prompt}
+CHAT_QUESTIONS = ["What is the capital of France?", "Why is the sky blue?", "How do I boil an egg?",
+                  "Name a famous painter.", "What is machine learning?", "Who wrote Romeo and Juliet?",
+                  "What is the largest ocean?", "How many legs does a spider have?"]
 
 
 @dataclass
@@ -74,6 +77,9 @@ class Row:
     tokens_per_round: float
     member_passes: int
     identical: bool
+    gate: float | None = None
+    gate_rows_identical: float | None = None
+    gate_tokens_agree: float | None = None
     repeats: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -115,9 +121,9 @@ def timed(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int, proce
 
 
 def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: int, batch: int, repeats: int,
-            latency_ms: float, top_k: int) -> Row:
+            latency_ms: float, top_k: int, gate: float | None = None, prompts: list[str] | None = None) -> Row:
     (primary_name, primary, tok), aux = models[0], models[1:]
-    prompts = [PROMPTS[prompt_name]()] * batch
+    prompts = prompts or [PROMPTS[prompt_name]()] * batch
     hooks = []
     if latency_ms:
         sleepy = Sleepy(latency_ms / 1000)
@@ -135,7 +141,7 @@ def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: in
             with UniTEProcessor(tok, members, top_k=top_k) as proc:
                 seconds, per_token_tokens = timed(primary, tok, prompts, new_tokens, proc)
             samples["per-token"].append(1000 * seconds / new_tokens)
-            with UniTEProcessor(tok, members, top_k=top_k) as proc:
+            with UniTEProcessor(tok, members, top_k=top_k, confidence_gate=gate) as proc:
                 seconds, spec_tokens = timed(primary, tok, prompts, new_tokens, proc, speculative=True)
                 stats = proc.last_speculation
             samples["spec"].append(1000 * seconds / new_tokens)
@@ -154,19 +160,39 @@ def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: in
         spec_over_slowest=median["spec"] / max(alone.values()), per_token_over_sum=median["per-token"] / total,
         spec_over_per_token=median["spec"] / median["per-token"], acceptance=stats.acceptance,
         tokens_per_round=stats.emitted / max(1, stats.rounds) / batch, member_passes=stats.member_passes,
-        identical=per_token_tokens == spec_tokens, repeats={k: [round(v, 2) for v in vs] for k, vs in samples.items()},
+        identical=per_token_tokens == spec_tokens, gate=gate,
+        gate_rows_identical=None if gate is None else _rows_identical(per_token_tokens, spec_tokens),
+        gate_tokens_agree=None if gate is None else _prefix_agreement(per_token_tokens, spec_tokens),
+        repeats={k: [round(v, 2) for v in vs] for k, vs in samples.items()},
     )
 
 
+def _rows_identical(a: list[list[int]] | None, b: list[list[int]] | None) -> float:
+    assert a is not None and b is not None
+    return sum(x == y for x, y in zip(a, b)) / len(a)
+
+
+def _prefix_agreement(a: list[list[int]] | None, b: list[list[int]] | None) -> float:
+    """The share of tokens written before the gated text first departs from exact UniTE."""
+    assert a is not None and b is not None
+    agreed = 0
+    for x, y in zip(a, b):
+        agreed += next((i for i, (s, t) in enumerate(zip(x, y)) if s != t), len(x))
+    return agreed / sum(len(x) for x in a)
+
+
 def table(rows: Sequence[Row]) -> str:
-    lines = ["| models | prompt | new | B | latency | per-token / sum | spec / sum | spec / primary | spec / slowest | "
-             "spec / per-token | acceptance | tokens/round | identical |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| models | prompt | new | B | latency | gate | per-token / sum | spec / sum | spec / primary | "
+             "spec / slowest | spec / per-token | acceptance | tokens/round | identical |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        same = ("yes" if r.identical else "NO") if r.gate is None else (
+            f"{100 * (r.gate_rows_identical or 0):.0f} % rows, {100 * (r.gate_tokens_agree or 0):.0f} % tokens")
         lines.append(f"| {' + '.join(r.models)} | {r.prompt} | {r.new_tokens} | {r.batch} | {r.latency_ms:g} ms | "
+                     f"{'-' if r.gate is None else r.gate} | "
                      f"{r.per_token_over_sum:.2f} | {r.spec_over_sum:.2f} | {r.spec_over_primary:.2f} | "
                      f"{r.spec_over_slowest:.2f} | {r.spec_over_per_token:.2f} | {r.acceptance:.2f} | "
-                     f"{r.tokens_per_round:.2f} | {'yes' if r.identical else 'NO'} |")
+                     f"{r.tokens_per_round:.2f} | {same} |")
     return "\n".join(lines)
 
 
@@ -179,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0, help="ms of sleep per auxiliary forward pass")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--gates", nargs="*", type=float, default=[],
+                        help="also draft-and-verify with the confidence gate at these taus (B rows of chat questions), "
+                             "against exact UniTE")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/speculative-SUITE.json)")
     args = parser.parse_args(argv)
     models = load(args.suite)
@@ -189,6 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row = measure(models, prompt, new_tokens, batch, args.repeats, args.latency, args.top_k)
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
+    for gate in args.gates:
+        for new_tokens in args.new_tokens:
+            row = measure(models, "chat-questions", new_tokens, len(CHAT_QUESTIONS), args.repeats, args.latency,
+                          args.top_k, gate=gate, prompts=[f"Question: {q}\nAnswer:" for q in CHAT_QUESTIONS])
+            rows.append(row)
+            print(table([row]).splitlines()[-1], flush=True)
     print(table(rows))
     out = args.out or ROOT / "benchmarks" / "results" / f"speculative-{args.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -96,3 +96,14 @@ def test_every_committed_eval_folder_is_rebuilt_exactly_from_its_compressed_reco
     page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     agreement = [line for line in page.splitlines() if line.startswith(("| arc_", "| piqa |", "| hellaswag |"))]
     assert len(agreement) >= 8 and all(line in tables for line in agreement)
+
+
+def test_speculative_benchmark_runs_on_the_tiny_suite_and_finds_the_same_tokens(tmp_path):
+    from benchmarks import speculative
+
+    out = tmp_path / "speculative.json"
+    assert speculative.main(["--suite", "tiny", "--repeats", "1", "--new-tokens", "6", "--batch", "1", "2",
+                             "--prompts", "short", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["new_tokens"]) for r in rows] == [(1, 6), (2, 6)]
+    assert all(r["identical"] for r in rows) and all(r["spec_ms_per_token"] > 0 for r in rows)
