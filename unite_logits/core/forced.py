@@ -26,12 +26,11 @@ Supported: the models `RaggedKVCache` supports (full and sliding-window attentio
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-
 import torch
 from transformers import PreTrainedModel
 
 from .ragged_cache import layer_windows, check_supported
+from .reading import ReadTree
 
 __all__ = ["ForcedText", "forced_logprobs", "MAX_PACKED_TOKENS"]
 
@@ -39,34 +38,12 @@ MAX_PACKED_TOKENS = 2048
 """Tokens packed into one forward pass at most (the mask is this squared); a longer text runs alone."""
 
 
-@dataclass
-class ForcedText:
-    """One text as one model reads it: the trunk, its branches, and the query points.
+class ForcedText(ReadTree):
+    """One text as one model reads it from its start: a `ReadTree` that holds nothing (``base``
+    0); ask for each wanted distribution with `ReadTree.add_reading`."""
 
-    ``queries[i]`` is ``(-1, j)`` for the distribution after ``trunk[j]``, or ``(b, j)`` for the
-    one after ``branches[b][1][j]``. Build it with `add_reading`.
-    """
-
-    trunk: list[int]
-    branches: list[tuple[int, list[int]]] = field(default_factory=list)
-    queries: list[tuple[int, int]] = field(default_factory=list)
-
-    @property
-    def tokens(self) -> int:
-        return len(self.trunk) + sum(len(ids) for _, ids in self.branches)
-
-    def add_reading(self, ids: Sequence[int]) -> None:
-        """Ask for the distribution after ``ids`` (a reading of some prefix of the text): read on
-        the trunk when ``ids`` is a prefix of it, else on a new branch from where they part."""
-        common = 0
-        limit = min(len(ids), len(self.trunk))
-        while common < limit and ids[common] == self.trunk[common]:
-            common += 1
-        if common == len(ids):
-            self.queries.append((-1, common - 1))
-            return
-        self.branches.append((common, list(ids[common:])))
-        self.queries.append((len(self.branches) - 1, len(ids) - common - 1))
+    def __init__(self, trunk: Sequence[int]) -> None:
+        super().__init__(0, list(trunk))
 
 
 def _layout(texts: Sequence[ForcedText]) -> tuple[list[int], list[int], list[int], list[int], list[int]]:

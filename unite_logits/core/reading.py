@@ -43,6 +43,19 @@ class ReadTree:
         """New tokens fed: the trunk and every branch."""
         return len(self.trunk) + sum(len(ids) for _, ids in self.branches)
 
+    def add_reading(self, ids: Sequence[int]) -> None:
+        """Ask for the distribution after a reading whose ids after ``base`` are ``ids``: on the
+        trunk when they are a prefix of it, else on a new branch from where they part."""
+        common = 0
+        limit = min(len(ids), len(self.trunk))
+        while common < limit and ids[common] == self.trunk[common]:
+            common += 1
+        if common == len(ids):
+            self.queries.append((-1, common - 1))
+            return
+        self.branches.append((self.base + common, list(ids[common:])))
+        self.queries.append((len(self.branches) - 1, len(ids) - common - 1))
+
     def reading(self, query: int, kept: Sequence[int]) -> list[int]:
         """The full ids of query ``query``'s reading, given the ``kept`` ids (``base`` of them)."""
         branch, index = self.queries[query]
@@ -90,18 +103,9 @@ def build_tree(held: Sequence[int], readings: Sequence[Reading], queried: Sequen
         reading = readings[index]
         base = min(base, reading.common(held), reading.length() - 1)
     base = max(base, 0)
-    trunk = last.after(base, held)
-    tree = ReadTree(base, trunk)
+    tree = ReadTree(base, last.after(base, held))
     for index in queried:
-        ids = readings[index].after(base, held)
-        shared = 0
-        while shared < min(len(ids), len(trunk)) and ids[shared] == trunk[shared]:
-            shared += 1
-        if shared == len(ids):
-            tree.queries.append((-1, len(ids) - 1))
-            continue
-        tree.branches.append((base + shared, ids[shared:]))
-        tree.queries.append((len(tree.branches) - 1, len(ids) - shared - 1))
+        tree.add_reading(readings[index].after(base, held))
     return tree
 
 
