@@ -339,6 +339,8 @@ class Ensemble:
 
         The rows' ``max_new_tokens`` checks in `prepare` have to cover their options'.
         ``processors`` run after the ensembling step (they see the ensembled log-probabilities).
+        Decoded by draft-and-verify, each result's ``speculation`` is its row's share of
+        `last_speculation` (the batch's).
         """
         member_prompts: list[Any] | None = None
         if any(request.prepared.chat for request in requests):  # per member, each row's ids (None: the default)
@@ -348,6 +350,9 @@ class Ensemble:
                                     custom_generate=draft_and_verify if self.speculative else None)
             self.last_trace = list(processor.trace)
             self.last_speculation = processor.last_speculation
+        if self.last_speculation is not None:  # each row's share: the server reports it per request
+            for result, row in zip(results, self.last_speculation.rows):
+                result.speculation = row
         return results
 
 
