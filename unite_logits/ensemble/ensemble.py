@@ -164,8 +164,10 @@ class Ensemble:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                  progress: bool = True, speculative: bool | None = None) -> "Ensemble":
-        """The ensemble an ensemble file (``ensemble.json``) defines, with its decoding defaults.
+                  progress: bool = True, speculative: bool | None = None,
+                  num_draft_tokens: int | None = None) -> "Ensemble":
+        """The ensemble an ensemble file (``ensemble.json``) defines, with its decoding defaults
+        (``speculative`` and ``num_draft_tokens``, where given, win over the file's).
 
         Raises:
             EnsembleFileError: a damaged or foreign file, a model not installed or with other
@@ -175,7 +177,8 @@ class Ensemble:
         decoding = content.decoding
         ensemble = cls.from_spec(content.spec, device=device, dtype=dtype, progress=progress,
                                  speculative=bool(decoding.get("speculative", True)) if speculative is None else speculative,
-                                 num_draft_tokens=int(decoding.get("num_draft_tokens", DEFAULT_DRAFT_TOKENS)),
+                                 num_draft_tokens=(int(decoding.get("num_draft_tokens", DEFAULT_DRAFT_TOKENS))
+                                                   if num_draft_tokens is None else num_draft_tokens),
                                  decoding=decoding)
         for model in ensemble.models:  # the weights loaded are the ones the file names
             expected = content.digests.get(str(model.name))
