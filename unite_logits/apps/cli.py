@@ -460,7 +460,7 @@ def _add_lm_eval_parser(subparsers: Any) -> None:
     """Listed in --help; its arguments are lm-eval's own, passed on unparsed (see `main`)."""
     subparsers.add_parser(LM_EVAL, add_help=False,
                           help="lm-evaluation-harness with the unite model and the shipped offline tasks "
-                               "(lm_eval's own flags: --model_args models=A+B --tasks unite_piqa ...)")
+                               "(lm_eval's own flags: --model_args models=A+B or ensemble=FILE --tasks unite_piqa ...)")
 
 
 def _run_lm_eval(argv: Sequence[str]) -> int:
