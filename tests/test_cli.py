@@ -11,6 +11,7 @@ from testkit.fakes import fake_entry
 from unite_logits.apps import cli
 from unite_logits.ensemble import ensemble as api
 from unite_logits.models import memory
+from unite_logits.ensemble.spec import EnsembleFile, EnsembleSpec, read_ensemble_file, write_ensemble_file
 from unite_logits.ensemble.streaming import GenerationResult
 from unite_logits.models.catalogue import catalogue_names, get_entry
 
@@ -96,7 +97,8 @@ def test_subcommands_come_from_small_registrars():
     assert evaluation.handler.__name__ == "run_eval" and evaluation.limit == 5
     assert cli.build_parser().parse_args(["report", "folder"]).handler.__name__ == "run_report"
     args = cli.build_parser().parse_args(["generate", "hi"])
-    assert args.primary == "smollm2-135m-instruct" and args.aux is None and args.top_k == 10
+    spec, from_file = cli._ensemble_spec(args)  # the defaults are filled in where no flag (nor file) gave one
+    assert spec == EnsembleSpec(["smollm2-135m-instruct", "gemma3-270m"], top_k=10) and not from_file
     assert args.max_new_tokens == 64 and args.dtype == "float32" and not args.sample
 
 
@@ -120,22 +122,27 @@ def test_models_lists_catalogue_install_state_and_pip_for_what_is_missing(tmp_pa
 
 # -- generate output, with a fake ensemble ------------------------------------------------
 class FakeEnsemble:
+    """Built the way the command line builds an ensemble (`from_spec`, `from_file`), without models."""
+
     calls: list = []
 
     chat_template: str | None = None  # the primary's; None: like a base model
 
-    def __init__(self, specs, weights, top_k, **settings):
+    def __init__(self, spec, **settings):
         tokenizer = SimpleNamespace(chat_template=FakeEnsemble.chat_template)
+        self.spec = spec
         self.settings = settings
         FakeEnsemble.last = self
-        self.models = [SimpleNamespace(name=s, tokenizer=tokenizer) for s in specs]
+        self.models = [SimpleNamespace(name=f"loaded {s}", tokenizer=tokenizer) for s in spec.models]
         self.primary = self.models[0]
-        self.weights = weights or [1.0] * len(specs)
-        self.top_k = top_k
 
     @classmethod
-    def load(cls, specs, *, weights=None, top_k=10, device="cpu", dtype=None, **settings):
-        return cls(specs, weights, top_k, **settings)
+    def from_spec(cls, spec, *, device="cpu", dtype=None, **settings):
+        return cls(spec, **settings)
+
+    @classmethod
+    def from_file(cls, path, *, device="cpu", dtype=None, **settings):
+        return cls(read_ensemble_file(path).spec, file=str(path), **settings)
 
     def generate(self, prompt, options, *, chat=False, on_piece=None):
         FakeEnsemble.calls.append(("ensemble", prompt, chat, options.generate_kwargs()))
@@ -161,20 +168,23 @@ def test_generate_json_with_compare(fake_ensemble, capsys):
     )
     assert code == 0
     data = json.loads(out)
-    assert data["models"] == ["smollm2-135m-instruct", "gemma3-270m"]
-    assert data["weights"] == [2.0, 1.0] and data["top_k"] == 5
+    assert data["models"] == ["smollm2-135m-instruct", "gemma3-270m"]  # the spec's, not the loaded models' names
+    assert data["weights"] == [2.0, 1.0] and data["top_k"] == 5 and data["confidence_gate"] is None
     assert data["text"] == "ensembled text" and data["tokens_per_second"] == 2.0
-    assert data["alone"]["gemma3-270m"]["text"] == "alone 1"
+    assert data["alone"]["loaded gemma3-270m"]["text"] == "alone 1"
+    assert data["speculation"] is None  # the fake's result says nothing of draft-and-verify
     assert fake_ensemble.calls[0] == ("ensemble", "Hello", False, {"max_new_tokens": 7, "do_sample": False})
     assert all(call[3] == {"max_new_tokens": 7, "do_sample": False} for call in fake_ensemble.calls[1:])  # alone: greedy
 
 
 def test_decoding_by_draft_and_verify_is_the_default_and_one_flag_away(fake_ensemble, capsys):
     assert run(["generate", "Hello", "--no-stream"], capsys)[0] == 0
-    assert FakeEnsemble.last.settings == {"speculative": True, "num_draft_tokens": 4, "confidence_gate": None}
+    assert FakeEnsemble.last.settings == {"speculative": True, "num_draft_tokens": 4}
+    assert FakeEnsemble.last.spec.confidence_gate is None
     assert run(["generate", "Hello", "--no-stream", "--no-speculative", "--draft-tokens", "2",
                 "--confidence-gate", "0.9"], capsys)[0] == 0
-    assert FakeEnsemble.last.settings == {"speculative": False, "num_draft_tokens": 2, "confidence_gate": 0.9}
+    assert FakeEnsemble.last.settings == {"speculative": False, "num_draft_tokens": 2}
+    assert FakeEnsemble.last.spec.confidence_gate == 0.9
     code, _, err = run(["generate", "Hello", "--confidence-gate", "1.5"], capsys)
     assert code == 2 and "--confidence-gate" in err and "(0, 1]" in err
 
@@ -221,3 +231,62 @@ def test_generate_chats_by_default_when_the_primary_has_a_template(fake_ensemble
 def test_chat_and_raw_exclude_each_other(capsys):
     code, out, err = run(["generate", "Hello", "--chat", "--raw"], capsys)
     assert_one_line_error(code, err, "--raw", "--chat")
+
+
+# -- --ensemble FILE ------------------------------------------------------------------------
+@pytest.fixture
+def ensemble_file(tmp_path):
+    """A file of two catalogue models (installed or not: the fake never loads them) with decoding
+    defaults other than the command line's."""
+    spec = EnsembleSpec(["smollm2-135m-instruct", "gemma3-270m"], [1.0, 0.4], top_k=7, confidence_gate=0.95)
+    decoding = {"max_new_tokens": 33, "speculative": True, "num_draft_tokens": 6}
+    return write_ensemble_file(tmp_path / "ensemble.json", EnsembleFile(spec, decoding=decoding))
+
+
+def test_generate_with_an_ensemble_file_is_that_ensemble_with_its_decoding_defaults(fake_ensemble, ensemble_file,
+                                                                                    monkeypatch, capsys):
+    monkeypatch.setattr("unite_logits.ensemble.spec.check_file_models", lambda content, path: None)
+    code, out, _ = run(["generate", "Hello", "--json", "--ensemble", str(ensemble_file)], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert (data["models"], data["weights"], data["top_k"], data["confidence_gate"]) == (
+        ["smollm2-135m-instruct", "gemma3-270m"], [1.0, 0.4], 7, 0.95)
+    assert FakeEnsemble.last.settings == {"file": str(ensemble_file), "speculative": None, "num_draft_tokens": None}
+    assert fake_ensemble.calls[-1][3] == {"max_new_tokens": 33, "do_sample": False}  # the file's default
+    assert run(["generate", "Hello", "--json", "--ensemble", str(ensemble_file), "--max-new-tokens", "5",
+                "--no-speculative", "--draft-tokens", "2"], capsys)[0] == 0
+    assert fake_ensemble.calls[-1][3] == {"max_new_tokens": 5, "do_sample": False}  # a flag wins
+    assert FakeEnsemble.last.settings == {"file": str(ensemble_file), "speculative": False, "num_draft_tokens": 2}
+
+
+@pytest.mark.parametrize("flags", [["--primary", "gemma3-270m"], ["--aux", "gemma3-270m"], ["--weights", "1,1"],
+                                   ["--top-k", "3"], ["--confidence-gate", "0.5"]])
+@pytest.mark.parametrize("command", [["generate", "Hello"], ["chat"], ["serve", "--port", "1"]])
+def test_an_ensemble_file_beside_flags_that_define_an_ensemble_is_one_line(fake_ensemble, ensemble_file, capsys,
+                                                                          monkeypatch, command, flags):
+    monkeypatch.setattr(cli, "_load_ensemble", lambda *a, **k: pytest.fail("loaded before the usage error"))
+    import socket
+
+    monkeypatch.setattr(socket.socket, "bind", lambda self, address: None)  # serve's port probe: any port will do
+    code, out, err = run([*command, "--ensemble", str(ensemble_file), *flags], capsys)
+    assert_one_line_error(code, err, "--ensemble FILE defines the models", flags[0])
+    assert out == ""
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ("{not json", "is damaged"),
+    (json.dumps({"format": "something else"}), "is not an ensemble file"),
+    (json.dumps({"format": "unite-logits ensemble", "version": 7, "ensemble": {"models": ["x"]}}), "newer than"),
+    (json.dumps({"format": "unite-logits ensemble", "version": 1, "ensemble": {"models": ["no-such-model"]}}),
+     "cannot be loaded here"),
+    (json.dumps({"format": "unite-logits ensemble", "version": 1, "ensemble": {"models": ["gemma3-270m"]},
+                 "decoding": {"max_new_tokens": 0}}), "`decoding.max_new_tokens` has to be a positive integer"),
+    (None, "does not exist"),
+])
+@pytest.mark.parametrize("command", [["generate", "Hello"], ["chat"]])
+def test_a_bad_ensemble_file_is_one_line_before_any_model_loads(tmp_path, capsys, command, content, needle):
+    path = tmp_path / "ensemble.json"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = run([*command, "--ensemble", str(path)], capsys)  # the autouse fixture fails any load
+    assert_one_line_error(code, err, needle, str(path))

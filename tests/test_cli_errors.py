@@ -237,6 +237,9 @@ LM_EVAL_DEFAULTS = {"batch_size": 1, "max_batch_size": None, "device": "cuda:0"}
         ("max_length=0", "`max_length` has to be a positive integer"),
         ("add_bos_token=maybe", "`add_bos_token` has to be true or false"),
         ("models=", "`models` has to name at least one model"),
+        ("speculative=maybe", "`speculative` has to be true or false, but is 'maybe'"),
+        ("speculative=2", "`speculative` has to be true or false, but is 2"),
+        ("ensemble=ensemble.json", "`ensemble=FILE` defines the models and their settings; leave out models="),
     ],
 )
 def test_bad_lm_eval_model_args_are_one_clear_error_before_any_model_loads(folders, monkeypatch, model_args, needle):
@@ -244,7 +247,8 @@ def test_bad_lm_eval_model_args_are_one_clear_error_before_any_model_loads(folde
     from unite_logits.ensemble.ensemble import Ensemble
     from unite_logits.lm_eval import ModelArgsError, UniteLM
 
-    monkeypatch.setattr(Ensemble, "load", lambda *a, **k: pytest.fail("a model was loaded before the arguments were checked"))
+    for way in ("from_spec", "from_file"):  # every way the unite model builds its ensemble
+        monkeypatch.setattr(Ensemble, way, lambda *a, **k: pytest.fail("a model was loaded before the arguments were checked"))
     with pytest.raises(ModelArgsError) as caught:
         UniteLM.create_from_arg_string(f"models={folders[0]}+{folders[1]},{model_args}", dict(LM_EVAL_DEFAULTS))
     assert needle in str(caught.value) and "\n" not in str(caught.value)
@@ -289,3 +293,25 @@ def test_the_lm_eval_command_without_data_folder_or_cached_dataset_is_one_line(f
     assert code == cli.EXIT_USAGE and "Traceback" not in err and len(errors) == 1, err
     for needle in ("'baber/piqa'", str(tmp_path / "hf"), "HF_DATASETS_OFFLINE=0", "UNITE_LOGITS_DATA=DIR"):
         assert needle in errors[0], err
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ("{broken", "is damaged (not JSON"),
+    ('{"format": "unite-logits ensemble", "version": 1, "ensemble": {"models": ["/no/such/model"]}}',
+     "cannot be loaded here"),
+])
+def test_the_lm_eval_command_reports_a_bad_ensemble_file_in_one_line(tmp_path, capsys, monkeypatch, lm_eval_logs_here,
+                                                                     content, needle):
+    pytest.importorskip("lm_eval")
+    from testkit.eval_tiny import write_data
+
+    monkeypatch.setenv("UNITE_LOGITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNITE_LOGITS_DATA", str(write_data(tmp_path / "data")))
+    path = tmp_path / "ensemble.json"
+    path.write_text(content)
+    code, out, err = run(["lm-eval", "--model_args", f"ensemble={path}", "--tasks", "unite_arc_easy", "--limit", "1"],
+                         capsys)
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert code == cli.EXIT_USAGE and "Traceback" not in err, err
+    assert len(errors) == 1 and errors[0].startswith("unite-logits: error: lm-eval --model_args: `ensemble`: "), err
+    assert needle in errors[0] and str(path) in errors[0], err

@@ -8,6 +8,7 @@ other weights; loading a file gives the same scores as the same members and weig
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,6 +107,10 @@ def test_a_written_file_reads_back_and_names_its_tuning(tmp_path):
     ({"format": "unite-logits ensemble", "version": 1, "ensemble": {"models": ["x"], "top_k": -1}},
      "`top_k` has to be a positive integer"),
     ({"format": "unite-logits ensemble", "version": 1, "ensemble": {"models": ["no-such-model"]}}, "cannot be loaded here"),
+    ({"format": "unite-logits ensemble", "version": 1, "ensemble": {"models": ["x"]}, "decoding": {"speculative": "yes"}},
+     "`decoding.speculative` has to be true or false"),
+    ({"format": "unite-logits ensemble", "version": 1, "ensemble": {"models": ["x"]}, "decoding": {"num_draft_tokens": 99}},
+     "`decoding.num_draft_tokens` has to be at most 32"),
 ])
 def test_a_damaged_or_foreign_file_is_refused_in_one_line(tmp_path, content, message):
     path = tmp_path / "ensemble.json"
@@ -149,3 +154,35 @@ def test_loading_a_file_gives_the_scores_of_the_same_members_and_weights_by_hand
     assert [s.logprobs for s in from_file.score(pairs)] == [s.logprobs for s in by_hand.score(pairs)]
     assert from_file.spec == by_hand.spec
     assert torch.equal(from_file.primary.model.lm_head.weight, by_hand.primary.model.lm_head.weight)
+
+
+def test_the_command_lines_ensemble_file_answers_as_the_same_flags_by_hand(tmp_path, capsys):
+    """``generate --ensemble FILE`` is the ensemble of the file's models, weights, top-k and
+    decoding defaults; the same models with other weights in their folders are refused in one line."""
+    from testkit.tiny_ensemble import save_tiny_pair
+    from unite_logits.apps import cli
+    from unite_logits.models.sources import folder_digest
+
+    primary, aux = save_tiny_pair(tmp_path)
+    spec = EnsembleSpec([primary, aux], [1.0, 0.3], top_k=4)
+    path = write_ensemble_file(tmp_path / "ensemble.json", EnsembleFile(
+        spec, {name: folder_digest(Path(name)) for name in spec.models},
+        decoding={"max_new_tokens": 6, "speculative": True, "num_draft_tokens": 3}))
+
+    def generate(*flags):
+        code = cli.main(["generate", "The quick brown fox", "--raw", "--json", *flags])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return json.loads(out)
+
+    from_file = generate("--ensemble", str(path))
+    by_hand = generate("--primary", primary, "--aux", aux, "--weights", "1,0.3", "--top-k", "4", "--max-new-tokens", "6")
+    assert from_file["text"] == by_hand["text"] and from_file["new_tokens"] == 6  # the file's max_new_tokens
+    assert {k: from_file[k] for k in ("models", "weights", "top_k")} == {"models": [primary, aux], "weights": [1.0, 0.3],
+                                                                         "top_k": 4}
+    assert from_file["speculation"]["drafted"] > 0  # decoded by draft-and-verify, as the file says
+    tiny.tiny_llama(tiny.sp_bpe(), seed=5).save_pretrained(aux)  # other weights, same folder
+    capsys.readouterr()  # the saving's progress bar
+    code = cli.main(["generate", "The quick brown fox", "--ensemble", str(path)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE and len(err.strip().splitlines()) == 1 and "written for other weights" in err, err

@@ -141,6 +141,36 @@ def test_model_arguments_are_checked_in_one_line(folders):
         UniteLM(models=folders[0], dtype="int8")
     with pytest.raises(ValueError, match="one weight|weights for"):
         UniteLM(models=folders[0], weights="1+2")
+    with pytest.raises(ValueError, match="`ensemble=FILE` defines the models and their settings; leave out weights=, top_k="):
+        UniteLM(ensemble="ensemble.json", weights="1+2", top_k=3)
+
+
+def test_an_ensemble_file_is_that_ensemble_and_scores_as_its_models_and_weights_by_hand(folders, tmp_path):
+    """``--model_args ensemble=FILE`` loads exactly the file's ensemble: the same log-likelihoods
+    as ``models=...,weights=...,top_k=...`` given by hand, and lm-eval records its spec."""
+    from unite_logits.ensemble.spec import EnsembleFile, EnsembleSpec, write_ensemble_file
+    from unite_logits.lm_eval import UniteLM
+
+    spec = EnsembleSpec(list(folders), [1.0, 0.3], top_k=4)
+    path = write_ensemble_file(tmp_path / "ensemble.json",
+                               EnsembleFile(spec, decoding={"max_new_tokens": 8, "speculative": False}))
+    from_file = UniteLM.create_from_arg_string(f"ensemble={path}", {"batch_size": 2, "device": "cpu"})
+    by_hand = UniteLM.create_from_arg_string(f"models={folders[0]}+{folders[1]},weights=1+0.3,top_k=4",
+                                             {"batch_size": 2, "device": "cpu"})
+    plain = UniteLM.create_from_arg_string(f"models={folders[0]}+{folders[1]},top_k=4", {"batch_size": 2})
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(
+        [("The quick brown fox", " jumps over"), ("Question: What is 12 plus 30? Answer:", " 42"), ("Hello", " world")])]
+    scores = from_file.loglikelihood(requests)
+    assert scores == by_hand.loglikelihood(requests)
+    assert scores != plain.loglikelihood(requests)  # the file's weights do count
+    assert from_file.get_model_info() == {"unite_ensemble": spec.to_dict(), "unite_speculative": False}  # the file's
+    assert by_hand.get_model_info()["unite_ensemble"] == spec.to_dict() and by_hand.ensemble.speculative
+    again = UniteLM.create_from_arg_string(f"ensemble={path},speculative=true", {"batch_size": 2})
+    assert again.ensemble.speculative and again.ensemble.spec == spec  # the argument wins over the file
+    request = [Instance("generate_until", {}, ("The quick brown fox", {"max_gen_toks": 4}), 0)]
+    for lm, drafted in ((from_file, False), (again, True)):  # generate_until decodes as it says
+        assert lm.generate_until(request)[0]
+        assert (lm.ensemble.last_speculation is not None) == drafted
 
 
 EXPECTED_DOCS = {"unite_piqa": 1838, "unite_arc_easy": 570, "unite_arc_challenge": 1150, "unite_hellaswag": 10042,

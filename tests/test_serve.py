@@ -391,6 +391,73 @@ def test_n_streamed_choices_arrive_by_index(client):
     assert texts[0] != texts[1] and finishes == {0: "length", 1: "length"}
 
 
+# -- draft-and-verify's work, per request ---------------------------------------------------
+SPECULATION_KEYS = {"rounds", "drafted", "accepted", "ensembled"}
+
+
+def test_usage_reports_the_requests_own_draft_and_verify_work(client, ensemble):
+    """A request alone in its batch: its usage says what draft-and-verify did for it, the same
+    counts as the same answer generated directly; plain and streamed (``include_usage``)."""
+    response = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=10)
+    expected = alone(ensemble, HELLO, max_new_tokens=10).speculation
+    speculation = response.usage.model_extra["speculation"]
+    assert set(speculation) == SPECULATION_KEYS and speculation["drafted"] > 0
+    assert speculation == {key: getattr(expected, key) for key in SPECULATION_KEYS}
+    assert speculation["accepted"] + speculation["ensembled"] == response.usage.completion_tokens == 10
+    chunks = list(client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=8, stream=True,
+                                            stream_options={"include_usage": True}))
+    expected = alone(ensemble, "The quick brown fox", chat=False, max_new_tokens=8).speculation
+    assert chunks[-1].usage.model_extra["speculation"] == {key: getattr(expected, key) for key in SPECULATION_KEYS}
+
+
+def test_requests_sharing_a_batch_each_get_their_own_rows_share(batching_server, ensemble):
+    """Rows of one batch are counted apart: each request's tokens are its own (accepted plus
+    ensembled = its completion tokens), and the requests' shares add up to the batch's."""
+    client = openai.OpenAI(base_url=batching_server.url, api_key="-", max_retries=0, timeout=120)
+
+    def ask(prompt, tokens):
+        return client.completions.create(model=MODEL, prompt=prompt, max_tokens=tokens)
+
+    responses = run_together([lambda: ask("The quick brown fox", 9), lambda: ask("Muffins and pancakes", 5)])
+    worker = batching_server.app.state.worker
+    assert [batch_of(worker, r.id)[0] for r in responses] == [2, 2]
+    shares = [r.usage.model_extra["speculation"] for r in responses]
+    for response, share in zip(responses, shares):
+        assert response.choices[0].finish_reason == "length"
+        assert share["accepted"] + share["ensembled"] == response.usage.completion_tokens
+    batch = ensemble.last_speculation  # the batch's, as nothing ran since
+    assert sum(s["drafted"] for s in shares) == batch.drafted and sum(s["accepted"] for s in shares) == batch.accepted
+    assert max(s["rounds"] for s in shares) == batch.rounds and shares[0]["rounds"] > shares[1]["rounds"]
+
+
+def test_no_speculation_in_usage_when_decoding_token_by_token():
+    ensemble = tiny_ensemble()
+    ensemble.speculative = False
+    with BackgroundServer(ensemble, ServerSettings(MODEL)) as running:
+        client = openai.OpenAI(base_url=running.url, api_key="-", max_retries=0, timeout=120)
+        response = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3)
+        assert response.usage.completion_tokens == 3 and "speculation" not in (response.usage.model_extra or {})
+        assert client.models.retrieve(MODEL).model_extra["speculative"] is False
+
+
+def test_the_model_card_shows_the_ensembles_spec_and_a_served_members_weight_as_given():
+    """The card's members, weights and top-k are the spec's: a served member's own weight gave way."""
+    from testkit import tiny
+    from testkit.scripted_server import ScriptedServer
+    from unite_logits import Ensemble, RemoteMember
+
+    primary = tiny_ensemble().models[0]
+    with ScriptedServer(tiny.sp_bpe()) as served:
+        member = RemoteMember(served.url, served.tokenizer, name="served", weight=3.0, timeout=5.0)
+        ensemble = Ensemble([primary, member], weights=[1.0, 0.25], top_k=4, confidence_gate=0.9)
+        with BackgroundServer(ensemble, ServerSettings(MODEL)) as running:
+            client = openai.OpenAI(base_url=running.url, api_key="-", max_retries=0, timeout=60)
+            card = client.models.retrieve(MODEL).model_extra
+        member.close()
+    assert card["members"] == ["tiny-primary", "served"] and card["weights"] == [1.0, 0.25]
+    assert (card["top_k"], card["combine"], card["confidence_gate"], card["speculative"]) == (4, "mean", 0.9, True)
+
+
 # -- bad requests -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("overrides", "param", "needle"),
@@ -528,6 +595,34 @@ def test_serve_batching_options_reach_the_worker(monkeypatch, ensemble):
     assert len(seen) == 2
     with pytest.raises(ValueError, match="max_batch"):
         GenerationWorker(ensemble, max_batch=0)
+
+
+def test_serve_with_an_ensemble_file_serves_that_ensemble_with_its_defaults(monkeypatch, tmp_path):
+    """``serve --ensemble FILE``: the file's models and settings, its ``max_new_tokens`` as the
+    ``max_tokens`` of a request that gives none, unless ``--max-tokens`` says otherwise."""
+    import unite_logits.apps.serving as serving
+    from testkit.tiny_ensemble import save_tiny_pair
+    from unite_logits.ensemble.spec import EnsembleFile, EnsembleSpec, write_ensemble_file
+
+    folders = save_tiny_pair(tmp_path)
+    spec = EnsembleSpec(folders, [1.0, 0.5], top_k=3)
+    path = write_ensemble_file(tmp_path / "ensemble.json", EnsembleFile(spec, decoding={"max_new_tokens": 21}))
+    seen = []
+    monkeypatch.setattr(serving, "serve", lambda ensemble, settings, **kwargs: seen.append((ensemble, settings)))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    assert cli.main(["serve", "--port", port, "--ensemble", str(path)]) == 0
+    assert cli.main(["serve", "--port", port, "--ensemble", str(path), "--max-tokens", "7", "--no-speculative"]) == 0
+    assert cli.main(["serve", "--port", port, "--primary", folders[0], "--aux", folders[1]]) == 0
+    (first, first_settings), (second, second_settings), (_, flags_settings) = seen
+    assert first.spec == spec and first.speculative and not second.speculative
+    assert (first_settings.default_max_tokens, second_settings.default_max_tokens) == (21, 7)
+    assert flags_settings.default_max_tokens == 256  # no file: the server's own default
+    with BackgroundServer(first, first_settings) as running:
+        client = openai.OpenAI(base_url=running.url, api_key="-", max_retries=0, timeout=60)
+        card = client.models.retrieve(first_settings.model_name).model_extra
+    assert (card["members"], card["weights"], card["top_k"]) == (list(folders), [1.0, 0.5], 3)
 
 
 ROOT = Path(__file__).resolve().parent.parent

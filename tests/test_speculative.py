@@ -25,7 +25,7 @@ from unite_logits import Member, UniTEProcessor, draft_and_verify
 from unite_logits.core.member import LocalRunner
 from unite_logits.core.member_rows import AuxiliaryRows
 from unite_logits.core.sampling import accept_or_resample
-from unite_logits.core.speculation import DraftSchedule
+from unite_logits.core.speculation import DraftSchedule, SpeculationStats
 from unite_logits.core.sync import TokenSync
 from unite_logits.core.token_bytes import token_bytes_view
 
@@ -291,3 +291,28 @@ def test_the_gate_is_the_same_rule_on_both_paths_and_goes_without_members_when_s
             assert proc.last_speculation.gated == proc.last_speculation.emitted
     with pytest.raises(ValueError, match=r"`confidence_gate` has to be None or a probability in \(0, 1\], but is 0"):
         UniTEProcessor(tokenizer, members, confidence_gate=0)
+
+
+# -- what it did, per row ---------------------------------------------------------------------
+@pytest.mark.parametrize("gate", [None, 0.005])
+def test_each_rows_share_of_the_work_adds_up_to_the_batchs(zoo, gate):
+    """`SpeculationStats.rows`: the rows' counts sum to the batch's, the batch ran as many rounds
+    as its longest-running row, and each row emitted exactly its own new tokens."""
+    tokenizer, _, eager = zoo["byte_bpe"]  # an EOS-prone primary: rows end at different rounds
+    members = [Member(zoo["sp_bpe"][1], zoo["sp_bpe"][0]), Member(zoo["unigram"][1], zoo["unigram"][0])]
+    proc = UniTEProcessor(tokenizer, members, top_k=4, confidence_gate=gate)
+    out = _generate(eager, tokenizer, PROMPTS[:4], proc, True, max_new_tokens=12)
+    batch = proc.last_speculation
+    assert batch is not None and len(batch.rows) == 4 and not any(row.rows for row in batch.rows)
+    for name in ("drafted", "accepted", "ensembled", "gated"):
+        assert getattr(batch, name) == sum(getattr(row, name) for row in batch.rows), name
+    assert batch.rounds == max(row.rounds for row in batch.rows)
+    assert batch.member_passes == max(row.member_passes for row in batch.rows)
+    width = tokenizer(PROMPTS[:4], return_tensors="pt", padding=True)["input_ids"].shape[1]
+    for row, stats in zip(out[:, width:].tolist(), batch.rows):
+        new = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+        assert stats.emitted == new and 1 <= stats.rounds <= new
+    assert len({row.rounds for row in batch.rows}) > 1  # rows did end at different rounds
+    assert (batch.gated > 0) == (gate is not None), batch
+    together = SpeculationStats.of_rows(batch.rows)
+    assert (together.drafted, together.accepted, together.rounds) == (batch.drafted, batch.accepted, batch.rounds)

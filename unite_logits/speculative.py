@@ -190,7 +190,7 @@ class _DraftAndVerify:
         self.texts: list[list[int]] = [[] for _ in range(batch)]
         self.live = list(range(batch))
         self.pending: list[list[int]] = [[] for _ in range(batch)]
-        self.stats = SpeculationStats()
+        self.stats = SpeculationStats(rows=[SpeculationStats() for _ in range(batch)])
         unite.draft_schedule.reset()
         unite.last_speculation = self.stats
         if attention_mask is None:
@@ -216,8 +216,14 @@ class _DraftAndVerify:
                            device=self.device).reshape(len(self.texts), longest)
         return torch.cat([self.prompts, new], dim=1)  # type: ignore[return-value]
 
+    def _row_stats(self, i: int) -> SpeculationStats:
+        """The stats of live row ``i``'s batch row."""
+        return self.stats.rows[self.live[i]]
+
     def _round(self) -> None:
         tokens = self.unite.draft_schedule.tokens
+        for row in self.live:
+            self.stats.rows[row].rounds += 1
         rounds = [_Round(self.pending[row], 1 + max(0, min(tokens, self.budget - len(self.texts[row]) - 1)))
                   for row in self.live]
         self._draft(rounds)
@@ -242,6 +248,7 @@ class _DraftAndVerify:
                     work.drafts.append(token)
                     work.proposals.append(proposal)
                     self.stats.drafted += 1
+                    self._row_stats(i).drafted += 1
                     if token in self.eos:
                         work.positions = len(work.scores)  # nothing is drafted past an end
                     else:
@@ -281,6 +288,8 @@ class _DraftAndVerify:
         gate = self.unite.confidence_gate
         gated = [[gate is not None and float(torch.softmax(s.float(), -1).max()) >= gate for s in work.scores]
                  for work in rounds]
+        for i, row_gated in enumerate(gated):
+            self._row_stats(i).gated += sum(row_gated)
         self.stats.gated += sum(map(sum, gated))
         readings = self._read(rounds, gated)
         flat = [(i, k) for i, work in enumerate(rounds) for k in range(len(work.scores))]
@@ -320,6 +329,9 @@ class _DraftAndVerify:
         if any(any(row) for row in wanted):
             self.unite.rows._run([functools.partial(read, index) for index in range(len(self.members))])
             self.stats.member_passes += len(self.members)
+            for i, row_wanted in enumerate(wanted):
+                if any(row_wanted):
+                    self._row_stats(i).member_passes += len(self.members)
         else:  # every position gated: push the text, read it with the next round
             for index in range(len(self.members)):
                 read(index)
@@ -359,9 +371,11 @@ class _DraftAndVerify:
                     emitted[i] += 1
                     if kept:
                         self.stats.accepted += 1
+                        self._row_stats(i).accepted += 1
                         kept_drafts[i] += 1
                     else:
                         self.stats.ensembled += 1
+                        self._row_stats(i).ensembled += 1
                         ended[i] = True
                 new_ids = torch.cat([ids, torch.tensor([[token] for token, _ in chosen], device=self.device)], dim=1)
                 done = self.stopping(new_ids, None, batch_rows=[self.live[i] for i in group]).tolist()

@@ -23,6 +23,7 @@ from ..core.errors import MemberError, NonFiniteScoresError
 from ..core.speculation import DEFAULT_DRAFT_TOKENS
 from ..ensemble.options import DEFAULT_MAX_NEW_TOKENS, MAX_SEED, GenerationOptions
 from ..ensemble.prompts import PromptError
+from ..ensemble.spec import EnsembleSpec
 from ..evaluation.cli import add_eval_parser, add_report_parser, add_select_parser
 from ..evaluation.errors import EvalUsageError
 from ..models.catalogue import CATALOGUE, is_installed
@@ -43,6 +44,11 @@ EXIT_USAGE = 2
 PROG = "unite-logits"
 DEFAULT_PRIMARY = "smollm2-135m-instruct"
 DEFAULT_AUX = "gemma3-270m"
+DEFAULT_TOP_K = 10
+DEFAULT_SERVE_MAX_TOKENS = 256
+_SPEC_FLAGS = (("primary", "--primary"), ("aux", "--aux"), ("weights", "--weights"), ("top_k", "--top-k"),
+               ("confidence_gate", "--confidence-gate"))
+"""The options that define the ensemble (an ensemble file defines it instead): (dest, flag)."""
 _USER_ERRORS = (
     UnknownModelError,
     ModelNotInstalledError,
@@ -140,58 +146,106 @@ def _add_models_parser(subparsers: Any) -> None:
 
 # -- options shared by generate, chat and serve -------------------------------------------
 def _add_ensemble_options(parser: argparse.ArgumentParser) -> None:
-    """Which models, how they are weighted, where they run."""
-    parser.add_argument("--primary", default=DEFAULT_PRIMARY, help=f"model whose generate runs (default {DEFAULT_PRIMARY})")
+    """Which models, how they are weighted, where they run. The options of the ensemble's
+    definition default to None so that one given beside ``--ensemble FILE`` can be refused."""
+    parser.add_argument("--ensemble", metavar="FILE",
+                        help="the ensemble an ensemble file defines (`unite-logits select --out DIR` writes "
+                             "DIR/ensemble.json): models, weights, top-k, gate and decoding defaults; not with "
+                             f"{', '.join(flag for _, flag in _SPEC_FLAGS)}")
+    parser.add_argument("--primary", help=f"model whose generate runs (default {DEFAULT_PRIMARY})")
     parser.add_argument(
         "--aux", action="append",
         help=f"auxiliary model; repeat for several (default {DEFAULT_AUX}); SPEC@URL: served by llama-server "
              "or an OpenAI-compatible server at URL, tokenizer from SPEC (e.g. gemma3-270m@http://127.0.0.1:8080)"
     )
     parser.add_argument("--weights", type=_weights, help="comma list of weights, primary first (default all 1)")
-    parser.add_argument("--top-k", type=_positive_int, default=10, help="candidates per model and step (default 10)")
+    parser.add_argument("--top-k", type=_positive_int, help=f"candidates per model and step (default {DEFAULT_TOP_K})")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="default float32 (faithful logits)")
     parser.add_argument("--no-speculative", dest="speculative", action="store_false",
                         help="decode token by token instead of drafting with the primary and verifying with the "
                              "members (same output, docs/speculative.md)")
-    parser.add_argument("--draft-tokens", type=_positive_int, default=DEFAULT_DRAFT_TOKENS,
-                        help=f"tokens the primary drafts per round to start with; adapts (default {DEFAULT_DRAFT_TOKENS})")
+    parser.add_argument("--draft-tokens", type=_positive_int,
+                        help="tokens the primary drafts per round to start with; adapts (default: the ensemble "
+                             f"file's, else {DEFAULT_DRAFT_TOKENS})")
     parser.add_argument("--confidence-gate", type=_probability, metavar="TAU",
                         help="skip the members where the primary's top token has probability >= TAU "
                              "(faster, no longer exact UniTE; default off)")
 
 
 def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=DEFAULT_MAX_NEW_TOKENS,
-                        help=f"default {DEFAULT_MAX_NEW_TOKENS}")
+    parser.add_argument("--max-new-tokens", type=_positive_int,
+                        help=f"default: the ensemble file's, else {DEFAULT_MAX_NEW_TOKENS}")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=_positive_float, help="sampling temperature (> 0; with --sample)")
     parser.add_argument("--top-p", type=_probability, help="nucleus sampling mass in (0, 1] (with --sample)")
     parser.add_argument("--seed", type=_seed, help="random seed, for reproducible sampling")
 
 
+def _ensemble_spec(args: argparse.Namespace) -> tuple[EnsembleSpec, bool]:
+    """The ensemble the flags, or ``--ensemble FILE``, define (and whether a file does), checked
+    before anything is loaded; fills in the file's decoding defaults where no flag was given.
+
+    Cheap (the file is parsed, its models are checked by `Ensemble.from_file`), so a handler
+    may call it before `_load_ensemble` does again. Raises `UsageError`: flags that define the
+    ensemble beside a file, a damaged, foreign or newer file, a bad setting.
+    """
+    from ..ensemble.spec import EnsembleFileError, read_ensemble_file
+
+    decoding: dict[str, Any] = {}
+    try:
+        if args.ensemble is not None:
+            given = [flag for dest, flag in _SPEC_FLAGS if getattr(args, dest) is not None]
+            if given:
+                raise UsageError(f"{PROG} {args.command}: error: --ensemble FILE defines the models and their "
+                                 f"settings; leave out {', '.join(given)} (or edit the file)")
+            content = read_ensemble_file(args.ensemble, check_models=False)
+            spec, decoding = content.spec, content.decoding
+        else:
+            spec = EnsembleSpec([args.primary or DEFAULT_PRIMARY, *(args.aux or [DEFAULT_AUX])], args.weights,
+                                DEFAULT_TOP_K if args.top_k is None else args.top_k,
+                                confidence_gate=args.confidence_gate)
+    except (EnsembleFileError, ValueError) as error:
+        raise UsageError(f"{PROG} {args.command}: error: {error}") from None
+    most = int(decoding.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+    if getattr(args, "max_new_tokens", 0) is None:
+        args.max_new_tokens = most
+    if getattr(args, "max_tokens", 0) is None:  # serve: the default of a request that gives none
+        args.max_tokens = most if args.ensemble is not None else DEFAULT_SERVE_MAX_TOKENS
+    return spec, args.ensemble is not None
+
+
 def _load_ensemble(args: argparse.Namespace, *, prompt: Any = None) -> Any:
-    """Check the options (and ``prompt``), name errors before any slow load, then load the models."""
+    """Check the options (and ``prompt``), name errors before any slow load, then load the models:
+    `Ensemble.from_spec` of the flags' spec, or `Ensemble.from_file` (``--no-speculative`` and
+    ``--draft-tokens`` win over the file's decoding)."""
     import torch
 
-    from ..ensemble.ensemble import Ensemble, check_weights
+    from ..ensemble.ensemble import Ensemble
     from ..ensemble.prompts import check_prompt
+    from ..ensemble.spec import EnsembleFileError
     from ..models.sources import resolve
     from ..remote.spec import split_remote_spec
 
-    specs = [args.primary, *(args.aux or [DEFAULT_AUX])]
+    spec, from_file = _ensemble_spec(args)
     try:
         if prompt is not None:
             check_prompt(prompt)
-        check_weights(args.weights, len(specs))
     except ValueError as error:
         raise UsageError(f"{PROG} {args.command}: error: {error}") from None
-    for spec in specs:  # name and install errors before any slow load (SPEC@URL: checked when loaded)
-        if split_remote_spec(spec) is None:
-            resolve(spec)
-    return Ensemble.load(specs, weights=args.weights, top_k=args.top_k, device=args.device, dtype=getattr(torch, args.dtype),
-                         speculative=args.speculative, num_draft_tokens=args.draft_tokens,
-                         confidence_gate=args.confidence_gate)
+    dtype = getattr(torch, args.dtype)
+    if from_file:
+        try:  # the file's models are checked (installed, the weights it was written for) before loading
+            return Ensemble.from_file(args.ensemble, device=args.device, dtype=dtype,
+                                      speculative=None if args.speculative else False,
+                                      num_draft_tokens=args.draft_tokens)
+        except EnsembleFileError as error:
+            raise UsageError(f"{PROG} {args.command}: error: {error}") from None
+    for name in spec.models:  # name and install errors before any slow load (SPEC@URL: checked when loaded)
+        if split_remote_spec(name) is None:
+            resolve(name)
+    return Ensemble.from_spec(spec, device=args.device, dtype=dtype, speculative=args.speculative,
+                              num_draft_tokens=args.draft_tokens or DEFAULT_DRAFT_TOKENS)
 
 
 # -- generate -----------------------------------------------------------------------------
@@ -252,6 +306,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from ..remote import RemoteMember
 
     args.prompt = _read_prompt(args)
+    _ensemble_spec(args)  # its mistakes, and the file's defaults, before the decoding options
     options = _generation_options(args)
     ensemble = _load_ensemble(args, prompt=args.prompt)
     args.chat = args.chat or (not args.raw and has_chat_template(ensemble.primary.tokenizer))
@@ -294,13 +349,13 @@ def _as_json(ensemble: Any, result: Any, alone: dict[str, Any], args: argparse.N
         return {"text": r.text, "new_tokens": r.completion_tokens, "seconds": round(r.seconds, 3),
                 "tokens_per_second": round(r.tokens_per_second, 2)}
 
+    speculation = getattr(result, "speculation", None)
     return {
-        "models": [m.name for m in ensemble.models],
-        "weights": ensemble.weights,
-        "top_k": ensemble.top_k,
+        **ensemble.spec.to_dict(),  # models, weights, top_k, combine, confidence_gate: as asked for
         "chat": args.chat,
         "format": "chat" if args.chat else "raw",
         **fields(result),
+        "speculation": None if speculation is None else speculation.as_dict(),
         "alone": {name: fields(r) for name, r in alone.items()},
     }
 
@@ -317,6 +372,7 @@ def _add_chat_parser(subparsers: Any) -> None:
 def _run_chat(args: argparse.Namespace) -> int:
     from .chat import run_chat
 
+    _ensemble_spec(args)  # its mistakes, and the file's defaults, before the decoding options
     options = _generation_options(args)
     ensemble = _load_ensemble(args)
     return run_chat(ensemble, options, system=args.system)
@@ -339,7 +395,9 @@ def _add_serve_parser(subparsers: Any) -> None:
     parser.add_argument("--port", type=_port, default=8000, help="default 8000")
     parser.add_argument("--api-key", help=f"require this key from clients (default ${API_KEY_ENV}; unset: no key)")
     parser.add_argument("--served-model-name", help="the model id clients ask for (default: the members joined by '+')")
-    parser.add_argument("--max-tokens", type=_positive_int, default=256, help="max_tokens of a request that gives none (default 256)")
+    parser.add_argument("--max-tokens", type=_positive_int,
+                        help="max_tokens of a request that gives none (default: the ensemble file's max_new_tokens, "
+                             f"else {DEFAULT_SERVE_MAX_TOKENS})")
     parser.add_argument("--max-batch", type=_positive_int, default=8,
                         help="most generations run together as one batch (default 8; 1: one at a time)")
     parser.add_argument("--batch-wait-ms", type=_batch_wait_ms, default=20,
@@ -380,6 +438,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             probe.bind((args.host, args.port))
         except OSError as error:
             raise UsageError(f"{PROG} serve: error: cannot listen on {args.host}:{args.port}: {error.strerror}") from None
+    _ensemble_spec(args)  # its mistakes before minutes of loading
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         warnings.warn(f"listening on {args.host} without an API key: anyone who reaches it can use it", stacklevel=1)
@@ -401,7 +460,7 @@ def _add_lm_eval_parser(subparsers: Any) -> None:
     """Listed in --help; its arguments are lm-eval's own, passed on unparsed (see `main`)."""
     subparsers.add_parser(LM_EVAL, add_help=False,
                           help="lm-evaluation-harness with the unite model and the shipped offline tasks "
-                               "(lm_eval's own flags: --model_args models=A+B --tasks unite_piqa ...)")
+                               "(lm_eval's own flags: --model_args models=A+B or ensemble=FILE --tasks unite_piqa ...)")
 
 
 def _run_lm_eval(argv: Sequence[str]) -> int:

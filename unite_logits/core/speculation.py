@@ -10,12 +10,14 @@ defaults cheaply):
   (transformers' "heuristic" assistant schedule: +2 after a round that kept every draft, -1
   otherwise), or constant;
 * `SpeculationStats`: per generation, how many tokens were drafted, accepted as drafted, and
-  chosen by the ensemble against the draft (or after it), in how many rounds.
+  chosen by the ensemble against the draft (or after it), in how many rounds; and the same
+  per batch row (``rows``), so a server can tell each request its own share of a batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .checks import check_int
@@ -40,6 +42,8 @@ class SpeculationStats:
         ensembled: tokens the ensemble chose itself (against a draft, or after a kept draft).
         gated: positions kept without asking the members (the confidence gate).
         member_passes: forward passes (reads) per member, summed over members.
+        rows: the same per batch row (a row's ``rounds`` are those it took part in, its
+            ``member_passes`` the reads that included it); empty for a row's own stats.
     """
 
     rounds: int = 0
@@ -48,6 +52,17 @@ class SpeculationStats:
     ensembled: int = 0
     gated: int = 0
     member_passes: int = 0
+    rows: list["SpeculationStats"] = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def of_rows(cls, rows: Iterable["SpeculationStats"]) -> "SpeculationStats":
+        """The work of several rows of one batch (e.g. one request's choices): counts summed;
+        ``rounds`` and ``member_passes`` are the most of any row, since the rows were read
+        together in the same rounds."""
+        rows = list(rows)
+        return cls(rounds=max((r.rounds for r in rows), default=0), drafted=sum(r.drafted for r in rows),
+                   accepted=sum(r.accepted for r in rows), ensembled=sum(r.ensembled for r in rows),
+                   gated=sum(r.gated for r in rows), member_passes=max((r.member_passes for r in rows), default=0))
 
     @property
     def emitted(self) -> int:

@@ -164,8 +164,10 @@ class Ensemble:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                  progress: bool = True, speculative: bool | None = None) -> "Ensemble":
-        """The ensemble an ensemble file (``ensemble.json``) defines, with its decoding defaults.
+                  progress: bool = True, speculative: bool | None = None,
+                  num_draft_tokens: int | None = None) -> "Ensemble":
+        """The ensemble an ensemble file (``ensemble.json``) defines, with its decoding defaults
+        (``speculative`` and ``num_draft_tokens``, where given, win over the file's).
 
         Raises:
             EnsembleFileError: a damaged or foreign file, a model not installed or with other
@@ -175,7 +177,8 @@ class Ensemble:
         decoding = content.decoding
         ensemble = cls.from_spec(content.spec, device=device, dtype=dtype, progress=progress,
                                  speculative=bool(decoding.get("speculative", True)) if speculative is None else speculative,
-                                 num_draft_tokens=int(decoding.get("num_draft_tokens", DEFAULT_DRAFT_TOKENS)),
+                                 num_draft_tokens=(int(decoding.get("num_draft_tokens", DEFAULT_DRAFT_TOKENS))
+                                                   if num_draft_tokens is None else num_draft_tokens),
                                  decoding=decoding)
         for model in ensemble.models:  # the weights loaded are the ones the file names
             expected = content.digests.get(str(model.name))
@@ -339,6 +342,8 @@ class Ensemble:
 
         The rows' ``max_new_tokens`` checks in `prepare` have to cover their options'.
         ``processors`` run after the ensembling step (they see the ensembled log-probabilities).
+        Decoded by draft-and-verify, each result's ``speculation`` is its row's share of
+        `last_speculation` (the batch's).
         """
         member_prompts: list[Any] | None = None
         if any(request.prepared.chat for request in requests):  # per member, each row's ids (None: the default)
@@ -348,6 +353,9 @@ class Ensemble:
                                     custom_generate=draft_and_verify if self.speculative else None)
             self.last_trace = list(processor.trace)
             self.last_speculation = processor.last_speculation
+        if self.last_speculation is not None:  # each row's share: the server reports it per request
+            for result, row in zip(results, self.last_speculation.rows):
+                result.speculation = row
         return results
 
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.checks import check_top_k, check_weight
-from ..core.speculation import DEFAULT_DRAFT_TOKENS
+from ..core.checks import check_int, check_top_k, check_weight
+from ..core.speculation import DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS
 
 __all__ = ["COMBINE_RULES", "EnsembleFile", "EnsembleFileError", "EnsembleSpec", "FILE_FORMAT", "FILE_VERSION",
            "read_ensemble_file", "write_ensemble_file"]
@@ -204,7 +204,7 @@ def read_ensemble_file(path: str | os.PathLike[str], *, check_models: bool = Tru
     try:
         spec = EnsembleSpec.from_dict(_mapping(data.get("ensemble"), "ensemble"))
         digests = {str(k): (None if v is None else str(v)) for k, v in _mapping(data.get("digests", {}), "digests").items()}
-        decoding = dict(_mapping(data.get("decoding", {}), "decoding"))
+        decoding = _decoding(_mapping(data.get("decoding", {}), "decoding"))
         tuned = data.get("tuned")
         if tuned is not None and not isinstance(tuned, dict):
             raise ValueError("\"tuned\" is not an object")
@@ -248,6 +248,20 @@ def source_digest(source: Any) -> str | None:
 
         return folder_digest(source.path)
     return None
+
+
+def _decoding(decoding: Mapping[str, Any]) -> dict[str, Any]:
+    """The file's decoding defaults, each checked as its command-line flag would be (a bad one
+    is refused with the file, not found minutes later); other keys are kept as they are."""
+    out = dict(decoding)
+    for key in ("max_new_tokens", "num_draft_tokens"):
+        if key in out:
+            out[key] = check_int(f"decoding.{key}", out[key], minimum=1)
+    if out.get("num_draft_tokens", 1) > MAX_DRAFT_TOKENS:
+        raise ValueError(f"`decoding.num_draft_tokens` has to be at most {MAX_DRAFT_TOKENS}, but is {out['num_draft_tokens']}")
+    if "speculative" in out and not isinstance(out["speculative"], bool):
+        raise ValueError(f"`decoding.speculative` has to be true or false, but is {out['speculative']!r}")
+    return out
 
 
 def _mapping(value: Any, name: str) -> Mapping[str, Any]:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import LogitsProcessor, StoppingCriteria, StoppingCriteriaList
 
+from ..core.speculation import SpeculationStats
 from ..core.token_bytes import token_bytes_view
 from .options import GenerationOptions
 from .prompts import PreparedPrompt
@@ -92,6 +93,8 @@ class GenerationResult:
 
     ``finish_reason``: ``"stop"`` (end of sequence or a stop string), ``"length"`` (it reached
     ``max_new_tokens``) or ``"cancelled"``.
+    ``speculation``: what draft-and-verify did for this row (`SpeculationStats`), set by
+    `unite_logits.Ensemble.run` once the batch has ended; None on the per-token path.
     """
 
     text: str
@@ -100,6 +103,7 @@ class GenerationResult:
     completion_tokens: int
     seconds: float = 0.0
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    speculation: SpeculationStats | None = None
 
     @property
     def tokens_per_second(self) -> float:

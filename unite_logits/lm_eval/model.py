@@ -14,9 +14,13 @@ and the primary reads) and remembers the messages, so the members' prompts are t
 
 Model arguments (``key=value`` separated by commas; lists joined with ``+``):
 
-* ``models``: catalogue names or model folders, primary first (required);
+* ``models``: catalogue names or model folders, primary first (required unless ``ensemble``);
 * ``weights``: one per model, e.g. ``1+0.5`` (default all 1);
 * ``top_k``: candidates per model and position (default 10);
+* ``ensemble``: an ensemble file (``ensemble.json``, written by ``unite-logits select``): exactly
+  that ensemble, its models, weights, top-k and gate (so not with ``models``, ``weights``, ``top_k``);
+* ``speculative``: ``true`` (default: the file's, else true) or ``false``: how ``generate_until``
+  decodes, by draft-and-verify or token by token (the same answers; docs/speculative.md);
 * ``dtype``: ``float32`` (default), ``bfloat16`` or ``float16``; ``device``: ``cpu`` (default), ``cuda``...;
 * ``batch_size``: requests per forward pass (lm-eval's ``--batch_size`` also sets it; ``auto`` is 8);
 * ``threads``: torch threads (default: torch's);
@@ -40,7 +44,8 @@ from tqdm.auto import tqdm
 from ..core.chat import chat_prompt_ids
 from ..core.checks import check_int, is_int
 from ..core.scoring import ScoreRequest
-from ..ensemble.ensemble import Ensemble, check_weights
+from ..ensemble.ensemble import Ensemble
+from ..ensemble.spec import EnsembleFileError, EnsembleSpec
 from ..ensemble.options import GenerationOptions
 from ..ensemble.prompts import PreparedPrompt
 from ..ensemble.scoring import DEFAULT_BATCH_SIZE, encode_pair, encode_text
@@ -61,7 +66,9 @@ class ModelArgsError(ValueError):
     ``unite-logits lm-eval`` prints it as one line (exit status 2) instead of a traceback."""
 
 
-_KNOWN = ("models", "weights", "top_k", "dtype", "device", "batch_size", "threads", "add_bos_token", "max_length")
+_KNOWN = ("models", "weights", "top_k", "ensemble", "speculative", "dtype", "device", "batch_size", "threads",
+          "add_bos_token", "max_length")
+_DEFAULT_TOP_K = 10
 
 
 def parse_list(value: Any, what: str) -> list[str]:
@@ -75,19 +82,24 @@ def parse_list(value: Any, what: str) -> list[str]:
     return items
 
 
-def _weights(value: Any, n_models: int) -> list[float] | None:
-    """One finite non-negative number per model, joined with ``+``."""
+def _weights(value: Any) -> list[float] | None:
+    """Numbers joined with ``+`` (how many, and their range, the `EnsembleSpec` checks)."""
     if value is None:
         return None
     try:
-        weights = [float(w) for w in parse_list(value, "weights")]
+        return [float(w) for w in parse_list(value, "weights")]
     except ValueError:
         raise ModelArgsError(f"`weights` has to be numbers joined with '+', one per model (e.g. 1+0.5), "
                              f"but is {value!r}") from None
-    try:
-        return check_weights(weights, n_models)
-    except (TypeError, ValueError) as error:
-        raise ModelArgsError(f"`weights`: {error}") from None
+
+
+def _boolean(name: str, value: Any) -> bool | None:
+    """``true`` or ``false`` (lm-eval hands them over as bools; Python callers may pass text)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ModelArgsError(f"`{name}` has to be true or false, but is {value!r}")
 
 
 def _integer(name: str, value: Any, minimum: int = 1) -> int:
@@ -124,35 +136,59 @@ def _device(value: Any) -> str:
     return device
 
 
+def _spec(models: Any, weights: Any, top_k: Any) -> EnsembleSpec:
+    """The `EnsembleSpec` of ``models``, ``weights`` and ``top_k`` (one line if any is bad)."""
+    if models is None:
+        raise ModelArgsError("the unite model needs `models=` (e.g. --model_args models=smollm2-135m-instruct+gemma3-270m) "
+                             "or `ensemble=FILE`")
+    names = parse_list(models, "models")
+    weight_values = _weights(weights)
+    k = _DEFAULT_TOP_K if top_k is None else _integer("top_k", top_k)
+    try:
+        return EnsembleSpec(names, weight_values, k)
+    except (TypeError, ValueError) as error:
+        raise ModelArgsError(str(error)) from None
+
+
 class UniteLM(LM):
     """The UniTE ensemble of ``models`` as an lm-eval ``LM`` (see the module docstring)."""
 
-    def __init__(self, models: Any = None, weights: Any = None, top_k: int = 10, dtype: str = "float32",
+    def __init__(self, models: Any = None, weights: Any = None, top_k: Any = None, dtype: str = "float32",
                  device: Any = "cpu", batch_size: Any = 1, max_batch_size: Any = None, threads: Any = None,
-                 add_bos_token: bool | None = None, max_length: int | None = None, **unknown: Any) -> None:
+                 add_bos_token: bool | None = None, max_length: int | None = None, ensemble: Any = None,
+                 speculative: Any = None, **unknown: Any) -> None:
         super().__init__()
         # Every argument is checked before a model is loaded: a mistake costs no loading time.
         if unknown:
             raise ModelArgsError(f"unknown model argument(s) for unite: {', '.join(sorted(unknown))} "
                                  f"(known: {', '.join(_KNOWN)})")
-        if models is None:
-            raise ModelArgsError("the unite model needs `models=`, e.g. --model_args models=smollm2-135m-instruct+gemma3-270m")
-        names = parse_list(models, "models")
-        weight_values = _weights(weights, len(names))
-        top_k = _integer("top_k", top_k)
+        spec = None if ensemble is not None else _spec(models, weights, top_k)
+        if ensemble is not None:
+            given = [f"{key}=" for key, value in (("models", models), ("weights", weights), ("top_k", top_k))
+                     if value is not None]
+            if given:
+                raise ModelArgsError(f"`ensemble=FILE` defines the models and their settings; leave out "
+                                     f"{', '.join(given)} (or edit the file)")
+        decode_speculatively = _boolean("speculative", speculative)
         if str(dtype) not in _DTYPES:
             raise ModelArgsError(f"`dtype` has to be one of {', '.join(_DTYPES)}, but is {dtype!r}")
         chosen_device = _device(device)
         size = _batch_size(batch_size)
         thread_count = None if threads is None else _integer("threads", threads)
         longest = None if max_length is None else _integer("max_length", max_length)
-        if add_bos_token is not None and not isinstance(add_bos_token, bool):
-            raise ModelArgsError(f"`add_bos_token` has to be true or false, but is {add_bos_token!r}")
+        add_bos_token = _boolean("add_bos_token", add_bos_token)
         if thread_count is not None:
             torch.set_num_threads(thread_count)
-        ensemble = Ensemble.load(names, weights=weight_values, top_k=top_k, device=chosen_device,
-                                 dtype=_DTYPES[str(dtype)])
-        self._attach(ensemble, size, add_bos_token, longest)
+        if spec is not None:
+            loaded = Ensemble.from_spec(spec, device=chosen_device, dtype=_DTYPES[str(dtype)],
+                                        speculative=decode_speculatively is not False)
+        else:
+            try:  # the file and its models are checked before any model is loaded
+                loaded = Ensemble.from_file(str(ensemble), device=chosen_device, dtype=_DTYPES[str(dtype)],
+                                            speculative=decode_speculatively)
+            except EnsembleFileError as error:
+                raise ModelArgsError(f"`ensemble`: {error}") from None
+        self._attach(loaded, size, add_bos_token, longest)
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict[str, Any],
@@ -213,8 +249,9 @@ class UniteLM(LM):
         return getattr(self.tokenizer, "chat_template", None) if chat_template else None
 
     def get_model_info(self) -> dict[str, Any]:
-        return {"unite_models": [m.name for m in self.ensemble.models], "unite_weights": self.ensemble.weights,
-                "unite_top_k": self.ensemble.top_k}
+        """What lm-eval records of the model in its results: the ensemble's spec, and how
+        ``generate_until`` decoded."""
+        return {"unite_ensemble": self.ensemble.spec.to_dict(), "unite_speculative": self.ensemble.speculative}
 
     # -- chat -----------------------------------------------------------------------------------
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:

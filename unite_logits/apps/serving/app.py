@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ...core.speculation import SpeculationStats
 from ...ensemble.prompts import PromptTooLongError
 from ...ensemble.streaming import GenerationResult
 from . import openai_format as fmt
@@ -120,6 +121,7 @@ class _Run:
         self.job = Job(request_id, list(prompts), chat, options, self._notify, echo=echo,
                        generate=not echo or body.max_tokens != 0)
         self.echoes: dict[int, Echoed] = {}
+        self.speculation: SpeculationStats | None = None  # this job's share of its batch's, once it ended
         worker.submit(self.job)
 
     def _notify(self, event: Event) -> None:  # called on the worker thread
@@ -169,6 +171,7 @@ class _Run:
                     return
                 continue
             if isinstance(event, Ended):
+                self.speculation = event.speculation
                 return
             yield event
             if isinstance(event, Rejected):
@@ -236,9 +239,11 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
             raise OpenAIError(400, f"The model '{name}' does not exist; this server has '{settings.model_name}'.",
                               param="model", code="model_not_found")
 
+    spec = ensemble.spec  # what was asked for is what is shown (a served member's own weight gave way to it)
     model_card = {"id": settings.model_name, "object": "model", "created": created, "owned_by": "unite-logits",
-                  "members": [m.name for m in ensemble.models], "weights": list(ensemble.weights),
-                  "top_k": ensemble.top_k}
+                  "members": list(spec.models), "weights": spec.weight_list, "top_k": spec.top_k,
+                  "combine": spec.combine, "confidence_gate": spec.confidence_gate,
+                  "speculative": bool(ensemble.speculative)}
 
     # -- routes --------------------------------------------------------------------------
     @app.get("/health", response_model=None)
@@ -272,7 +277,7 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
         if not isinstance(answer, list):
             return answer
         choices = [fmt.chat_choice(i, result, body.logprobs) for i, result in enumerate(answer)]
-        return fmt.response(request_id, "chat.completion", body.model, choices, _usage(answer, prompts=1))
+        return fmt.response(request_id, "chat.completion", body.model, choices, _usage(run, answer, prompts=1))
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
@@ -290,7 +295,7 @@ def create_app(ensemble: Any, settings: ServerSettings, worker: GenerationWorker
         else:
             choices = [fmt.completion_choice(i, result, body.logprobs is not None) for i, result in enumerate(answer)]
         return fmt.response(request_id, "text_completion", body.model, choices,
-                            _usage(answer, prompts=len(body.prompts)))
+                            _usage(run, answer, prompts=len(body.prompts)))
 
     # -- the primary's tokenizer, as lm-eval's remote tokenizer and vLLM's server offer it ----
     tokenizer = ensemble.primary.tokenizer
@@ -341,11 +346,12 @@ def _not_cancelled(result: GenerationResult) -> GenerationResult:
     return result
 
 
-def _usage(results: Sequence[GenerationResult], prompts: int) -> dict[str, int]:
-    """Each distinct prompt counted once (n choices of one prompt share it), completions summed."""
+def _usage(run: _Run, results: Sequence[GenerationResult], prompts: int) -> dict[str, Any]:
+    """Each distinct prompt counted once (n choices of one prompt share it), completions summed;
+    and the request's own draft-and-verify work, where it was decoded so."""
     per_prompt = len(results) // max(prompts, 1) or 1
     prompt_tokens = sum(r.prompt_tokens for r in results[::per_prompt])
-    return fmt.usage(prompt_tokens, sum(r.completion_tokens for r in results))
+    return fmt.usage(prompt_tokens, sum(r.completion_tokens for r in results), run.speculation)
 
 
 def _event_stream(chunks: AsyncIterator[str], run: _Run) -> StreamingResponse:
@@ -376,7 +382,7 @@ async def _chat_chunks(run: _Run, body: ChatCompletionRequest, request_id: str, 
             results.append(_not_cancelled(event.result))
             yield chunk.choice(fmt.chat_delta(event.choice, {}, None, fmt.finish_reason(event.result)))
     if body.include_usage:
-        yield chunk.usage(_usage(results, prompts=1))
+        yield chunk.usage(_usage(run, results, prompts=1))
     yield fmt.SSE_DONE
 
 
@@ -397,5 +403,5 @@ async def _completion_chunks(run: _Run, body: CompletionRequest, request_id: str
             results.append(_not_cancelled(event.result))
             yield chunk.choice(fmt.text_delta(event.choice, "", None, fmt.finish_reason(event.result)))
     if body.include_usage:
-        yield chunk.usage(_usage(results, prompts=len(body.prompts)))
+        yield chunk.usage(_usage(run, results, prompts=len(body.prompts)))
     yield fmt.SSE_DONE

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ...core.speculation import SpeculationStats
 from ...ensemble.streaming import GenerationResult, TokenLogprob
 
 __all__ = [
@@ -46,9 +47,17 @@ def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int, speculation: SpeculationStats | None = None) -> dict[str, Any]:
+    """OpenAI's ``usage``; with ``speculation``, an extra ``"speculation"`` object (OpenAI
+    clients keep unknown fields) saying what draft-and-verify did for this request: ``rounds``
+    (those its rows took part in), tokens ``drafted`` by the primary, ``accepted`` as drafted,
+    and ``ensembled`` (chosen by the ensemble against or after a draft)."""
+    out: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                           "total_tokens": prompt_tokens + completion_tokens}
+    if speculation is not None:
+        out["speculation"] = {"rounds": speculation.rounds, "drafted": speculation.drafted,
+                              "accepted": speculation.accepted, "ensembled": speculation.ensembled}
+    return out
 
 
 def finish_reason(result: GenerationResult) -> str:
@@ -138,7 +147,7 @@ def _offsets(strings: Sequence[str], start: int) -> list[int]:
     return offsets
 
 
-def response(request_id: str, kind: str, model: str, choices: list[dict[str, Any]], usage: dict[str, int]) -> dict[str, Any]:
+def response(request_id: str, kind: str, model: str, choices: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any]:
     """A whole ``chat.completion`` or ``text_completion`` object."""
     return {"id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": choices,
             "usage": usage}
@@ -154,5 +163,5 @@ class Chunks:
     def choice(self, choice: dict[str, Any]) -> str:
         return sse({**self.head, "choices": [choice], **self.extra})
 
-    def usage(self, usage: dict[str, int]) -> str:
+    def usage(self, usage: dict[str, Any]) -> str:
         return sse({**self.head, "choices": [], "usage": usage})
