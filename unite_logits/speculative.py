@@ -188,6 +188,9 @@ class _DraftAndVerify:
         self.budget = stopping.max_length - input_ids.shape[1] if stopping.max_length is not None else sys.maxsize
         batch = input_ids.shape[0]
         self.texts: list[list[int]] = [[] for _ in range(batch)]
+        self.width = input_ids.shape[1]
+        room = self.budget if self.budget < sys.maxsize else 64  # grows by doubling when not bounded
+        self.sequences = torch.cat([input_ids, torch.zeros(batch, room, dtype=input_ids.dtype, device=self.device)], 1)
         self.live = list(range(batch))
         self.pending: list[list[int]] = [[] for _ in range(batch)]
         self.stats = SpeculationStats(rows=[SpeculationStats() for _ in range(batch)])
@@ -216,9 +219,10 @@ class _DraftAndVerify:
                            device=self.device).reshape(len(self.texts), longest)
         return torch.cat([self.prompts, new], dim=1)  # type: ignore[return-value]
 
-    def _row_stats(self, i: int) -> SpeculationStats:
-        """The stats of live row ``i``'s batch row."""
-        return self.stats.rows[self.live[i]]
+    def _count(self, i: int, what: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``what`` of the generation and of live row ``i``'s batch row."""
+        for stats in (self.stats, self.stats.rows[self.live[i]]):
+            setattr(stats, what, getattr(stats, what) + n)
 
     def _round(self) -> None:
         tokens = self.unite.draft_schedule.tokens
@@ -245,10 +249,10 @@ class _DraftAndVerify:
                 self.frontier[i] = None
                 if len(work.scores) < work.positions:
                     token, proposal = self._propose(scores)
+                    self._write(i, len(self.texts[self.live[i]]) + len(work.drafts), token)
                     work.drafts.append(token)
                     work.proposals.append(proposal)
-                    self.stats.drafted += 1
-                    self._row_stats(i).drafted += 1
+                    self._count(i, "drafted")
                     if token in self.eos:
                         work.positions = len(work.scores)  # nothing is drafted past an end
                     else:
@@ -267,8 +271,8 @@ class _DraftAndVerify:
         """The primary's frontier logits of ``rows`` after the processors before the ensemble,
         called once per group of rows of equal length."""
         out: dict[int, torch.Tensor] = {}
-        for group in self._by_length(rows, lambda i: self.texts[self.live[i]] + rounds[i].drafts):
-            ids = self._ids(group, lambda i: rounds[i].drafts)
+        for group in self._by_length(rows, lambda i: len(self.texts[self.live[i]]) + len(rounds[i].drafts)):
+            ids = self._ids(group, len(self.texts[self.live[group[0]]]) + len(rounds[group[0]].drafts))
             logits = torch.stack([self.frontier[i] for i in group]).float()  # type: ignore[misc]
             scores = self.pre(cast(torch.LongTensor, ids), logits) if self.pre else logits
             out.update(zip(group, scores))
@@ -289,8 +293,7 @@ class _DraftAndVerify:
         gated = [[gate is not None and float(torch.softmax(s.float(), -1).max()) >= gate for s in work.scores]
                  for work in rounds]
         for i, row_gated in enumerate(gated):
-            self._row_stats(i).gated += sum(row_gated)
-        self.stats.gated += sum(map(sum, gated))
+            self._count(i, "gated", sum(row_gated))
         readings = self._read(rounds, gated)
         flat = [(i, k) for i, work in enumerate(rounds) for k in range(len(work.scores))]
         if not flat:
@@ -331,7 +334,7 @@ class _DraftAndVerify:
             self.stats.member_passes += len(self.members)
             for i, row_wanted in enumerate(wanted):
                 if any(row_wanted):
-                    self._row_stats(i).member_passes += len(self.members)
+                    self.stats.rows[self.live[i]].member_passes += len(self.members)
         else:  # every position gated: push the text, read it with the next round
             for index in range(len(self.members)):
                 read(index)
@@ -361,23 +364,21 @@ class _DraftAndVerify:
             rows = [i for i, work in enumerate(rounds) if not ended[i] and position < len(work.scores)]
             if not rows:
                 return emitted, kept_drafts, stopped
-            for group in self._by_length(rows, lambda i: self.texts[self.live[i]]):
-                ids = self._ids(group, lambda i: [])
+            for group in self._by_length(rows, lambda i: len(self.texts[self.live[i]])):
+                ids = self._ids(group, len(self.texts[self.live[group[0]]]))
                 scores = torch.stack([ensembled[i][position] for i in group])
                 scores = self.post(cast(torch.LongTensor, ids), scores) if self.post else scores
                 chosen = [self._choose(rounds[i], position, row_scores) for i, row_scores in zip(group, scores)]
                 for i, (token, kept) in zip(group, chosen):
+                    self._write(i, len(self.texts[self.live[i]]), token)
                     self.texts[self.live[i]].append(token)
                     emitted[i] += 1
+                    self._count(i, "accepted" if kept else "ensembled")
                     if kept:
-                        self.stats.accepted += 1
-                        self._row_stats(i).accepted += 1
                         kept_drafts[i] += 1
                     else:
-                        self.stats.ensembled += 1
-                        self._row_stats(i).ensembled += 1
                         ended[i] = True
-                new_ids = torch.cat([ids, torch.tensor([[token] for token, _ in chosen], device=self.device)], dim=1)
+                new_ids = self._ids(group, ids.shape[1] - self.width + 1)
                 done = self.stopping(new_ids, None, batch_rows=[self.live[i] for i in group]).tolist()
                 for i, stop in zip(group, done):
                     if stop:
@@ -420,15 +421,21 @@ class _DraftAndVerify:
                     member.select(going)
 
     # -- batches of rows of equal length ----------------------------------------------------
-    def _by_length(self, rows: list[int], tokens: Callable[[int], list[int]]) -> list[list[int]]:
+    def _by_length(self, rows: list[int], length: Callable[[int], int]) -> list[list[int]]:
         groups: dict[int, list[int]] = {}
         for i in rows:
-            groups.setdefault(len(tokens(i)), []).append(i)
+            groups.setdefault(length(i), []).append(i)
         return list(groups.values())
 
-    def _ids(self, group: list[int], extra: Callable[[int], list[int]]) -> torch.Tensor:
-        """``input_ids`` of the group's rows as generation would pass them (prompt, text, ``extra``)."""
-        batch_rows = [self.live[i] for i in group]
-        tail = torch.tensor([self.texts[row] + extra(i) for row, i in zip(batch_rows, group)], dtype=torch.long,
-                            device=self.device).reshape(len(group), -1)
-        return torch.cat([self.prompts[batch_rows], tail], dim=1)
+    def _write(self, i: int, position: int, token: int) -> None:
+        """Token ``position`` (after the prompt) of live row ``i``: a draft, or an emitted token."""
+        column = self.width + position
+        if column >= self.sequences.shape[1]:
+            self.sequences = torch.cat([self.sequences, torch.zeros_like(self.sequences)], dim=1)
+        self.sequences[self.live[i], column] = token
+
+    def _ids(self, group: list[int], length: int) -> torch.Tensor:
+        """``input_ids`` of the group's rows as generation would pass them: the prompt and their
+        first ``length`` tokens (emitted, then drafted). One gather, whatever the rows."""
+        rows = torch.as_tensor([self.live[i] for i in group], dtype=torch.long, device=self.device)
+        return self.sequences[:, : self.width + length].index_select(0, rows)
