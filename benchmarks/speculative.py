@@ -24,6 +24,7 @@ below the slower member alone; B=8: <= 0.70 x the sum; injected latency: <= 0.6 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -35,7 +36,7 @@ from typing import Any
 
 import torch
 
-from unite_logits import Member, UniTEProcessor, draft_and_verify
+from unite_logits import Member, SpeculationStats, UniTEProcessor, draft_and_verify
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = {"real": ["smollm2-135m-instruct", "gemma3-270m"],
@@ -124,6 +125,19 @@ def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: in
             latency_ms: float, top_k: int, gate: float | None = None, prompts: list[str] | None = None) -> Row:
     (primary_name, primary, tok), aux = models[0], models[1:]
     prompts = prompts or [PROMPTS[prompt_name]()] * batch
+    chunks = [prompts[start:start + batch] for start in range(0, len(prompts), batch)]  # each a batch of rows
+
+    def run(model: Any, tokenizer: Any, make: Any = None, speculative: bool = False) -> tuple[float, list[list[int]], Any]:
+        """Seconds per step of a batch (the chunks' total over their count), every row's tokens, and the stats."""
+        total, tokens, stats = 0.0, [], []
+        for chunk in chunks:
+            processor = make() if make is not None else None
+            with processor if processor is not None else contextlib.nullcontext():
+                seconds, chunk_tokens = timed(model, tokenizer, chunk, new_tokens, processor, speculative)
+            total += seconds
+            tokens += chunk_tokens
+            stats.append(processor.last_speculation if processor is not None else None)
+        return total / len(chunks), tokens, stats
     hooks = []
     if latency_ms:
         sleepy = Sleepy(latency_ms / 1000)
@@ -135,15 +149,17 @@ def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: in
         stats = None
         for _ in range(repeats):
             for name, model, tokenizer in models:
-                seconds, _ = timed(model, tokenizer, prompts, new_tokens)
+                seconds, _, _ = run(model, tokenizer)
                 samples[name].append(1000 * seconds / new_tokens)
             members = [Member(model, tokenizer, name=name) for name, model, tokenizer in aux]
-            with UniTEProcessor(tok, members, top_k=top_k) as proc:
-                seconds, per_token_tokens = timed(primary, tok, prompts, new_tokens, proc)
+            seconds, per_token_tokens, _ = run(primary, tok, lambda: UniTEProcessor(tok, members, top_k=top_k))
             samples["per-token"].append(1000 * seconds / new_tokens)
-            with UniTEProcessor(tok, members, top_k=top_k, confidence_gate=gate) as proc:
-                seconds, spec_tokens = timed(primary, tok, prompts, new_tokens, proc, speculative=True)
-                stats = proc.last_speculation
+            seconds, spec_tokens, chunk_stats = run(
+                primary, tok, lambda: UniTEProcessor(tok, members, top_k=top_k, confidence_gate=gate), speculative=True)
+            stats = SpeculationStats(rounds=sum(s.rounds for s in chunk_stats), drafted=sum(s.drafted for s in chunk_stats),
+                                     accepted=sum(s.accepted for s in chunk_stats),
+                                     ensembled=sum(s.ensembled for s in chunk_stats),
+                                     member_passes=sum(s.member_passes for s in chunk_stats))
             samples["spec"].append(1000 * seconds / new_tokens)
     finally:
         for hook in hooks:
@@ -159,7 +175,7 @@ def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: in
         spec_over_sum=median["spec"] / total, spec_over_primary=median["spec"] / alone[primary_name],
         spec_over_slowest=median["spec"] / max(alone.values()), per_token_over_sum=median["per-token"] / total,
         spec_over_per_token=median["spec"] / median["per-token"], acceptance=stats.acceptance,
-        tokens_per_round=stats.emitted / max(1, stats.rounds) / batch, member_passes=stats.member_passes,
+        tokens_per_round=stats.emitted / max(1, stats.rounds) / min(batch, len(prompts)), member_passes=stats.member_passes,
         identical=per_token_tokens == spec_tokens, gate=gate,
         gate_rows_identical=None if gate is None else _rows_identical(per_token_tokens, spec_tokens),
         gate_tokens_agree=None if gate is None else _prefix_agreement(per_token_tokens, spec_tokens),
@@ -206,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--gates", nargs="*", type=float, default=[],
-                        help="also draft-and-verify with the confidence gate at these taus (B rows of chat questions), "
-                             "against exact UniTE")
+                        help="also draft-and-verify with the confidence gate at these taus (eight chat questions, one at "
+                             "a time), against exact UniTE")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/speculative-SUITE.json)")
     args = parser.parse_args(argv)
     models = load(args.suite)
@@ -220,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(table([row]).splitlines()[-1], flush=True)
     for gate in args.gates:
         for new_tokens in args.new_tokens:
-            row = measure(models, "chat-questions", new_tokens, len(CHAT_QUESTIONS), args.repeats, args.latency,
+            row = measure(models, "chat-questions", new_tokens, 1, args.repeats, args.latency,
                           args.top_k, gate=gate, prompts=[f"Question: {q}\nAnswer:" for q in CHAT_QUESTIONS])
             rows.append(row)
             print(table([row]).splitlines()[-1], flush=True)
