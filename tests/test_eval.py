@@ -348,3 +348,21 @@ def test_a_users_own_task_yaml_through_include_path(members, tmp_path):
     assert comparison.n == 8 and comparison.task == "my_even"
     with pytest.raises(EvalUsageError, match="--include-path .*not a folder"):
         evaluate("my_even", members, out=tmp_path / "out2", include_path=tmp_path / "nowhere", progress=False)
+
+
+def test_the_run_identity_holds_the_ensembles_settings_whole(members, tmp_path, monkeypatch):
+    """A gate (or other weights) is another ensemble: never resumed into, never lent answers;
+    the members alone are the same and are taken over."""
+    data = write_data(tmp_path / "data")
+    exact = tmp_path / "exact"
+    evaluate("arc_challenge", members, out=exact, data_dir=data, batch_size=1, progress=False)
+    meta = json.loads((exact / "meta.json").read_text())
+    assert meta["weights"] is None and meta["top_k"] == 10 and "confidence_gate" not in meta  # the first version's shape
+    with pytest.raises(EvalUsageError, match="confidence_gate"):
+        evaluate("arc_challenge", members, out=exact, data_dir=data, confidence_gate=0.5, progress=False)
+    computed = _counting(monkeypatch)
+    gated = tmp_path / "gated"
+    evaluate("arc_challenge", members, out=gated, data_dir=data, confidence_gate=0.5, batch_size=1, progress=False,
+             reuse=[exact])
+    assert json.loads((gated / "meta.json").read_text())["confidence_gate"] == 0.5
+    assert len(computed) == 24  # the gated ensemble only: 6 items x 4 choices
