@@ -125,6 +125,19 @@ class RemoteRunner:
             answers = list(self._executor().map(self._row_candidates, batch))
         return dense_logprobs(answers, self.vocab_size)
 
+    def logprobs_in_turn(self, rows: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
+        """Per row, ``(len(rows[r]), vocab_size)`` log-probabilities after each of its id sequences,
+        asked one after another (so each finds the previous one's prefix in the server's slot
+        cache), the rows at once. Raises as `logprobs` does."""
+        def ask(sequences: Sequence[Sequence[int]]) -> list[Candidates | None]:
+            return [self._row_candidates(ids) for ids in sequences]
+
+        if len(rows) == 1 or self.concurrency == 1:
+            answers = [ask(sequences) for sequences in rows]
+        else:
+            answers = list(self._executor().map(ask, rows))
+        return [dense_logprobs(row, self.vocab_size) for row in answers]
+
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
@@ -218,29 +231,30 @@ class RemoteRowCache:
         return out
 
     def read(self, trees: Sequence[ReadTree | None]) -> list[torch.Tensor | None]:
-        """Each row's tree (`unite_logits.core.reading`): one request per query, every row's at once.
+        """Each row's tree (`unite_logits.core.reading`): one request per query, a row's queries in
+        turn, the rows at once.
 
-        A server without log-probabilities at every position of a prompt (llama.cpp's) reads
-        a draft one position per request: per position, the prefix cache makes each request cost
-        the tokens new since the row's previous one. Raises `RemoteMemberError` as `feed` does.
+        A server without log-probabilities at every position of a prompt (llama.cpp's) reads a
+        draft one position per request; asked in turn, each request finds the row's previous one
+        in the same slot's prefix cache and costs the tokens new since. Raises
+        `RemoteMemberError` as `feed` does.
         """
         if len(trees) != len(self.ids):
             raise ValueError(f"got {len(trees)} trees for {len(self.ids)} rows")
-        readings: list[list[int]] = []
-        spans: list[tuple[int, int] | None] = []
+        readings: list[list[list[int]]] = []
+        fed: list[int] = []
         for row, tree in enumerate(trees):
             if tree is None:
-                spans.append(None)
                 continue
             kept = self.ids[row][: tree.base]
-            spans.append((len(readings), len(readings) + len(tree.queries)))
-            readings += [tree.reading(query, kept) for query in range(len(tree.queries))]
+            readings.append([tree.reading(query, kept) for query in range(len(tree.queries))])
+            fed.append(row)
             self.ids[row] = kept + list(tree.trunk)
         if not readings:
             return [None] * len(trees)
-        values = self.runner.logprobs(readings)
+        values = dict(zip(fed, self.runner.logprobs_in_turn(readings)))
         self.forward_passes += 1
-        return [None if span is None else values[span[0]:span[1]] for span in spans]
+        return [values.get(row) for row in range(len(trees))]
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Row ``i`` becomes a copy of row ``index[i]`` (beams that split, rows that finished)."""
