@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("lm_eval")
 
 from testkit.eval_tiny import tiny_members, write_data  # noqa: E402
-from unite_logits.evaluation.cli import DEFAULT_MEMBERS, add_eval_parser, add_select_parser, run_eval, run_select  # noqa: E402
+from unite_logits.evaluation.cli import add_eval_parser, add_select_parser, run_eval, run_select  # noqa: E402
 from unite_logits.evaluation.errors import EvalUsageError  # noqa: E402
 from unite_logits.evaluation.records import read_records  # noqa: E402
 from unite_logits.apps.cli import build_parser  # noqa: E402

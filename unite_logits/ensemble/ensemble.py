@@ -21,7 +21,7 @@ import torch
 from jinja2 import TemplateError
 from transformers import LogitsProcessor
 
-from ..core.checks import check_top_k, check_weight, context_window
+from ..core.checks import context_window
 from ..core.member import Member
 from ..core.scoring import TokenScores
 from ..core.trace import StepRecord

@@ -8,7 +8,6 @@ reported before minutes of loading. GGUF sources are converted once into the cac
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import sys
