@@ -186,7 +186,7 @@ def reuse_answers(out: Path, identity: dict[str, Any], sources: Sequence[tuple[P
     return seeded
 
 
-def _record(subtask: str, sample: dict[str, Any], metrics: Sequence[str]) -> dict[str, Any]:
+def _record(subtask: str, sample: dict[str, Any], metrics: Sequence[str], context: bool = True) -> dict[str, Any]:
     """One sample of lm-eval's log as a record: its document, metric values and output."""
     responses = sample.get("filtered_resps", sample.get("resps"))
     output: Any
@@ -195,7 +195,7 @@ def _record(subtask: str, sample: dict[str, Any], metrics: Sequence[str]) -> dic
     else:
         output = [float(r[0]) if isinstance(r, (list, tuple)) else float(r) for r in responses or []]
     return {"task": subtask, "doc_id": int(sample["doc_id"]), "doc_hash": sample.get("doc_hash"),
-            "target": str(sample.get("target")), "context": _context(sample),
+            "target": str(sample.get("target")), "context": _context(sample) if context else "",
             "metrics": {m: float(sample[m]) for m in metrics if isinstance(sample.get(m), (int, float))},
             "output": output}
 
@@ -218,11 +218,13 @@ def run_systems(
     apply_chat_template: bool = False,
     progress: bool = True,
     reuse: Sequence[str | os.PathLike[str]] = (),
+    contexts: bool = True,
 ) -> TaskRun:
     """Run every system (name, maker of its `UniteLM`) on ``run``'s task (the first ``limit``
     documents, or the document indices ``samples`` gives per subtask: a slice of a
     `unite_logits.evaluation.split.Split`); resumes from ``out``, and takes answers from the
-    ``reuse`` folders where they match (`reuse_answers`).
+    ``reuse`` folders where they match (`reuse_answers`). ``contexts=False`` leaves each record's
+    prompt text out (many systems on the same documents: a search keeps it once, elsewhere).
 
     Raises:
         EvalUsageError: ``out`` holds another run (or records whose identity file is gone), or a
@@ -252,7 +254,7 @@ def run_systems(
             apply_chat_template=apply_chat_template, verbosity="ERROR" if not progress else "WARNING",
         )
         assert results is not None
-        records = [_record(subtask, sample, run.metrics) for subtask in sorted(results["samples"])
+        records = [_record(subtask, sample, run.metrics, contexts) for subtask in sorted(results["samples"])
                    for sample in results["samples"][subtask]]
         write_records(out / "records" / f"{slug(name)}{RECORDS_SUFFIX}", records)
         run.systems.append(SystemRun(name, _means(records, run.metrics), records))

@@ -107,7 +107,7 @@ def select(
 
 def _run(run: TaskRun, systems: Sequence[System], members: Sequence[LoadedModel], out: Path,
          samples: dict[str, list[int]], batch_size: int, progress: bool, reuse: Sequence[str | os.PathLike[str]],
-         makers: dict[str, Callable[[], Any]] | None = None, **extra: Any) -> TaskRun:
+         makers: dict[str, Callable[[], Any]] | None = None, contexts: bool = True, **extra: Any) -> TaskRun:
     """Run ``systems`` on the documents ``samples`` names, in ``out`` (resumable)."""
     from unite_logits.ensemble.ensemble import Ensemble
     from unite_logits.lm_eval import UniteLM
@@ -118,7 +118,8 @@ def _run(run: TaskRun, systems: Sequence[System], members: Sequence[LoadedModel]
         return lambda: UniteLM.from_ensemble(Ensemble(list(models), spec), batch_size=batch_size, progress=progress)
 
     jobs = [(name, (makers or {}).get(name) or maker(models, spec)) for name, models, spec in systems]
-    return run_systems(run, jobs, out=out, identity=identity, samples=samples, progress=progress, reuse=reuse)
+    return run_systems(run, jobs, out=out, identity=identity, samples=samples, progress=progress, reuse=reuse,
+                       contexts=contexts)
 
 
 def _compatibility(dev_run: TaskRun, members: Sequence[LoadedModel], thresholds: Thresholds, top_k: int) -> SelectReport:
@@ -171,7 +172,8 @@ def _determine(run: TaskRun, dev_run: TaskRun, members: Sequence[LoadedModel], s
             systems.append((spec.label(), [loaded[name] for name in spec.models], spec))
             makers[spec.label()] = SweepLM.maker(sweep, index, base, batch_size=batch_size, progress=progress)
     logger.info("searching %d ensembles on the dev slice (%d scoring passes)", len(systems), min(primaries, len(ranked)))
-    search_run = _run(run, systems, members, out / "search", split.dev, batch_size, progress, reuse, makers=makers)
+    search_run = _run(run, systems, members, out / "search", split.dev, batch_size, progress, reuse, makers=makers,
+                      contexts=False)  # the prompts are in dev/'s records, once
     ensembles = [Option(spec, tuple(_flags(s, metric)[d] for d in docs))
                  for s, (_, _, spec) in zip(search_run.systems, systems) if spec is not None]
     choice = choose(alone, ensembles)
