@@ -37,6 +37,13 @@ def reports(folder: Path = FOLDER) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(folder.glob("*/*.select.json"))]
 
 
+def _short_system(text: str) -> str:
+    """Every model name in ``text`` replaced by its short name."""
+    for name, short in SHORT.items():
+        text = text.replace(name, short)
+    return text
+
+
 def table(found: Sequence[dict]) -> str:
     lines = ["| task | candidates | dev / held-out docs | best member (held-out) | equal weights − best | "
              "determined | determined − best |",
@@ -50,27 +57,53 @@ def table(found: Sequence[dict]) -> str:
         best = held["best_member"]
         best_row = held["systems"][best]
         chosen = held["chosen"]
-        chosen_name = "one model: " + _name(chosen) if chosen in {c["name"] for c in report["candidates"]} else (
-            "equal weights" if chosen == "equal weights" else _name(chosen))
+        if chosen == best:
+            chosen_name, gain = f"{SHORT.get(best, best)} alone", "0 (it is the best member)"
+        else:
+            alone = chosen in {c["name"] for c in report["candidates"]}
+            chosen_name = f"{SHORT.get(chosen, chosen)} alone" if alone else _name(chosen)
+            gain = _points(held["chosen_minus_best"])
+        candidates = ", ".join(SHORT.get(c["name"], c["name"]) for c in report["candidates"])
         lines.append(
-            f"| {TASKS.get(report['task'], report['task'])} | {len(report['candidates'])} | "
+            f"| {TASKS.get(report['task'], report['task'])} | {candidates} | "
             f"{split['dev_documents']} / {held['documents']} | {SHORT.get(best, best)} {100 * best_row['score']:.1f} | "
-            f"{_points(held['equal_minus_best'])} | {chosen_name} | {_points(held['chosen_minus_best'])} |")
+            f"{_points(held['equal_minus_best'])} | {chosen_name} | {gain} |")
     return "\n".join(lines)
 
 
 def choices(found: Sequence[dict]) -> str:
-    """What was chosen on each task and why (the steps of the choice)."""
+    """What was chosen on each task and why (the steps of the choice, gains in dev points)."""
     out = []
     for report in found:
         determined = report.get("determined")
         if not determined:
             continue
         task = TASKS.get(report["task"], report["task"])
-        out.append(f"- **{task}, {len(report['candidates'])} candidates**: "
-                   + "; ".join(reason.replace(" points on the dev slice over the choice before", "")
-                               for reason in determined["reasons"]))
+        steps = "; ".join(_short_system(reason.replace(" points on the dev slice over the choice before", ""))
+                          for reason in determined["reasons"])
+        out.append(f"- **{task}, {len(report['candidates'])} candidates**: {steps}")
     return "\n".join(out)
+
+
+def members(found: Sequence[dict]) -> str:
+    """Each candidate alone on the dev slice and on the held-out documents (one row per task:
+    the trio's run, which holds every candidate): how well dev ranks the members."""
+    by_task: dict[str, dict] = {}
+    for report in found:
+        if report.get("determined", {}).get("held_out"):
+            kept = by_task.get(report["task"])
+            if kept is None or len(report["candidates"]) > len(kept["candidates"]):
+                by_task[report["task"]] = report
+    names = list(SHORT)
+    lines = ["| task | " + " | ".join(f"{SHORT[n]} dev / held-out" for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for task, report in by_task.items():
+        dev = {row["system"]: row["score"] for row in report["determined"]["dev"]}
+        held = report["determined"]["held_out"]["systems"]
+        cells = [f"{100 * dev[n]:.1f} / {100 * held[n]['score']:.1f}" if n in dev and n in held else "–"
+                 for n in names]
+        lines.append(f"| {TASKS.get(task, task)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(found))
     print()
     print(choices(found))
+    print()
+    print(members(found))
     return 0
 
 

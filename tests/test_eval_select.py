@@ -157,6 +157,9 @@ def test_a_gain_within_its_interval_keeps_the_best_member_alone() -> None:
     choice = choose(alone, ensembles)
     assert choice.option.spec.models == ("a",) and len(choice.option.spec.taking_part) == 1
     assert all(not taken for _, _, taken in choice.steps) and "not taken" in choice.reasons[0]
+    assert "interval reaches 0" in choice.reasons[0]
+    worse = [_option(["a", "b"], None, [1] * 40 + [0] * 60)]  # 20 points below: not noise, worse
+    assert choose(alone, worse).reasons[0].endswith("not taken: worse than the choice before")
     clear = [_option(["a", "b"], [1, 0.5], [1] * 75 + [0] * 25)]
     assert choose(alone, ensembles[:1] + clear).option.spec.weights == (1.0, 0.5)  # 15 points: taken
 

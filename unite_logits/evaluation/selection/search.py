@@ -87,7 +87,8 @@ class Choice:
         lines = []
         for option, gain, taken in self.steps:
             interval = f"{100 * gain.diff:+.1f} [{100 * gain.low:+.1f}, {100 * gain.high:+.1f}]"
-            verdict = "taken" if taken else "not taken: its interval reaches 0"
+            verdict = ("taken" if taken else "not taken: worse than the choice before" if gain.high < 0
+                       else "not taken: its interval reaches 0")
             lines.append(f"{option.name}: {interval} points on the dev slice over the choice before; {verdict}")
         return lines
 
