@@ -9,7 +9,10 @@ tokens per row (``min_new_tokens``). Reported per setting (medians over repeats)
 * ``spec / sum``: draft-and-verify over the sum of the members alone; ``spec / primary`` and
   ``spec / slowest``: over the primary alone and the slowest member alone; ``per-token / sum``;
 * acceptance (drafted tokens kept), mean tokens per round and row, member passes;
-* identical: whether draft-and-verify wrote exactly the per-token ensemble's tokens.
+* identical: whether draft-and-verify wrote exactly the per-token ensemble's tokens;
+* where the time goes (``profile``, last repeat, ms per token): the primary's forward passes,
+  the members' forward passes, and the rest (alignment, bookkeeping, ``generate`` itself), for
+  the per-token ensemble and for draft-and-verify.
 
 ``--latency MS`` adds a fixed sleep to every forward pass of the auxiliaries (whatever its
 length), as if they ran on devices of their own: what draft-and-verify saves is then the number
@@ -82,6 +85,7 @@ class Row:
     gate_rows_identical: float | None = None
     gate_tokens_agree: float | None = None
     repeats: dict[str, list[float]] = field(default_factory=dict)
+    profile: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Sleepy(torch.nn.Module):
@@ -94,6 +98,36 @@ class Sleepy(torch.nn.Module):
     def hook(self, module: Any, args: Any, kwargs: Any, output: Any) -> Any:
         time.sleep(self.seconds)
         return output
+
+
+class Stopwatch:
+    """Wall time inside each watched model's forward passes (a pre-hook starts, a hook stops),
+    summed per part ("primary", "members"): the profile of one generation."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._started: dict[int, float] = {}
+        self.handles: list[Any] = []
+
+    def watch(self, part: str, model: Any) -> None:
+        def start(module: Any, args: Any) -> None:
+            self._started[id(module)] = time.perf_counter()
+
+        def stop(module: Any, args: Any, output: Any) -> None:
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - self._started.pop(id(module))
+
+        self.handles += [model.register_forward_pre_hook(start), model.register_forward_hook(stop)]
+
+    def profile(self, total: float, new_tokens: int) -> dict[str, float]:
+        """ms per token in each part and the rest of ``total`` seconds; then starts afresh."""
+        parts = {part: 1000 * self.seconds.get(part, 0.0) / new_tokens for part in ("primary", "members")}
+        parts["other"] = 1000 * total / new_tokens - sum(parts.values())
+        self.seconds = {}
+        return {part: round(value, 2) for part, value in parts.items()}
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def load(suite: str) -> list[tuple[str, Any, Any]]:
@@ -142,6 +176,11 @@ def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: in
     if latency_ms:
         sleepy = Sleepy(latency_ms / 1000)
         hooks = [model.register_forward_hook(sleepy.hook, with_kwargs=True) for _, model, _ in aux]
+    stopwatch = Stopwatch()  # after the sleep hooks: a member's time includes its injected latency
+    stopwatch.watch("primary", primary)
+    for _, model, _ in aux:
+        stopwatch.watch("members", model)
+    profile: dict[str, dict[str, float]] = {}
     try:
         samples: dict[str, list[float]] = {name: [] for name, _, _ in models}
         samples |= {"per-token": [], "spec": []}
@@ -152,16 +191,20 @@ def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: in
                 seconds, _, _ = run(model, tokenizer)
                 samples[name].append(1000 * seconds / new_tokens)
             members = [Member(model, tokenizer, name=name) for name, model, tokenizer in aux]
+            stopwatch.profile(0.0, new_tokens)
             seconds, per_token_tokens, _ = run(primary, tok, lambda: UniTEProcessor(tok, members, top_k=top_k))
+            profile["per-token"] = stopwatch.profile(seconds * len(chunks), new_tokens * len(chunks))
             samples["per-token"].append(1000 * seconds / new_tokens)
             seconds, spec_tokens, chunk_stats = run(
                 primary, tok, lambda: UniTEProcessor(tok, members, top_k=top_k, confidence_gate=gate), speculative=True)
+            profile["spec"] = stopwatch.profile(seconds * len(chunks), new_tokens * len(chunks))
             stats = SpeculationStats(rounds=sum(s.rounds for s in chunk_stats), drafted=sum(s.drafted for s in chunk_stats),
                                      accepted=sum(s.accepted for s in chunk_stats),
                                      ensembled=sum(s.ensembled for s in chunk_stats),
                                      member_passes=sum(s.member_passes for s in chunk_stats))
             samples["spec"].append(1000 * seconds / new_tokens)
     finally:
+        stopwatch.close()
         for hook in hooks:
             hook.remove()
     median = {name: statistics.median(values) for name, values in samples.items()}
@@ -179,7 +222,7 @@ def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: in
         identical=per_token_tokens == spec_tokens, gate=gate,
         gate_rows_identical=None if gate is None else _rows_identical(per_token_tokens, spec_tokens),
         gate_tokens_agree=None if gate is None else _prefix_agreement(per_token_tokens, spec_tokens),
-        repeats={k: [round(v, 2) for v in vs] for k, vs in samples.items()},
+        repeats={k: [round(v, 2) for v in vs] for k, vs in samples.items()}, profile=profile,
     )
 
 
@@ -212,6 +255,18 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def profile_table(rows: Sequence[Row]) -> str:
+    """Where each row's time goes: ms/token in the primary's passes, the members' and the rest."""
+    lines = ["| models | prompt | new | B | latency | per-token: primary / members / other | "
+             "spec: primary / members / other |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [" / ".join(f"{r.profile[mode][part]:.0f}" for part in ("primary", "members", "other"))
+                 for mode in ("per-token", "spec")]
+        lines.append(f"| {' + '.join(r.models)} | {r.prompt} | {r.new_tokens} | {r.batch} | {r.latency_ms:g} ms | "
+                     f"{cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", choices=["tiny", "real", "trio"], default="real")
@@ -241,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(row)
             print(table([row]).splitlines()[-1], flush=True)
     print(table(rows))
+    print()
+    print(profile_table(rows))
     out = args.out or ROOT / "benchmarks" / "results" / f"speculative-{args.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": platform.platform(), "torch_threads": torch.get_num_threads(),

@@ -107,3 +107,62 @@ def test_speculative_benchmark_runs_on_the_tiny_suite_and_finds_the_same_tokens(
     rows = json.loads(out.read_text())["rows"]
     assert [(r["batch"], r["new_tokens"]) for r in rows] == [(1, 6), (2, 6)]
     assert all(r["identical"] for r in rows) and all(r["spec_ms_per_token"] > 0 for r in rows)
+    for row in rows:  # the profile splits each mode's time: model passes and the rest add up to the whole
+        for mode, total in (("per-token", row["repeats"]["per-token"][-1]), ("spec", row["repeats"]["spec"][-1])):
+            parts = row["profile"][mode]
+            assert parts["primary"] > 0 and parts["members"] > 0
+            assert abs(sum(parts.values()) - total) < 0.05 * total + 0.05
+
+
+DETERMINED = sorted((ROOT / "benchmarks" / "results" / "determined").glob("*/*.select.json"))
+
+
+def _flags_of(folder: Path, metric: str) -> dict[str, dict[tuple[str, int], bool]]:
+    """Each system's right/wrong per document, read from a committed records folder alone."""
+    from unite_logits.evaluation.records import read_records, records_path
+    from unite_logits.evaluation.runs import slug
+
+    meta = json.loads((folder / "meta.json").read_text())
+    flags = {}
+    for system in meta["systems"]:
+        records = read_records(records_path(folder / "records", slug(system["name"])))
+        flags[system["name"]] = {(r["task"], r["doc_id"]): r["metrics"][metric] == 1.0 for r in records}
+    return flags
+
+
+def test_every_committed_select_run_recomputes_its_choice_and_held_out_table_from_its_records():
+    """The determined table (docs/results.md) from records alone: the dev scores give the same
+    choice and reasons through `choose`, the held-out records the same held-out table, and the page
+    shows what benchmarks/determined_tables prints."""
+    from benchmarks import determined_tables
+    from unite_logits.ensemble.spec import EnsembleSpec
+    from unite_logits.evaluation.selection.render import held_out_rows
+    from unite_logits.evaluation.selection.search import Option, choose
+
+    assert len(DETERMINED) >= 4
+    for path in DETERMINED:
+        report = json.loads(path.read_text())
+        determined, folder = report["determined"], path.parent
+        metric = determined["metric"]
+        dev = {**_flags_of(folder / "dev", metric), **_flags_of(folder / "search", metric)}
+        docs = sorted(next(iter(dev.values())))
+        assert len(docs) == determined["split"]["dev_documents"]
+        assert all(sorted(flags) == docs for flags in dev.values())
+        members = [c["name"] for c in report["candidates"]]
+        search = json.loads((folder / "search" / "meta.json").read_text())["systems"]
+        alone = [Option(EnsembleSpec((name,), top_k=10), tuple(dev[name][d] for d in docs)) for name in members]
+        ensembles = [Option(EnsembleSpec(tuple(m["name"] for m in s["models"]), s["ensemble"]["weights"],
+                                         top_k=s["ensemble"]["top_k"]), tuple(dev[s["name"]][d] for d in docs))
+                     for s in search]
+        assert {o.name for o in ensembles} == {s["name"] for s in search}  # labels round-trip
+        choice = choose(alone, ensembles)
+        assert choice.reasons == determined["reasons"], path
+        assert choice.option.spec.settings()["weights"] == determined["chosen"]["weights"] or (
+            len(choice.option.spec.taking_part) == 1)
+        held = _flags_of(folder / "held-out", metric)
+        assert len(next(iter(held.values()))) == determined["held_out"]["documents"]
+        assert held_out_rows(held, members, "equal weights", determined["held_out"]["chosen"]) == determined["held_out"]
+    found = determined_tables.reports()
+    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    for block in (determined_tables.table(found), determined_tables.choices(found), determined_tables.members(found)):
+        assert block in page
