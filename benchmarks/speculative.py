@@ -72,11 +72,7 @@ class Row:
     alone_ms_per_token: dict[str, float]
     per_token_ms_per_token: float
     spec_ms_per_token: float
-    spec_over_sum: float
-    spec_over_primary: float
-    spec_over_slowest: float
-    per_token_over_sum: float
-    spec_over_per_token: float
+    ratios: dict[str, float]  # "spec / sum", "spec / primary", "spec / slowest", "per-token / sum", "spec / per-token"
     acceptance: float
     tokens_per_round: float
     member_passes: int
@@ -215,9 +211,11 @@ def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: in
         models=[name for name, _, _ in models], prompt=prompt_name,
         prompt_tokens=len(tok(prompts[0])["input_ids"]), new_tokens=new_tokens, batch=batch, latency_ms=latency_ms,
         alone_ms_per_token=alone, per_token_ms_per_token=median["per-token"], spec_ms_per_token=median["spec"],
-        spec_over_sum=median["spec"] / total, spec_over_primary=median["spec"] / alone[primary_name],
-        spec_over_slowest=median["spec"] / max(alone.values()), per_token_over_sum=median["per-token"] / total,
-        spec_over_per_token=median["spec"] / median["per-token"], acceptance=stats.acceptance,
+        ratios={"per-token / sum": median["per-token"] / total, "spec / sum": median["spec"] / total,
+                "spec / primary": median["spec"] / alone[primary_name],
+                "spec / slowest": median["spec"] / max(alone.values()),
+                "spec / per-token": median["spec"] / median["per-token"]},
+        acceptance=stats.acceptance,
         tokens_per_round=stats.emitted / max(1, stats.rounds) / min(batch, len(prompts)), member_passes=stats.member_passes,
         identical=per_token_tokens == spec_tokens, gate=gate,
         gate_rows_identical=None if gate is None else _rows_identical(per_token_tokens, spec_tokens),
@@ -240,18 +238,19 @@ def _prefix_agreement(a: list[list[int]] | None, b: list[list[int]] | None) -> f
     return agreed / sum(len(x) for x in a)
 
 
+RATIOS = ("per-token / sum", "spec / sum", "spec / primary", "spec / slowest", "spec / per-token")
+
+
 def table(rows: Sequence[Row]) -> str:
-    lines = ["| models | prompt | new | B | latency | gate | per-token / sum | spec / sum | spec / primary | "
-             "spec / slowest | spec / per-token | acceptance | tokens/round | identical |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| models | prompt | new | B | latency | gate | " + " | ".join(RATIOS)
+             + " | acceptance | tokens/round | identical |", "|---" * (9 + len(RATIOS)) + "|"]
     for r in rows:
         same = ("yes" if r.identical else "NO") if r.gate is None else (
             f"{100 * (r.gate_rows_identical or 0):.0f} % rows, {100 * (r.gate_tokens_agree or 0):.0f} % tokens")
         lines.append(f"| {' + '.join(r.models)} | {r.prompt} | {r.new_tokens} | {r.batch} | {r.latency_ms:g} ms | "
                      f"{'-' if r.gate is None else r.gate} | "
-                     f"{r.per_token_over_sum:.2f} | {r.spec_over_sum:.2f} | {r.spec_over_primary:.2f} | "
-                     f"{r.spec_over_slowest:.2f} | {r.spec_over_per_token:.2f} | {r.acceptance:.2f} | "
-                     f"{r.tokens_per_round:.2f} | {same} |")
+                     + " | ".join(f"{r.ratios[name]:.2f}" for name in RATIOS)
+                     + f" | {r.acceptance:.2f} | {r.tokens_per_round:.2f} | {same} |")
     return "\n".join(lines)
 
 

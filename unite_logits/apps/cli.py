@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..core.errors import MemberError, NonFiniteScoresError
 from ..core.speculation import DEFAULT_DRAFT_TOKENS
@@ -44,6 +44,7 @@ EXIT_USAGE = 2
 PROG = "unite-logits"
 DEFAULT_PRIMARY = "smollm2-135m-instruct"
 DEFAULT_AUX = "gemma3-270m"
+Number = TypeVar("Number", int, float)
 DEFAULT_TOP_K = 10
 DEFAULT_SERVE_MAX_TOKENS = 256
 _SPEC_FLAGS = (("primary", "--primary"), ("aux", "--aux"), ("weights", "--weights"), ("top_k", "--top-k"),
@@ -98,14 +99,22 @@ def _probability(text: str) -> float:
     return value
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"has to be between 0 and 2**64 - 1, got {text}")
-    return value
+def _in_range(convert: Callable[[str], Number], low: Number, high: Number, expected: str,
+              bounds: str) -> Callable[[str], Number]:
+    """An option type: ``convert(text)`` between ``low`` and ``high``, one line otherwise."""
+    def parse(text: str) -> Number:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"has to be {bounds}, got {text}")
+        return value
+
+    return parse
+
+
+_seed = _in_range(int, 0, MAX_SEED, "expected an integer", "between 0 and 2**64 - 1")
 
 
 def _weights(text: str) -> list[float]:
@@ -410,16 +419,7 @@ def _add_serve_parser(subparsers: Any) -> None:
 
 def _duration(most: float, unit: str, name: str) -> Callable[[str], float]:
     """An option type: a number from 0 to ``most`` (of ``unit``, e.g. "ms"), one line otherwise."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"has to be a number of {name}, got {text!r}") from None
-        if not 0 <= value <= most:
-            raise argparse.ArgumentTypeError(f"has to be between 0 and {most:g} {unit}, got {text}")
-        return value
-
-    return parse
+    return _in_range(float, 0.0, most, f"has to be a number of {name}", f"between 0 and {most:g} {unit}")
 
 
 _batch_wait_ms = _duration(10_000, "ms", "milliseconds")
