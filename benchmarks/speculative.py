@@ -11,12 +11,14 @@ tokens per row (``min_new_tokens``). Reported per setting (medians over repeats)
 * acceptance (drafted tokens kept), mean tokens per round and row, member passes;
 * identical: whether draft-and-verify wrote exactly the per-token ensemble's tokens;
 * where the time goes (``profile``, last repeat, ms per token): the primary's forward passes,
-  the members' forward passes, and the rest (alignment, bookkeeping, ``generate`` itself), for
-  the per-token ensemble and for draft-and-verify.
+  the members' forward passes, and the rest of the wall time (alignment, bookkeeping,
+  ``generate`` itself), for the per-token ensemble and for draft-and-verify. The members run on
+  their workers beside the primary (per-token: every step; draft-and-verify: beside the last
+  pass of each draft), so the rest is negative where they overlapped.
 
 ``--latency MS`` adds a fixed sleep to every forward pass of the auxiliaries (whatever its
 length), as if they ran on devices of their own: what draft-and-verify saves is then the number
-of member passes. Targets (issue 26): real pair, batch 1, 64 tokens: spec / sum <= 0.60 and
+of member passes. Targets: real pair, batch 1, 64 tokens: spec / sum <= 0.60 and
 below the slower member alone; B=8: <= 0.70 x the sum; injected latency: <= 0.6 x per-token.
 
     python -m benchmarks.speculative --suite real --new-tokens 64 256 --batch 1 8
@@ -40,6 +42,7 @@ from typing import Any
 import torch
 
 from unite_logits import Member, SpeculationStats, UniTEProcessor, draft_and_verify
+from unite_logits.core.speculation import SCHEDULES, Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = {"real": ["smollm2-135m-instruct", "gemma3-270m"],
@@ -78,6 +81,7 @@ class Row:
     member_passes: int
     identical: bool
     gate: float | None = None
+    schedule: str = "cost"
     gate_rows_identical: float | None = None
     gate_tokens_agree: float | None = None
     repeats: dict[str, list[float]] = field(default_factory=dict)
@@ -117,7 +121,7 @@ class Stopwatch:
     def profile(self, total: float, new_tokens: int) -> dict[str, float]:
         """ms per token in each part and the rest of ``total`` seconds; then starts afresh."""
         parts = {part: 1000 * self.seconds.get(part, 0.0) / new_tokens for part in ("primary", "members")}
-        parts["other"] = 1000 * total / new_tokens - sum(parts.values())
+        parts["rest"] = 1000 * total / new_tokens - sum(parts.values())
         self.seconds = {}
         return {part: round(value, 2) for part, value in parts.items()}
 
@@ -152,7 +156,8 @@ def timed(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int, proce
 
 
 def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: int, batch: int, repeats: int,
-            latency_ms: float, top_k: int, gate: float | None = None, prompts: list[str] | None = None) -> Row:
+            latency_ms: float, top_k: int, gate: float | None = None, prompts: list[str] | None = None,
+            schedule: Schedule = "cost") -> Row:
     (primary_name, primary, tok), aux = models[0], models[1:]
     prompts = prompts or [PROMPTS[prompt_name]()] * batch
     chunks = [prompts[start:start + batch] for start in range(0, len(prompts), batch)]  # each a batch of rows
@@ -192,7 +197,8 @@ def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: in
             profile["per-token"] = stopwatch.profile(seconds * len(chunks), new_tokens * len(chunks))
             samples["per-token"].append(1000 * seconds / new_tokens)
             seconds, spec_tokens, chunk_stats = run(
-                primary, tok, lambda: UniTEProcessor(tok, members, top_k=top_k, confidence_gate=gate), speculative=True)
+                primary, tok, lambda: UniTEProcessor(tok, members, top_k=top_k, confidence_gate=gate,
+                                                     draft_schedule=schedule), speculative=True)
             profile["spec"] = stopwatch.profile(seconds * len(chunks), new_tokens * len(chunks))
             stats = SpeculationStats(rounds=sum(s.rounds for s in chunk_stats), drafted=sum(s.drafted for s in chunk_stats),
                                      accepted=sum(s.accepted for s in chunk_stats),
@@ -217,7 +223,7 @@ def measure(models: list[tuple[str, Any, Any]], prompt_name: str, new_tokens: in
                 "spec / per-token": median["spec"] / median["per-token"]},
         acceptance=stats.acceptance,
         tokens_per_round=stats.emitted / max(1, stats.rounds) / min(batch, len(prompts)), member_passes=stats.member_passes,
-        identical=per_token_tokens == spec_tokens, gate=gate,
+        identical=per_token_tokens == spec_tokens, gate=gate, schedule=schedule,
         gate_rows_identical=None if gate is None else _rows_identical(per_token_tokens, spec_tokens),
         gate_tokens_agree=None if gate is None else _prefix_agreement(per_token_tokens, spec_tokens),
         repeats={k: [round(v, 2) for v in vs] for k, vs in samples.items()}, profile=profile,
@@ -242,13 +248,13 @@ RATIOS = ("per-token / sum", "spec / sum", "spec / primary", "spec / slowest", "
 
 
 def table(rows: Sequence[Row]) -> str:
-    lines = ["| models | prompt | new | B | latency | gate | " + " | ".join(RATIOS)
-             + " | acceptance | tokens/round | identical |", "|---" * (9 + len(RATIOS)) + "|"]
+    lines = ["| models | prompt | new | B | latency | schedule | gate | " + " | ".join(RATIOS)
+             + " | acceptance | tokens/round | identical |", "|---" * (10 + len(RATIOS)) + "|"]
     for r in rows:
         same = ("yes" if r.identical else "NO") if r.gate is None else (
             f"{100 * (r.gate_rows_identical or 0):.0f} % rows, {100 * (r.gate_tokens_agree or 0):.0f} % tokens")
         lines.append(f"| {' + '.join(r.models)} | {r.prompt} | {r.new_tokens} | {r.batch} | {r.latency_ms:g} ms | "
-                     f"{'-' if r.gate is None else r.gate} | "
+                     f"{r.schedule} | {'-' if r.gate is None else r.gate} | "
                      + " | ".join(f"{r.ratios[name]:.2f}" for name in RATIOS)
                      + f" | {r.acceptance:.2f} | {r.tokens_per_round:.2f} | {same} |")
     return "\n".join(lines)
@@ -256,13 +262,13 @@ def table(rows: Sequence[Row]) -> str:
 
 def profile_table(rows: Sequence[Row]) -> str:
     """Where each row's time goes: ms/token in the primary's passes, the members' and the rest."""
-    lines = ["| models | prompt | new | B | latency | per-token: primary / members / other | "
-             "spec: primary / members / other |", "|---|---|---|---|---|---|---|"]
+    lines = ["| models | prompt | new | B | latency | schedule | per-token: primary / members / rest | "
+             "spec: primary / members / rest |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cells = [" / ".join(f"{r.profile[mode][part]:.0f}" for part in ("primary", "members", "other"))
+        cells = [" / ".join(f"{r.profile[mode][part]:.0f}" for part in ("primary", "members", "rest"))
                  for mode in ("per-token", "spec")]
         lines.append(f"| {' + '.join(r.models)} | {r.prompt} | {r.new_tokens} | {r.batch} | {r.latency_ms:g} ms | "
-                     f"{cells[0]} | {cells[1]} |")
+                     f"{r.schedule} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -275,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0, help="ms of sleep per auxiliary forward pass")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=["cost"],
+                        help="draft schedules to measure, each a row (default: cost, the processor's default)")
     parser.add_argument("--gates", nargs="*", type=float, default=[],
                         help="also draft-and-verify with the confidence gate at these taus (eight chat questions, one at "
                              "a time), against exact UniTE")
@@ -285,9 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for prompt in args.prompts:
         for new_tokens in args.new_tokens:
             for batch in args.batch:
-                row = measure(models, prompt, new_tokens, batch, args.repeats, args.latency, args.top_k)
-                rows.append(row)
-                print(table([row]).splitlines()[-1], flush=True)
+                for schedule in args.schedules:
+                    row = measure(models, prompt, new_tokens, batch, args.repeats, args.latency, args.top_k,
+                                  schedule=schedule)
+                    rows.append(row)
+                    print(table([row]).splitlines()[-1], flush=True)
     for gate in args.gates:
         for new_tokens in args.new_tokens:
             row = measure(models, "chat-questions", new_tokens, 1, args.repeats, args.latency,

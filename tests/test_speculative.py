@@ -25,7 +25,7 @@ from unite_logits import Member, UniTEProcessor, draft_and_verify
 from unite_logits.core.member import LocalRunner
 from unite_logits.core.member_rows import AuxiliaryRows
 from unite_logits.core.sampling import accept_or_resample
-from unite_logits.core.speculation import DraftSchedule, SpeculationStats
+from unite_logits.core.speculation import MAX_DRAFT_TOKENS, DraftSchedule, RoundCost, SpeculationStats
 from unite_logits.core.sync import TokenSync
 from unite_logits.core.token_bytes import token_bytes_view
 
@@ -75,7 +75,7 @@ settings_spec = settings(max_examples=30)
     weights=st.lists(st.sampled_from([0.0, 0.1, 0.3, 1.0]), min_size=2, max_size=2),
     prompts=st.lists(st.sampled_from(PROMPTS), min_size=1, max_size=3),
     draft=st.integers(1, 6),
-    schedule=st.sampled_from(["heuristic", "constant"]),
+    schedule=st.sampled_from(["cost", "heuristic", "constant"]),
     max_new=st.integers(1, 16),
     min_new=st.integers(0, 10),
     stops=st.lists(st.sampled_from(STOPS), max_size=2, unique=True),
@@ -229,7 +229,7 @@ def test_sampled_tokens_follow_the_ensemble_as_the_per_token_path_samples_them(z
 
 # -- the schedule and where the loop hands over ------------------------------------------
 def test_draft_schedule_adapts_within_bounds():
-    schedule = DraftSchedule(4)
+    schedule = DraftSchedule(4, "heuristic")
     schedule.update(True)
     assert schedule.tokens == 6
     for _ in range(20):
@@ -240,8 +240,58 @@ def test_draft_schedule_adapts_within_bounds():
     assert constant.tokens == 3
     with pytest.raises(ValueError, match="`num_draft_tokens` has to be a positive integer, but is 0"):
         DraftSchedule(0)
-    with pytest.raises(ValueError, match="`draft_schedule` has to be 'heuristic' or 'constant'"):
+    with pytest.raises(ValueError, match="`draft_schedule` has to be one of 'cost', 'heuristic', 'constant'"):
         DraftSchedule(2, "fast")  # type: ignore[arg-type]
+
+
+def _cost_schedule_after(rounds: int, kept_of_four: int, pass_seconds: float, verify_seconds: float) -> DraftSchedule:
+    schedule = DraftSchedule(4)  # "cost" is the default
+    for _ in range(rounds):
+        schedule.update(kept_of_four == 4, RoundCost([(4, kept_of_four)], 5, 4, 4 * pass_seconds,
+                                                     5 * pass_seconds + verify_seconds))
+    return schedule
+
+
+def test_cost_schedule_drafts_long_when_drafts_are_kept_and_passes_cheap_and_not_at_all_when_neither():
+    assert DraftSchedule(4).tokens == 4  # nothing measured yet: the first round's length
+    assert _cost_schedule_after(10, 4, 0.001, 0.1).tokens >= 16  # kept, a pass 1 % of a verification
+    assert _cost_schedule_after(10, 0, 0.06, 0.1).tokens == 0  # never kept: a per-token step is cheapest
+    middle = _cost_schedule_after(10, 2, 0.06, 0.13)  # the real pair's times, about half the drafts kept
+    assert 1 <= middle.tokens <= 4
+    a, d, v = middle.acceptance, 0.06, 0.13
+    expected = [((n + 1) * d + v) * (1 - a) / (1 - a ** (n + 1)) for n in range(MAX_DRAFT_TOKENS + 1)]
+    assert middle.tokens == expected.index(min(expected))  # the rule, as documented
+
+
+def test_a_round_teaches_the_schedule_at_every_judged_position_the_one_after_the_draft_included():
+    from unite_logits.speculative import _DraftAndVerify, _Round
+
+    def round_with(drafts: list[int], tops: list[int]) -> _Round:
+        work = _Round([0], len(drafts) + 1)
+        work.drafts = drafts
+        work.scores = [torch.nn.functional.one_hot(torch.tensor(top), 10).float() for top in tops]
+        return work
+
+    judged = _DraftAndVerify._judged
+    assert judged(round_with([3, 4], [3, 4, 5]), 2, 1, [3, 9]) == (2, 1)  # one kept, one turned down
+    assert judged(round_with([3, 4], [3, 4, 5]), 3, 2, [3, 4, 5]) == (3, 3)  # kept whole; then the top token
+    assert judged(round_with([3, 4], [3, 4, 5]), 3, 2, [3, 4, 7]) == (3, 2)  # kept whole; then another
+    assert judged(round_with([], [5]), 1, 0, [5]) == (1, 1)  # no draft: the position still judges
+    assert judged(round_with([3, 4], [3, 4, 5]), 1, 1, [3]) == (1, 1)  # stopped after the first draft
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 32), st.integers(0, 32)), min_size=1, max_size=8),
+       pass_seconds=st.floats(0, 1), verify_seconds=st.floats(0, 10), repeats=st.integers(1, 30))
+def test_cost_schedule_stays_within_bounds_whatever_it_measures(rows, pass_seconds, verify_seconds, repeats):
+    schedule = DraftSchedule(7)
+    cost = RoundCost([(drafted, min(kept, drafted)) for drafted, kept in rows], 3, 2, 2 * pass_seconds,
+                     3 * pass_seconds + verify_seconds)
+    for _ in range(repeats):
+        schedule.update(False, cost)
+        assert 0 <= schedule.tokens <= MAX_DRAFT_TOKENS and 0 < schedule.acceptance < 1
+    schedule.reset()
+    assert schedule.tokens == 7 and schedule.acceptance == 0.5
 
 
 def test_beam_search_and_scores_hand_over_to_the_per_token_path(zoo, caplog):

@@ -90,7 +90,9 @@ class UniTEProcessor(LogitsProcessor):
             its tokenizer's pad token); leading ones are not part of a row's prompt.
         num_draft_tokens: with ``model.generate(..., custom_generate=draft_and_verify)``
             (`unite_logits.speculative`), the tokens the primary drafts per round to start with.
-        draft_schedule: ``"heuristic"`` (adapt the draft length to what rounds keep) or ``"constant"``.
+        draft_schedule: how the draft length adapts (`unite_logits.core.speculation.DraftSchedule`):
+            ``"cost"`` (the length of least measured time per token), ``"heuristic"``
+            (transformers' assistant schedule) or ``"constant"``.
         confidence_gate: None (default: exact UniTE), or a probability ``tau``: where the
             primary's own top token has at least this probability, the members are not asked and
             the primary's distribution stands (faster, no longer exactly UniTE; docs/speculative.md).
@@ -125,7 +127,7 @@ class UniTEProcessor(LogitsProcessor):
         member_threads: int | None = None,
         primary_pad_token_id: int | None = None,
         num_draft_tokens: int = DEFAULT_DRAFT_TOKENS,
-        draft_schedule: Schedule = "heuristic",
+        draft_schedule: Schedule = "cost",
         confidence_gate: float | None = None,
     ) -> None:
         self.top_k = check_top_k(top_k)

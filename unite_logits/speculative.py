@@ -46,7 +46,9 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import torch
@@ -56,7 +58,8 @@ from transformers.generation.utils import GENERATION_MODES_MAPPING, GenerateDeco
 from .core.member_rows import AuxiliaryRows
 from .core.ragged_cache import RaggedKVCache, UnsupportedModelError, check_supported
 from .core.sampling import accept_or_resample
-from .core.speculation import SpeculationStats
+from .core.speculation import RoundCost, SpeculationStats
+from .core.workers import Round
 from .processor import ProcessorInUseError, UniTEProcessor
 
 __all__ = ["draft_and_verify", "why_not_speculative"]
@@ -173,6 +176,27 @@ class _Round:
         return self.drafts[position] if position < len(self.drafts) else None
 
 
+@dataclass
+class _DraftTiming:
+    """A round's primary passes; of them, those that ran alone (before the members started
+    reading) and their seconds: what a pass costs, for the draft schedule."""
+
+    passes: int = 0
+    solo_passes: int = 0
+    solo_seconds: float = 0.0
+
+
+@dataclass
+class _Reading:
+    """The members' read of a round, started (``running``: on their workers) and not yet
+    collected: what they held before it, each row's shift, and each member's results."""
+
+    before: list[tuple[Any, list[bool]]]
+    shift: list[int]
+    results: list[Any]
+    running: Round | None = None
+
+
 class _DraftAndVerify:
     """One ``generate`` call's state: every row's text, the primary's and the members' rows."""
 
@@ -204,13 +228,19 @@ class _DraftAndVerify:
         assert primary is not None
         self.primary = primary
         self.members: list[AuxiliaryRows] = unite.rows.start_members(input_ids) if unite.runners else []
+        self._reading: _Reading | None = None
+        self.live_before: list[int] = []
         logits = self.primary.feed(prompts)
         self.frontier: list[torch.Tensor | None] = [logits[row] for row in range(batch)]
 
     # -- the loop -------------------------------------------------------------------------
     def generate(self) -> torch.LongTensor:
-        while self.live:
-            self._round()
+        try:
+            while self.live:
+                self._round()
+        finally:
+            if self._reading is not None and self._reading.running is not None:  # a failure mid-round
+                self.unite.rows.workers.wait_quietly(self._reading.running)  # no worker outlives the call
         logger.debug("draft-and-verify: %s", self.stats.as_dict())
         longest = max(len(text) for text in self.texts)
         pad = self.config._pad_token_tensor
@@ -230,16 +260,26 @@ class _DraftAndVerify:
             self.stats.rows[row].rounds += 1
         rounds = [_Round(self.pending[row], 1 + max(0, min(tokens, self.budget - len(self.texts[row]) - 1)))
                   for row in self.live]
-        self._draft(rounds)
+        started = time.perf_counter()
+        self.live_before = list(self.live)  # _settle lets stopped rows go
+        timing = self._draft(rounds)
         ensembled = self._verify(rounds)
         emitted, kept, stopped = self._emit(rounds, ensembled)
         self._settle(rounds, emitted, stopped)
         drafted = [i for i, work in enumerate(rounds) if work.drafts]
-        self.unite.draft_schedule.update(bool(drafted) and all(kept[i] == len(rounds[i].drafts) for i in drafted))
+        cost = RoundCost([self._judged(work, emitted[i], kept[i], self.texts[row])
+                          for i, (work, row) in enumerate(zip(rounds, self.live_before))], timing.passes,
+                         timing.solo_passes, timing.solo_seconds, time.perf_counter() - started)
+        self.unite.draft_schedule.update(bool(drafted) and all(kept[i] == len(rounds[i].drafts) for i in drafted), cost)
         self.stats.rounds += 1
 
-    def _draft(self, rounds: list[_Round]) -> None:
-        """The primary alone: one token per row per pass until every row has its positions' scores."""
+    def _draft(self, rounds: list[_Round]) -> _DraftTiming:
+        """The primary alone: one token per row per pass until every row has its positions'
+        scores. Once every row's draft is known, before the pass that reads its last token, the
+        members start reading it on their workers (exact UniTE: every position is read), so
+        their pass and the primary's last one overlap, as the per-token path overlaps a step's."""
+        timing = _DraftTiming()
+        started = time.perf_counter()
         while True:
             ready = [i for i, work in enumerate(rounds)
                      if self.frontier[i] is not None and len(work.scores) < work.positions]
@@ -259,11 +299,17 @@ class _DraftAndVerify:
                         work.queue.append(token)
             feeding = [i for i, work in enumerate(rounds) if work.queue]
             if not feeding:
-                return
+                return timing
+            if self._reading is None and self._may_read_early(rounds):
+                timing.solo_passes, timing.solo_seconds = timing.passes, time.perf_counter() - started
+                self._reading = self._start_read(rounds, [[False] * work.positions for work in rounds])
             chunks = [[work.queue.pop(0)] if work.queue else [] for work in rounds]
             for i in feeding:
                 rounds[i].fed.append(chunks[i][0])
             logits = self.primary.feed(chunks, raw=True)
+            timing.passes += 1
+            if self._reading is None:
+                timing.solo_passes, timing.solo_seconds = timing.passes, time.perf_counter() - started
             for i in feeding:
                 self.frontier[i] = logits[i]
 
@@ -294,7 +340,8 @@ class _DraftAndVerify:
                  for work in rounds]
         for i, row_gated in enumerate(gated):
             self._count(i, "gated", sum(row_gated))
-        readings = self._read(rounds, gated)
+        reading, self._reading = self._reading, None
+        readings = self._finish_read(reading or self._start_read(rounds, gated), rounds, gated)
         flat = [(i, k) for i, work in enumerate(rounds) for k in range(len(work.scores))]
         if not flat:
             return [[] for _ in rounds]
@@ -315,22 +362,43 @@ class _DraftAndVerify:
             out[i].append(ensembled[index])
         return out
 
-    def _read(self, rounds: list[_Round], gated: list[list[bool]]) -> list[list[list[torch.Tensor | None]]]:
-        """Per member, per row and position, its log-probabilities (None: it abstains or was not asked)."""
+    @staticmethod
+    def _judged(work: _Round, emitted: int, kept: int, text: list[int]) -> tuple[int, int]:
+        """A row's positions judged this round and, of them, those where the ensemble's token
+        was the primary's own: the drafts kept, a draft turned down, and the position after
+        the draft when reached (the primary's top token there would have been its next draft).
+        The draft schedule's acceptance estimate; it learns even from rounds without drafts."""
+        judged = kept + (kept < len(work.drafts) and emitted > kept)
+        if emitted > kept == len(work.drafts) and kept < len(work.scores):  # the position after the draft
+            judged += 1
+            kept += int(text[-1] == int(work.scores[kept].argmax()))
+        return judged, kept
+
+    def _may_read_early(self, rounds: list[_Round]) -> bool:
+        """Whether the members may start reading now: every row's draft is complete (its
+        remaining tokens are queued) and no position can be gated (the gate needs the
+        primary's scores at every position first)."""
+        return (bool(self.members) and self.unite.confidence_gate is None
+                and all(len(work.scores) + len(work.queue) >= work.positions for work in rounds))
+
+    def _start_read(self, rounds: list[_Round], gated: list[list[bool]]) -> _Reading:
+        """Start every member's read of every row's new text (the tokens fed and still queued)
+        on the members' workers; `_finish_read` waits for it."""
         view = self.unite.primary_view
-        pushes = [[(token, view.bytes_of(token)) for token in work.fed] for work in rounds]
+        pushes = [[(token, view.bytes_of(token)) for token in [*work.fed, *work.queue]] for work in rounds]
         # position k reads after push k, or (no pending token: the first round) after push k - 1
         shift = [0 if work.pending else 1 for work in rounds]
         wanted = [[not gated[i][j + shift[i]] if j + shift[i] < len(gated[i]) else False for j in range(len(pushes[i]))]
                   for i in range(len(rounds))]
         before = [(member.logprobs, [member.votes(i) for i in range(len(rounds))]) for member in self.members]
-        results: list[list[list[torch.Tensor | None]]] = [[] for _ in self.members]
+        reading = _Reading(before, shift, [[] for _ in self.members])
 
         def read(index: int) -> None:
-            results[index] = self.members[index].read(pushes, wanted)
+            reading.results[index] = self.members[index].read(pushes, wanted)
 
         if any(any(row) for row in wanted):
-            self.unite.rows._run([functools.partial(read, index) for index in range(len(self.members))])
+            reading.running = self.unite.rows.workers.start([functools.partial(read, index)
+                                                             for index in range(len(self.members))])
             self.stats.member_passes += len(self.members)
             for i, row_wanted in enumerate(wanted):
                 if any(row_wanted):
@@ -338,12 +406,19 @@ class _DraftAndVerify:
         else:  # every position gated: push the text, read it with the next round
             for index in range(len(self.members)):
                 read(index)
+        return reading
+
+    def _finish_read(self, reading: _Reading, rounds: list[_Round],
+                     gated: list[list[bool]]) -> list[list[list[torch.Tensor | None]]]:
+        """Per member, per row and position, its log-probabilities (None: it abstains or was not asked)."""
+        if reading.running is not None:
+            self.unite.rows._collect(reading.running)
         out = []
-        for (current, votes), values in zip(before, results):
+        for (current, votes), values in zip(reading.before, reading.results):
             per_row = []
             for i, work in enumerate(rounds):
                 row_values: list[torch.Tensor | None] = list(values[i])
-                if shift[i]:
+                if reading.shift[i]:
                     first = current[i] if votes[i] and not gated[i][0] else None
                     row_values = [first, *row_values]
                 per_row.append(row_values[: len(work.scores)])

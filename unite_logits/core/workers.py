@@ -123,6 +123,16 @@ class Workers:
             raise MemberError(f"auxiliary {self.names[index]!r} failed: {type(error).__name__}: {error}") from error
         return seconds
 
+    def wait_quietly(self, round_: Round) -> None:
+        """Wait for every job of ``round_``, ignoring their failures (when another error is
+        already on its way: no worker may still touch the state afterwards)."""
+        for future in round_.futures:
+            if future is not None:
+                try:
+                    future.result()
+                except BaseException:  # noqa: BLE001 - the error on its way is the one reported
+                    pass
+
     def close(self) -> None:
         """Stop the worker threads (waiting for a job in flight). Idempotent."""
         with self._lock:
