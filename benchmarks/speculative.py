@@ -24,6 +24,7 @@ below the slower member alone; B=8: <= 0.70 x the sum; injected latency: <= 0.6 
     python -m benchmarks.speculative --suite real --new-tokens 64 256 --batch 1 8
     python -m benchmarks.speculative --suite real --latency 100 --new-tokens 64 --batch 1
     python -m benchmarks.speculative --suite tiny --repeats 1      # smoke test, no models needed
+    python -m benchmarks.speculative --tables benchmarks/results/speculative-*.json   # the tables again
 """
 
 from __future__ import annotations
@@ -284,10 +285,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=["cost"],
                         help="draft schedules to measure, each a row (default: cost, the processor's default)")
     parser.add_argument("--gates", nargs="*", type=float, default=[],
-                        help="also draft-and-verify with the confidence gate at these taus (eight chat questions, one at "
-                             "a time), against exact UniTE")
+                        help="also draft-and-verify on eight chat questions, one at a time: exact, then with the "
+                             "confidence gate at each of these taus (against exact UniTE)")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/speculative-SUITE.json)")
+    parser.add_argument("--tables", nargs="+", type=Path, metavar="JSON",
+                        help="print the tables of earlier runs' JSON files (in order) and run nothing")
     args = parser.parse_args(argv)
+    if args.tables:
+        rows = [Row(**row) for path in args.tables for row in json.loads(path.read_text())["rows"]]
+        print(table(rows))
+        print()
+        print(profile_table(rows))
+        return 0
     models = load(args.suite)
     rows = []
     for prompt in args.prompts:
@@ -298,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   schedule=schedule)
                     rows.append(row)
                     print(table([row]).splitlines()[-1], flush=True)
-    for gate in args.gates:
+    for gate in [None, *args.gates] if args.gates else []:  # exact draft-and-verify on the same prompts first
         for new_tokens in args.new_tokens:
             row = measure(models, "chat-questions", new_tokens, 1, args.repeats, args.latency,
                           args.top_k, gate=gate, prompts=[f"Question: {q}\nAnswer:" for q in CHAT_QUESTIONS])
