@@ -166,3 +166,19 @@ def test_every_committed_select_run_recomputes_its_choice_and_held_out_table_fro
     page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     for block in (determined_tables.table(found), determined_tables.choices(found), determined_tables.members(found)):
         assert block in page
+
+
+def test_the_draft_and_verify_tables_in_the_docs_come_from_the_committed_json(capsys):
+    """docs/benchmarks.md's draft-and-verify rows are rows that `--tables` prints from the
+    committed results (none typed by hand), and every one of them wrote the per-token text."""
+    from benchmarks import speculative
+
+    files = sorted((ROOT / "benchmarks" / "results").glob("speculative-*.json"))
+    assert files and speculative.main(["--tables", *map(str, files)]) == 0
+    printed = set(capsys.readouterr().out.splitlines())
+    page = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    section = page.split("## Draft and verify", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| smollm2")]
+    assert len(rows) >= 20 and all(row in printed for row in rows)
+    exact = [row for row in rows if row.count("|") == 16 and "| - |" in row]
+    assert exact and all(row.endswith("| yes |") for row in exact)
