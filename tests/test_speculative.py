@@ -254,6 +254,9 @@ def _cost_schedule_after(rounds: int, kept_of_four: int, pass_seconds: float, ve
 
 def test_cost_schedule_drafts_long_when_drafts_are_kept_and_passes_cheap_and_not_at_all_when_neither():
     assert DraftSchedule(4).tokens == 4  # nothing measured yet: the first round's length
+    untimed = DraftSchedule(4)
+    untimed.update(True)  # no times (sampling): as the heuristic schedule, so a seed gives one text
+    assert untimed.tokens == 6
     assert _cost_schedule_after(10, 4, 0.001, 0.1).tokens >= 16  # kept, a pass 1 % of a verification
     assert _cost_schedule_after(10, 0, 0.06, 0.1).tokens == 0  # never kept: a per-token step is cheapest
     middle = _cost_schedule_after(10, 2, 0.06, 0.13)  # the real pair's times, about half the drafts kept

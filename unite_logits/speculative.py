@@ -270,7 +270,9 @@ class _DraftAndVerify:
         cost = RoundCost([self._judged(work, emitted[i], kept[i], self.texts[row])
                           for i, (work, row) in enumerate(zip(rounds, self.live_before))], timing.passes,
                          timing.solo_passes, timing.solo_seconds, time.perf_counter() - started)
-        self.unite.draft_schedule.update(bool(drafted) and all(kept[i] == len(rounds[i].drafts) for i in drafted), cost)
+        # sampling: no times, so that a seed draws the same text whatever the machine's speed
+        self.unite.draft_schedule.update(bool(drafted) and all(kept[i] == len(rounds[i].drafts) for i in drafted),
+                                         None if self.sampling else cost)
         self.stats.rounds += 1
 
     def _draft(self, rounds: list[_Round]) -> _DraftTiming:

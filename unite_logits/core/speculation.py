@@ -113,6 +113,10 @@ class DraftSchedule:
       its whole draft, -1 otherwise.
     * ``"constant"``: ``tokens`` throughout.
 
+    "cost" given no `RoundCost` (the generation loop gives none when sampling: measured times
+    differ from run to run, and a draft length that followed them would make the same seed
+    draw different text) adapts as "heuristic" does.
+
     Between 1 and `MAX_DRAFT_TOKENS`; "cost" may choose 0, a round of one position, which costs
     what a step of the per-token path costs (where drafts are seldom kept, drafting does not
     pay: the schedule then falls back to it, and measures again). The choice changes speed only:
@@ -144,12 +148,13 @@ class DraftSchedule:
 
     def update(self, all_kept: bool, cost: RoundCost | None = None) -> None:
         """After a round: ``all_kept`` when every row kept every token it drafted; ``cost``
-        what the round did and took (the "cost" schedule needs it, the others ignore it)."""
-        if self.schedule == "heuristic":
-            self.tokens = min(MAX_DRAFT_TOKENS, self.tokens + 2) if all_kept else max(1, self.tokens - 1)
-        elif self.schedule == "cost" and cost is not None:
+        what the round did and took (the "cost" schedule learns from it; without it, it adapts
+        as "heuristic"; the others ignore it)."""
+        if self.schedule == "cost" and cost is not None:
             self._learn(cost)
             self.tokens = self.cheapest()
+        elif self.schedule != "constant":  # "heuristic", or "cost" told no times
+            self.tokens = min(MAX_DRAFT_TOKENS, self.tokens + 2) if all_kept else max(1, self.tokens - 1)
 
     def _learn(self, cost: RoundCost) -> None:
         self._kept = self.DECAY * self._kept + sum(kept for _, kept in cost.rows)
