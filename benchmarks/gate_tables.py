@@ -20,6 +20,8 @@ from unite_logits.evaluation.records import read_records, records_path
 from unite_logits.evaluation.stats import paired_bootstrap
 
 ENSEMBLE = "ensemble"
+TASKS = {"unite_arc_easy": "ARC-Easy", "unite_piqa": "PIQA", "unite_hellaswag": "HellaSwag",
+         "unite_arc_challenge": "ARC-Challenge"}
 
 
 def _answers(folder: Path, metric: str) -> dict[tuple[str, int], tuple[bool, list[float]]]:
@@ -41,7 +43,7 @@ def row(gated_folder: Path, metric: str = "acc") -> str:
     right_exact = [exact[d][0] for d in docs]
     changed = sum(_choice(gated[d][1]) != _choice(exact[d][1]) for d in docs)
     gain = paired_bootstrap(right_gated, right_exact)
-    task = next(iter(docs))[0].removeprefix("unite_")
+    task = TASKS.get(docs[0][0], docs[0][0])
     return (f"| {task} | {tau} | {len(docs):,} | {100 * sum(right_exact) / len(docs):.1f} | "
             f"{100 * sum(right_gated) / len(docs):.1f} | {100 * gain.diff:+.1f} [{100 * gain.low:+.1f}, "
             f"{100 * gain.high:+.1f}] | {changed} |")

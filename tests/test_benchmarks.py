@@ -182,3 +182,35 @@ def test_the_draft_and_verify_tables_in_the_docs_come_from_the_committed_json(ca
     assert len(rows) >= 20 and all(row in printed for row in rows)
     exact = [row for row in rows if row.count("|") == 16 and "| - |" in row]
     assert exact and all(row.endswith("| yes |") for row in exact)
+
+
+def test_the_gate_table_in_the_docs_recomputes_from_the_committed_records():
+    """docs/results.md's confidence-gate rows: each gated eval folder against its exact folder,
+    document by document, from the records alone."""
+    from benchmarks import gate_tables
+
+    folders = sorted((ROOT / "benchmarks" / "results" / "eval").glob("*-pair-gate*"))
+    assert len(folders) >= 2 and {f.name.split("-")[0] for f in folders} >= {"arc_easy", "piqa"}
+    printed = gate_tables.table(folders).splitlines()
+    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    section = page.split("## The confidence gate in scoring", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith(("| ARC-Easy |", "| PIQA |"))]
+    assert len(rows) == len(folders) and all(row in printed for row in rows)
+
+
+def test_gate_tables_compares_a_gated_folder_with_its_exact_one_document_by_document(tmp_path):
+    from benchmarks import gate_tables
+    from unite_logits.evaluation.records import write_records
+
+    def folder(name, rights, outputs):
+        records = [{"task": "unite_piqa", "doc_id": i, "metrics": {"acc": float(r)}, "output": o}
+                   for i, (r, o) in enumerate(zip(rights, outputs))]
+        (tmp_path / name / "records").mkdir(parents=True)
+        write_records(tmp_path / name / "records" / "ensemble.jsonl.gz", records)
+
+    folder("piqa-pair", [1, 1, 0, 0], [[0, -1], [0, -1], [-1, 0], [-1, 0]])
+    folder("piqa-pair-gate0.8", [1, 0, 1, 0], [[0, -1], [-1, 0], [0, -1], [-1, 0]])
+    line = gate_tables.row(tmp_path / "piqa-pair-gate0.8")
+    assert line.startswith("| PIQA | 0.8 | 4 | 50.0 | 50.0 | +0.0 [") and line.endswith("| 2 |")
+    with pytest.raises(ValueError, match="is not named"):
+        gate_tables.row(tmp_path / "piqa-pair")
